@@ -1,0 +1,133 @@
+"""Per-shard claims that work on shared filesystems where flock is ignored.
+
+A claim is a file created with O_EXCL (atomic on local disks and on NFSv3+, Lustre
+and GPFS). The holder refreshes its mtime as a heartbeat; a claim whose heartbeat
+is older than the stale limit, or whose process is gone on this host, is taken
+over by renaming it aside first, so only one taker can win.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Claim", "ClaimHolder", "read_claim", "try_claim"]
+
+DEFAULT_STALE_AFTER = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimHolder:
+    host: str
+    pid: int
+    token: str
+    started: float
+    heartbeat: float
+
+    def describe(self) -> str:
+        return f"{self.host} (pid {self.pid})"
+
+
+@dataclass(slots=True)
+class Claim:
+    """A claim this process holds; release it when the shard's work is over."""
+
+    path: Path
+    token: str
+
+    def heartbeat(self) -> bool:
+        """Refresh the claim; False when another process has taken it over."""
+        holder = read_claim(self.path)
+        if holder is None or holder.token != self.token:
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(self.path)
+        return True
+
+    def release(self) -> None:
+        holder = read_claim(self.path)
+        if holder is not None and holder.token == self.token:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+def read_claim(path: Path) -> ClaimHolder | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        mtime = path.stat().st_mtime
+        return ClaimHolder(data["host"], int(data["pid"]), data["token"], data["started"], mtime)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(holder: ClaimHolder | None, now: float, stale_after: float) -> bool:
+    if holder is None:
+        return True  # unreadable: its writer died between create and write
+    if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
+        return True
+    return now - holder.heartbeat > stale_after
+
+
+def _create(path: Path, token: str, now: float) -> bool:
+    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": token,
+                       "started": now})  # fmt: skip
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, body.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _take_over(path: Path, stale: ClaimHolder | None, token: str) -> None:
+    aside = path.with_name(f"{path.name}.stale.{token}")
+    try:
+        os.rename(path, aside)  # of several takers, only one moves any given file
+    except FileNotFoundError:
+        return
+    moved = read_claim(aside)
+    if stale is not None and moved is not None and moved.token != stale.token:
+        # Another taker replaced the stale claim between our read and our rename:
+        # put its fresh claim back (link never overwrites) instead of stealing it.
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    with contextlib.suppress(OSError):
+        aside.unlink()
+
+
+def try_claim(
+    path: Path, *, stale_after: float = DEFAULT_STALE_AFTER, clock: Callable[[], float] = time.time
+) -> Claim | ClaimHolder:
+    """Claim ``path``; returns the Claim, or the live holder that has it."""
+    token = secrets.token_hex(8)
+    for _ in range(3):
+        if _create(path, token, clock()):
+            return Claim(path, token)
+        holder = read_claim(path)
+        if not _is_stale(holder, clock(), stale_after):
+            assert holder is not None
+            return holder
+        _take_over(path, holder, token)
+    holder = read_claim(path)
+    return holder if holder is not None else ClaimHolder("unknown", 0, "", 0.0, 0.0)

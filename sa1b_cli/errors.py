@@ -1,0 +1,86 @@
+"""The one exception tree of sa1b; every error carries a hint for the user.
+
+Exceptions are for the run; per-shard outcomes are data (see ``results``).
+
+* Sa1bError                      exit code 1 unless noted
+  x UsageError                   bad option values (exit 2)
+  x ManifestError                unreadable manifest, bad header or row (exit 2)
+  x ChecksumFileError            unreadable or malformed --checksums file (exit 2)
+  x NotEnoughSpaceError          the bytes to fetch do not fit on the disk
+  x DiskFullError                ENOSPC while writing; partial files are kept
+  x RootError                    the root cannot be created, read or written
+  x SlurmEnvError                --part auto outside a SLURM job array (exit 2)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "ChecksumFileError",
+    "DiskFullError",
+    "ManifestError",
+    "NotEnoughSpaceError",
+    "RootError",
+    "Sa1bError",
+    "SlurmEnvError",
+    "UsageError",
+]
+
+
+class Sa1bError(Exception):
+    """Base of every error sa1b reports to a user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(Sa1bError):
+    """An option value that cannot be used."""
+
+    exit_code = 2
+
+
+class ManifestError(Sa1bError):
+    """The manifest cannot be read or has a row that must not be used."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: Path | None = None, line: int | None = None) -> None:
+        where = f"{path}" if path else "manifest"
+        if line is not None:
+            where += f", line {line}"
+        super().__init__(
+            f"{where}: {message}",
+            hint="Download a fresh manifest from Meta's SA-1B page (see links/README.md).",
+        )
+        self.path = path
+        self.line = line
+
+
+class ChecksumFileError(Sa1bError):
+    """A --checksums file that cannot be read or parsed."""
+
+    exit_code = 2
+
+
+class NotEnoughSpaceError(Sa1bError):
+    """The selected shards cannot fit on the target disk."""
+
+
+class DiskFullError(Sa1bError):
+    """The disk filled up in the middle of a run."""
+
+
+class RootError(Sa1bError):
+    """The root directory cannot be used."""
+
+
+class SlurmEnvError(Sa1bError):
+    """--part auto was asked for outside a SLURM job array."""
+
+    exit_code = 2

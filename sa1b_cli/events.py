@@ -1,0 +1,34 @@
+"""The progress protocol between the engines and whatever shows progress (no rich here)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sa1b_cli.results import ShardResult
+
+__all__ = ["NullSink", "ProgressSink"]
+
+
+class ProgressSink(Protocol):
+    """Receives progress; implementations must be cheap, they run on the event loop."""
+
+    def started(self, name: str, total: int | None, resumed_from: int) -> None: ...
+    def advanced(self, name: str, nbytes: int) -> None: ...
+    def note(self, name: str, text: str) -> None: ...
+    def finished(self, result: ShardResult) -> None: ...
+
+
+class NullSink:
+    """A sink that shows nothing (--quiet, --json, tests)."""
+
+    def started(self, name: str, total: int | None, resumed_from: int) -> None:
+        pass
+
+    def advanced(self, name: str, nbytes: int) -> None:
+        pass
+
+    def note(self, name: str, text: str) -> None:
+        pass
+
+    def finished(self, result: ShardResult) -> None:
+        pass

@@ -1,0 +1,192 @@
+"""Parse Meta's link manifest: classify rows, read expiry, redact signed URLs (pure)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from sa1b_cli.errors import ManifestError
+
+__all__ = [
+    "SHARD_COUNT",
+    "Manifest",
+    "ManifestRow",
+    "RowKind",
+    "expiry_of",
+    "object_path",
+    "parse_manifest",
+    "read_manifest",
+    "redact_url",
+    "shard_index",
+    "shard_name",
+]
+
+SHARD_COUNT = 1000
+RowKind = Literal["shard", "aux", "unknown"]
+KNOWN_AUX = frozenset({"sa_images_ids.txt", "sa_co_gold.tar"})
+_SHARD_RE = re.compile(r"sa_(\d{6})\.tar")
+# A file name becomes a path under the root, so only a plain, printable name is allowed.
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    """One usable manifest row."""
+
+    file_name: str
+    url: str
+    kind: RowKind
+    line: int
+    expires_at: datetime | None
+
+    @property
+    def index(self) -> int | None:
+        return shard_index(self.file_name)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A parsed manifest, keyed by file name."""
+
+    path: Path | None
+    rows: dict[str, ManifestRow]
+    warnings: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+
+    @property
+    def shards(self) -> list[ManifestRow]:
+        return sorted((r for r in self.rows.values() if r.kind == "shard"), key=_sort_key)
+
+    @property
+    def aux(self) -> list[ManifestRow]:
+        return sorted((r for r in self.rows.values() if r.kind == "aux"), key=_sort_key)
+
+    @property
+    def unknown(self) -> list[ManifestRow]:
+        return sorted((r for r in self.rows.values() if r.kind == "unknown"), key=_sort_key)
+
+    @property
+    def missing_shards(self) -> list[int]:
+        present = {r.index for r in self.rows.values() if r.kind == "shard"}
+        return [i for i in range(SHARD_COUNT) if i not in present]
+
+    def expiry_window(self) -> tuple[datetime, datetime] | None:
+        times = [r.expires_at for r in self.rows.values() if r.expires_at is not None]
+        return (min(times), max(times)) if times else None
+
+
+@dataclass(slots=True)
+class _Builder:
+    path: Path | None
+    rows: dict[str, ManifestRow] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+def shard_index(file_name: str) -> int | None:
+    """``sa_000123.tar`` -> 123; anything else -> None."""
+    match = _SHARD_RE.fullmatch(file_name)
+    return int(match.group(1)) if match else None
+
+
+def shard_name(index: int) -> str:
+    return f"sa_{index:06d}.tar"
+
+
+def _sort_key(row: ManifestRow) -> tuple[int, str]:
+    index = row.index
+    return (index if index is not None else SHARD_COUNT, row.file_name)
+
+
+def classify(file_name: str) -> RowKind:
+    if _SHARD_RE.fullmatch(file_name) and (shard_index(file_name) or 0) < SHARD_COUNT:
+        return "shard"
+    return "aux" if file_name in KNOWN_AUX else "unknown"
+
+
+def expiry_of(url: str) -> datetime | None:
+    """The ``oe`` query value (hex Unix time, UTC) as a datetime, or None."""
+    for part in urlsplit(url).query.split("&"):
+        key, sep, value = part.partition("=")
+        if key == "oe" and sep:
+            try:
+                return datetime.fromtimestamp(int(value, 16), tz=UTC)
+            except (ValueError, OverflowError, OSError):
+                return None
+    return None
+
+
+def object_path(url: str) -> str:
+    """The URL path: stable across manifest refreshes (edge host names may vary)."""
+    return urlsplit(url).path
+
+
+def redact_url(url: str) -> str:
+    """A URL safe to print: scheme, host and path; the signed query is dropped."""
+    parts = urlsplit(url)
+    suffix = "?<signed query hidden>" if parts.query else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{suffix}"
+
+
+def _check_name(name: str, line: int, path: Path | None) -> None:
+    if not _SAFE_NAME_RE.fullmatch(name) or ".." in name:
+        shown = name.encode("unicode_escape").decode("ascii")[:80]
+        msg = f"unsafe file name {shown!r}: names must be plain file names such as sa_000000.tar"
+        raise ManifestError(msg, path=path, line=line)
+
+
+def _check_url(url: str, line: int, path: Path | None) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        msg = f"the link is not an http(s) URL ({parts.scheme or 'no scheme'})"
+        raise ManifestError(msg, path=path, line=line)
+
+
+def _parse_row(builder: _Builder, raw: str, line: int) -> None:
+    fields = raw.split("\t")
+    if len(fields) != 2:
+        msg = f"expected 2 tab-separated columns, found {len(fields)}"
+        raise ManifestError(msg, path=builder.path, line=line)
+    name, url = fields[0].strip(), fields[1].strip()
+    _check_name(name, line, builder.path)
+    _check_url(url, line, builder.path)
+    kind = classify(name)
+    if kind == "unknown":
+        note = f"line {line}: unknown row {name!r} (kept, not selected by default)"
+        builder.warnings.append(note)
+    if name in builder.rows:
+        builder.duplicates.append(name)
+        builder.warnings.append(f"line {line}: duplicate row {name!r}; the last one wins")
+    builder.rows[name] = ManifestRow(name, url, kind, line, expiry_of(url))
+
+
+def parse_manifest(text: str, *, path: Path | None = None) -> Manifest:
+    """Parse manifest text; tolerates CRLF, a missing final newline and a padded header."""
+    builder = _Builder(path)
+    lines = text.lstrip("\ufeff").splitlines()
+    if not lines or [c.strip() for c in lines[0].split("\t")] != ["file_name", "cdn_link"]:
+        msg = "the first line must be the header 'file_name<TAB>cdn_link'"
+        raise ManifestError(msg, path=path, line=1)
+    for number, raw in enumerate(lines[1:], start=2):
+        if raw.strip():
+            _parse_row(builder, raw, number)
+    if not builder.rows:
+        msg = "the manifest has a header but no rows"
+        raise ManifestError(msg, path=path)
+    return Manifest(path, builder.rows, tuple(builder.warnings), tuple(builder.duplicates))
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        msg = "file not found"
+        raise ManifestError(msg, path=path) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"cannot read it ({exc.__class__.__name__}: {exc})"
+        raise ManifestError(msg, path=path) from exc
+    return parse_manifest(text, path=path)

@@ -1,0 +1,46 @@
+"""Per-shard outcomes as data, and the exit code computed from them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+__all__ = ["DownloadStatus", "ShardResult", "download_exit_code"]
+
+DownloadStatus = Literal[
+    "downloaded",  # fetched (or finished) in this run and checked
+    "present",  # already complete and checked before this run
+    "expired",  # the link's signature expired; partial bytes kept
+    "failed",  # gave up after retries, digest mismatch, link rejected...
+    "busy",  # another live process holds this shard's claim
+    "interrupted",  # Ctrl-C; partial bytes kept
+    "no_link",  # selected, but the manifest has no row for it
+]
+GOOD_DOWNLOAD = frozenset({"downloaded", "present"})
+
+
+@dataclass(frozen=True, slots=True)
+class ShardResult:
+    """The outcome of one shard in one run."""
+
+    name: str
+    status: DownloadStatus
+    bytes_done: int = 0
+    size: int | None = None
+    bytes_fetched: int = 0
+    digests: tuple[tuple[str, str], ...] = ()
+    detail: str | None = None  # for people; never holds a signed query
+    expired_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in GOOD_DOWNLOAD
+
+
+def download_exit_code(results: Iterable[ShardResult]) -> int:
+    statuses = {r.status for r in results}
+    if "interrupted" in statuses:
+        return 130
+    return 0 if statuses <= GOOD_DOWNLOAD else 1

@@ -1,0 +1,149 @@
+"""The root's layout and per-shard records; every state change is an atomic rename.
+
+Layout (everything sa1b owns lives under the root)::
+
+    <root>/tars/<name>           finished shard, bytes exactly as served
+    <root>/tars/<name>.part      bytes received so far
+    <root>/state/<name>.json     the shard's record (one writer: the claim holder)
+    <root>/claims/<name>.claim   who is working on the shard (see claims.py)
+    <root>/checksums.xxh128      xxh128 of finished shards, `xxhsum -c` format
+    <root>/manifest.tsv          the last manifest used (mode 600: it holds signed links)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import socket
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from sa1b_cli.checksums import RECORD_ALGORITHM, format_gnu_line
+from sa1b_cli.errors import DiskFullError, RootError
+
+__all__ = ["Record", "RecordStatus", "Store", "atomic_write_bytes", "atomic_write_text"]
+
+RecordStatus = Literal["partial", "complete", "failed", "expired", "bad"]
+CHECKSUM_FILE = "checksums.xxh128"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What is known about one shard on this root."""
+
+    file_name: str
+    status: RecordStatus
+    expected_size: int | None = None
+    size: int | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+    object_path: str | None = None
+    durable_bytes: int = 0
+    detail: str | None = None
+    updated: float = 0.0
+    host: str | None = None
+
+    def with_(self, **changes: Any) -> Record:
+        return replace(self, **changes)
+
+
+def _tmp_name(path: Path) -> Path:
+    unique = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+    return path.with_name(f".{path.name}.{unique}")
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never half."""
+    tmp = _tmp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno == errno.ENOSPC:
+            msg = f"the disk is full while writing {path}"
+            raise DiskFullError(msg, hint="Free some space and run the command again.") from exc
+        raise
+
+
+def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+class Store:
+    """Paths and records under one root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tars = root / "tars"
+        self.state = root / "state"
+        self.claims = root / "claims"
+
+    def ensure(self) -> Store:
+        try:
+            for folder in (self.tars, self.state, self.claims):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"cannot create the root {self.root}: {exc.strerror}"
+            raise RootError(msg, hint="Pick another --root or fix its permissions.") from exc
+        return self
+
+    def final_path(self, name: str) -> Path:
+        return self.tars / name
+
+    def part_path(self, name: str) -> Path:
+        return self.tars / f"{name}.part"
+
+    def record_path(self, name: str) -> Path:
+        return self.state / f"{name}.json"
+
+    def read(self, name: str) -> Record | None:
+        try:
+            data = json.loads(self.record_path(name).read_text(encoding="utf-8"))
+            return Record(**data)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError):
+            return None  # a damaged record means "unknown": the shard is checked again
+
+    def write(self, record: Record) -> None:
+        record = record.with_(host=socket.gethostname())
+        atomic_write_text(self.record_path(record.file_name), json.dumps(asdict(record), indent=1))
+
+    def records(self) -> dict[str, Record]:
+        found: dict[str, Record] = {}
+        if not self.state.is_dir():
+            return found
+        for entry in os.scandir(self.state):
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                record = self.read(entry.name[: -len(".json")])
+                if record is not None:
+                    found[record.file_name] = record
+        return found
+
+    def write_checksum_file(self) -> Path:
+        """Rebuild the xxh128 list from the records (derived data: any process may rebuild it)."""
+        lines = [
+            format_gnu_line(RECORD_ALGORITHM, rec.digests[RECORD_ALGORITHM], f"tars/{name}")
+            for name, rec in sorted(self.records().items())
+            if rec.status == "complete" and RECORD_ALGORITHM in rec.digests
+        ]
+        path = self.root / CHECKSUM_FILE
+        atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+        return path
+
+    def remember_manifest(self, text: str) -> None:
+        atomic_write_text(self.root / "manifest.tsv", text, mode=0o600)
+
+    def remembered_manifest(self) -> Path | None:
+        path = self.root / "manifest.tsv"
+        return path if path.is_file() else None
