@@ -238,7 +238,7 @@ class _Job:
     async def _accept(self, response: httpx.Response, offset: int) -> None:
         code = response.status_code
         if code == 206:
-            self._accept_partial(response, offset)
+            await self._accept_partial(response, offset)
         elif code == 200:
             self._learn_size(_int_header(response, "Content-Length"))
             if offset:
@@ -249,7 +249,7 @@ class _Job:
         else:
             await self._reject(response)
 
-    def _accept_partial(self, response: httpx.Response, offset: int) -> None:
+    async def _accept_partial(self, response: httpx.Response, offset: int) -> None:
         match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", "").strip())
         total = int(match.group(3)) if match and match.group(3) != "*" else None
         if match is None or total is None or int(match.group(1)) != offset:
@@ -258,6 +258,7 @@ class _Job:
             raise _Retry(msg)
         if self.expected_size is not None and total != self.expected_size:
             self.expected_size = None  # a different object: keep nothing of the old one
+            await self.part.reset()
             self._record("partial", durable=0)
             msg = f"the file size changed to {total:,} bytes; starting over"
             raise _Retry(msg)
@@ -387,6 +388,8 @@ def _int_header(response: httpx.Response, name: str) -> int | None:
 
 
 async def _read_small(response: httpx.Response, limit: int = 4096) -> str:
+    with contextlib.suppress(httpx.ResponseNotRead):
+        return response.content[:limit].decode("utf-8", "replace")  # already in memory
     data = bytearray()
     with contextlib.suppress(httpx.HTTPError):
         async for chunk in response.aiter_raw():

@@ -1,0 +1,53 @@
+"""Frozen run configurations and defaults. Precedence: CLI flag > SA1B_* env > these defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sa1b_cli.errors import ManifestError
+from sa1b_cli.selection import Selection
+
+__all__ = [
+    "DEFAULT_JOBS",
+    "DEFAULT_LINKS",
+    "DEFAULT_ROOT",
+    "DownloadConfig",
+    "resolve_links",
+]
+
+DEFAULT_ROOT = Path("sa1b")
+DEFAULT_LINKS = Path("links/segment_anything_links.txt")
+DEFAULT_JOBS = 4
+SPACE_MARGIN = 256 << 20  # leave room for records, indexes and the filesystem itself
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadConfig:
+    root: Path
+    links: Path
+    selection: Selection
+    jobs: int = DEFAULT_JOBS
+    checksums: tuple[str, ...] = ()
+    max_rate: float | None = None
+    timeout: float = 30.0
+    max_attempts: int = 8
+    check_space: bool = True
+    stale_after: float = 120.0
+    extract: bool = False
+    extract_out: Path | None = None
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_links(given: Path | None, root: Path) -> Path:
+    """--links / SA1B_LINKS, else links/segment_anything_links.txt, else the root's copy."""
+    if given is not None:
+        return given
+    if DEFAULT_LINKS.is_file():
+        return DEFAULT_LINKS
+    remembered = root / "manifest.tsv"
+    if remembered.is_file():
+        return remembered
+    msg = "no manifest given and none found"
+    raise ManifestError(msg, path=Path(os.fspath(DEFAULT_LINKS)))

@@ -1,0 +1,265 @@
+"""Download orchestration: selection, claims, space check, bounded concurrency, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from sa1b_cli.checksums import ChecksumList, load_checksum_lists
+from sa1b_cli.claims import Claim, try_claim
+from sa1b_cli.config import SPACE_MARGIN, DownloadConfig
+from sa1b_cli.errors import NotEnoughSpaceError, Sa1bError
+from sa1b_cli.events import NullSink, ProgressSink
+from sa1b_cli.manifest import Manifest, ManifestRow, object_path, read_manifest
+from sa1b_cli.ratelimit import RateLimiter
+from sa1b_cli.results import ShardResult
+from sa1b_cli.store import Store
+from sa1b_cli.transfer import TransferContext, TransferSettings, fetch_shard
+
+__all__ = ["DownloadReport", "make_client", "run_downloads"]
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 10.0
+OnComplete = Callable[[ShardResult], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadReport:
+    results: list[ShardResult]
+    expiry: tuple[datetime, datetime] | None
+    bytes_to_fetch: int = 0
+    warnings: tuple[str, ...] = ()
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def make_client(
+    timeout: float, *, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    # read timeout = stall timeout: a connection that delivers nothing for that long is dropped.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
+        limits=limits,
+        follow_redirects=True,
+        headers={"User-Agent": "sa1b/0.1 (+https://github.com/)"},
+    )
+
+
+def _already_complete(store: Store, row: ManifestRow) -> ShardResult | None:
+    record = store.read(row.file_name)
+    final = store.final_path(row.file_name)
+    if record is None or record.status != "complete" or record.size is None:
+        return None
+    try:
+        if final.stat().st_size != record.size:
+            return None
+    except FileNotFoundError:
+        return None
+    return ShardResult(row.file_name, "present", bytes_done=record.size, size=record.size,
+                       digests=tuple(sorted(record.digests.items())))  # fmt: skip
+
+
+async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> int | None:
+    """Total size from a one-byte Range request; None when the server will not say."""
+    headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
+    with contextlib.suppress(httpx.HTTPError):
+        async with client.stream("GET", row.url, headers=headers) as response:
+            if response.status_code == 206:
+                total = response.headers.get("Content-Range", "").rpartition("/")[2]
+                return int(total) if total.isdigit() else None
+            if response.status_code == 200:
+                length = response.headers.get("Content-Length", "")
+                return int(length) if length.isdigit() else None
+    return None
+
+
+async def _check_space(
+    client: httpx.AsyncClient, store: Store, rows: list[ManifestRow], jobs: int
+) -> int:
+    """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit."""
+    gate = asyncio.Semaphore(max(jobs, 8))
+
+    async def remaining(row: ManifestRow) -> int:
+        record = store.read(row.file_name)
+        total = (
+            record.expected_size if record and record.object_path == object_path(row.url) else None
+        )
+        if total is None:
+            async with gate:
+                total = await _probe_size(client, row)
+        part = store.part_path(row.file_name)
+        have = part.stat().st_size if part.exists() else 0
+        return max(0, (total or 0) - have)
+
+    needed = sum(await asyncio.gather(*(remaining(r) for r in rows)))
+    free = shutil.disk_usage(store.tars).free
+    if needed + SPACE_MARGIN > free:
+        msg = (f"the selected shards need {needed / 2**30:,.1f} GiB more, "
+               f"but {store.tars} has {free / 2**30:,.1f} GiB free")  # fmt: skip
+        hint = "Free space, pick a smaller --subset, or use --root on a bigger disk."
+        raise NotEnoughSpaceError(msg, hint=hint)
+    return needed
+
+
+async def _heartbeat(claims: dict[str, Claim], sleep: Callable[[float], Awaitable[None]]) -> None:
+    while True:
+        await sleep(HEARTBEAT_SECONDS)
+        for claim in list(claims.values()):
+            claim.heartbeat()
+
+
+def _claim_all(
+    store: Store, rows: list[ManifestRow], stale_after: float
+) -> tuple[dict[str, Claim], list[ShardResult]]:
+    claims: dict[str, Claim] = {}
+    busy: list[ShardResult] = []
+    for row in rows:
+        got = try_claim(store.claims / f"{row.file_name}.claim", stale_after=stale_after)
+        if isinstance(got, Claim):
+            claims[row.file_name] = got
+        else:
+            detail = f"being downloaded by {got.describe()}; run again when it is done"
+            busy.append(ShardResult(row.file_name, "busy", detail=detail))
+    return claims, busy
+
+
+def _plan(
+    manifest: Manifest, config: DownloadConfig
+) -> tuple[list[ManifestRow], list[ShardResult]]:
+    names = config.selection.apply(manifest.rows)
+    rows = [manifest.rows[n] for n in names if n in manifest.rows]
+    missing = [ShardResult(n, "no_link", detail="the manifest has no row for it")
+               for n in names if n not in manifest.rows]  # fmt: skip
+    return rows, missing
+
+
+async def run_downloads(
+    config: DownloadConfig,
+    *,
+    sink: ProgressSink | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    stop: asyncio.Event | None = None,
+    after: OnComplete | None = None,
+) -> DownloadReport:
+    """Download the selected files of the manifest into ``config.root``.
+
+    Setting ``stop`` (the CLI does on Ctrl-C) checkpoints every transfer and returns
+    a report in which unfinished shards are ``interrupted``. ``after`` runs, as a task,
+    for each shard that is complete (``download --extract`` uses it).
+    """
+    sink = sink or NullSink()
+    manifest = read_manifest(config.links)
+    checks = load_checksum_lists(config.checksums) if config.checksums else ChecksumList({})
+    store = Store(config.root).ensure()
+    store.remember_manifest(config.links.read_text(encoding="utf-8"))
+    rows, results = _plan(manifest, config)
+    pending = []
+    for row in rows:
+        done = _already_complete(store, row)
+        if done is None:
+            pending.append(row)
+        else:
+            results.append(done)
+            sink.finished(done)
+    async with make_client(config.timeout, transport=transport) as client:
+        claims, busy = _claim_all(store, pending, config.stale_after)
+        results.extend(busy)
+        pending = [r for r in pending if r.file_name in claims]
+        try:
+            needed = (
+                await _check_space(client, store, pending, config.jobs) if config.check_space else 0
+            )
+            ctx = TransferContext(
+                client,
+                TransferSettings(stall_timeout=config.timeout, max_attempts=config.max_attempts),
+                sink=sink, sleep=sleep, limiter=RateLimiter(config.max_rate, sleep=sleep),
+            )  # fmt: skip
+            hooks = _Hooks(stop or asyncio.Event(), after)
+            results.extend(await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks))
+        finally:
+            for claim in claims.values():
+                claim.release()
+            with contextlib.suppress(OSError):
+                store.write_checksum_file()
+    order = {n: i for i, n in enumerate(config.selection.apply(manifest.rows))}
+    results.sort(key=lambda r: order.get(r.name, len(order)))
+    return DownloadReport(results, manifest.expiry_window(), needed, manifest.warnings)
+
+
+async def _run_pool(
+    ctx: TransferContext,
+    store: Store,
+    rows: list[ManifestRow],
+    checks: ChecksumList,
+    claims: dict[str, Claim],
+    jobs: int,
+    hooks: _Hooks,
+) -> list[ShardResult]:
+    queue: asyncio.Queue[ManifestRow] = asyncio.Queue()
+    for row in rows:
+        queue.put_nowait(row)
+    results: dict[str, ShardResult] = {}
+    failures: list[BaseException] = []
+    followers: list[asyncio.Task[None]] = []
+
+    async def worker() -> None:
+        while not queue.empty() and not hooks.stop.is_set():
+            row = queue.get_nowait()
+            try:
+                result = await fetch_shard(
+                    row, store, ctx, expected=dict(checks.expected(row.file_name)),
+                    claim=claims.get(row.file_name),
+                )  # fmt: skip
+            except Sa1bError as exc:  # a run-level error such as a full disk
+                failures.append(exc)
+                hooks.stop.set()
+                return
+            results[row.file_name] = result
+            ctx.sink.finished(result)
+            if hooks.after is not None and result.ok:
+                followers.append(asyncio.create_task(hooks.after(result)))
+
+    tasks = [asyncio.create_task(worker()) for _ in range(min(jobs, len(rows)))]
+    side = [asyncio.create_task(_heartbeat(claims, ctx.sleep)),
+            asyncio.create_task(_cancel_when(hooks.stop, tasks))]  # fmt: skip
+    try:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*followers)
+    finally:
+        for task in side:
+            task.cancel()
+    for row in rows:
+        if row.file_name not in results:
+            results[row.file_name] = _interrupted(store, row)
+    if failures:
+        raise failures[0]
+    return list(results.values())
+
+
+async def _cancel_when(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+
+
+def _interrupted(store: Store, row: ManifestRow) -> ShardResult:
+    part = store.part_path(row.file_name)
+    size = part.stat().st_size if part.exists() else 0
+    detail = "interrupted; partial bytes kept, run the same command to continue"
+    return ShardResult(row.file_name, "interrupted", bytes_done=size, detail=detail)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hooks:
+    stop: asyncio.Event
+    after: OnComplete | None = None

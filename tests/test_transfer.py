@@ -1,0 +1,223 @@
+"""The resume state machine against every server behaviour, through httpx.MockTransport."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import xxhash
+
+from sa1b_cli.manifest import ManifestRow, expiry_of
+from sa1b_cli.store import Record, Store
+from sa1b_cli.transfer import TransferContext, TransferSettings, fetch_shard, retry_after_seconds
+from tests.fakecdn import FakeCDN, url_for
+
+NAME = "sa_000001.tar"
+NOW = 1_800_000_000.0
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def row_for(name: str = NAME, *, oe: int = 0x7FFFFFFF) -> ManifestRow:
+    url = url_for(name, oe=oe)
+    return ManifestRow(name, url, "shard", 2, expiry_of(url))
+
+
+async def fetch(cdn: FakeCDN, store: Store, *, row: ManifestRow | None = None, expected=None,
+                stall: float = 5.0, sleeps: Sleeps | None = None, attempts: int = 8):
+    settings = TransferSettings(stall_timeout=stall, max_attempts=attempts, block_size=50_000)
+    async with httpx.AsyncClient(transport=cdn.transport()) as client:
+        ctx = TransferContext(client, settings, sleep=sleeps or Sleeps(), wall_clock=lambda: NOW,
+                              rng=random.Random(1))
+        return await fetch_shard(row or row_for(), store, ctx, expected=expected)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "root").ensure()
+
+
+def final_bytes(store: Store) -> bytes:
+    return store.final_path(NAME).read_bytes()
+
+
+async def test_plain_download_is_whole_and_recorded(store, payload):
+    cdn = FakeCDN({NAME: payload})
+    result = await fetch(cdn, store)
+    assert result.status == "downloaded"
+    assert final_bytes(store) == payload
+    assert not store.part_path(NAME).exists()
+    record = store.read(NAME)
+    assert record is not None and record.status == "complete"
+    assert record.digests["xxh128"] == xxhash.xxh3_128(payload).hexdigest()
+    assert cdn.seen[0].accept_encoding == "identity"
+    assert cdn.seen[0].raw_query.startswith(b"_nc_gid&ccb=10-5")  # passed through byte for byte
+
+
+async def test_drop_mid_body_resumes_from_the_bytes_received(store, payload):
+    sleeps = Sleeps()
+    cdn = FakeCDN({NAME: payload}, faults=["drop:120000"])
+    result = await fetch(cdn, store, sleeps=sleeps)
+    assert result.status == "downloaded"
+    assert final_bytes(store) == payload
+    assert [s.range for s in cdn.seen] == [None, "bytes=120000-"]
+    assert len(sleeps.calls) == 1
+
+
+async def test_200_to_a_range_request_starts_over(store, payload):
+    cdn = FakeCDN({NAME: payload}, faults=["drop:100000", "ignore_range"])
+    result = await fetch(cdn, store)
+    assert result.status == "downloaded"
+    assert final_bytes(store) == payload  # not the first 100000 bytes twice
+    assert cdn.seen[1].range == "bytes=100000-"
+
+
+async def test_content_range_starting_elsewhere_is_never_appended(store, payload):
+    cdn = FakeCDN({NAME: payload}, faults=["drop:100000", "wrong_range"])
+    result = await fetch(cdn, store)
+    assert result.status == "downloaded"
+    assert final_bytes(store) == payload
+    assert [s.range for s in cdn.seen] == [None, "bytes=100000-", "bytes=100000-"]
+
+
+async def test_total_size_change_restarts_from_zero(store, payload):
+    cdn = FakeCDN({NAME: payload}, faults=["drop:100000", "size_changed"])
+    result = await fetch(cdn, store)
+    assert result.status == "downloaded"
+    assert final_bytes(store) == payload
+    assert cdn.seen[-1].range is None
+
+
+async def test_416_with_matching_size_finishes_without_refetching(store, payload):
+    store.part_path(NAME).write_bytes(payload)
+    store.write(Record(NAME, "partial", expected_size=len(payload),
+                       object_path=f"/m1/v/t6/{NAME}", durable_bytes=len(payload)))
+    cdn = FakeCDN({NAME: payload})
+    result = await fetch(cdn, store)
+    assert result.status == "downloaded" and result.bytes_fetched == 0
+    assert final_bytes(store) == payload
+
+
+async def test_416_with_other_size_is_not_done(store, payload):
+    store.part_path(NAME).write_bytes(payload + b"extra")
+    store.write(Record(NAME, "partial", object_path=f"/m1/v/t6/{NAME}",
+                       durable_bytes=len(payload) + 5))
+    cdn = FakeCDN({NAME: payload})
+    result = await fetch(cdn, store)
+    assert result.status == "downloaded"
+    assert final_bytes(store) == payload
+    assert cdn.seen[0].range == f"bytes={len(payload) + 5}-" and cdn.seen[1].range is None
+
+
+async def test_403_expired_stops_at_once_and_keeps_bytes(store, payload):
+    sleeps = Sleeps()
+    cdn = FakeCDN({NAME: payload}, faults=["drop:100000", "status:403:URL signature expired"])
+    result = await fetch(cdn, store, sleeps=sleeps)
+    assert result.status == "expired"
+    assert len(cdn.seen) == 2 and len(sleeps.calls) == 1  # no retry spent on the 403
+    assert store.part_path(NAME).stat().st_size == 100000
+    assert "fresh manifest" in (result.detail or "")
+    assert "SECRETSIG" not in (result.detail or "")
+
+
+async def test_oe_in_the_past_sends_no_request(store, payload):
+    cdn = FakeCDN({NAME: payload})
+    result = await fetch(cdn, store, row=row_for(oe=int(NOW) - 60))
+    assert result.status == "expired" and cdn.seen == []
+    assert result.expired_at == datetime.fromtimestamp(int(NOW) - 60, tz=UTC)
+
+
+async def test_403_other_fails_without_retries(store, payload):
+    cdn = FakeCDN({NAME: payload}, faults=["status:403:URL signature mismatch"])
+    result = await fetch(cdn, store)
+    assert result.status == "failed" and len(cdn.seen) == 1
+    assert "signature mismatch" in (result.detail or "")
+
+
+async def test_429_honours_retry_after(store, payload):
+    sleeps = Sleeps()
+    cdn = FakeCDN({NAME: payload}, faults=["status:429:slow down|7"])
+    result = await fetch(cdn, store, sleeps=sleeps)
+    assert result.status == "downloaded"
+    assert sleeps.calls == [7.0]
+
+
+async def test_5xx_backs_off_exponentially_with_jitter_then_gives_up(store, payload):
+    sleeps = Sleeps()
+    cdn = FakeCDN({NAME: payload}, faults=["status:503"] * 10)
+    result = await fetch(cdn, store, sleeps=sleeps, attempts=4)
+    assert result.status == "failed" and "HTTP 503" in (result.detail or "")
+    assert len(sleeps.calls) == 4
+    for n, delay in enumerate(sleeps.calls):
+        assert 0.5 * 2**n <= delay <= 2**n
+
+
+async def test_budget_is_renewed_while_bytes_arrive(store, payload):
+    faults = [f"drop:{10_000}"] * 12  # more drops than max_attempts, but each makes progress
+    cdn = FakeCDN({NAME: payload}, faults=faults)
+    result = await fetch(cdn, store, attempts=3)
+    assert result.status == "downloaded"
+    assert final_bytes(store) == payload
+
+
+async def test_stall_is_dropped_and_resumed(store, payload):
+    cdn = FakeCDN({NAME: payload}, faults=["stall:70000"])
+    result = await fetch(cdn, store, stall=0.2)
+    assert result.status == "downloaded"
+    assert final_bytes(store) == payload
+    assert cdn.seen[1].range == "bytes=70000-"
+
+
+async def test_expected_digest_mismatch_refetches_once_then_fails(store, payload):
+    expected = {"md5": "0" * 32}
+    cdn = FakeCDN({NAME: payload})
+    result = await fetch(cdn, store, expected=expected)
+    assert result.status == "failed"
+    assert hashlib.md5(payload).hexdigest() in (result.detail or "")
+    assert "0" * 32 in (result.detail or "")
+    assert len(cdn.seen) == 2
+    assert not store.final_path(NAME).exists()
+
+
+async def test_expected_digest_match_is_recorded(store, payload):
+    expected = {"md5": hashlib.md5(payload).hexdigest()}
+    result = await fetch(FakeCDN({NAME: payload}), store, expected=expected)
+    assert result.status == "downloaded"
+    record = json.loads(store.record_path(NAME).read_text())
+    assert record["digests"]["md5"] == expected["md5"]
+
+
+async def test_resume_after_restart_uses_checkpoint_and_rehashes_prefix(store, payload):
+    store.part_path(NAME).write_bytes(payload[:150_000] + b"garbage after the last fsync")
+    store.write(Record(NAME, "partial", expected_size=len(payload),
+                       object_path=f"/m1/v/t6/{NAME}", durable_bytes=150_000))
+    cdn = FakeCDN({NAME: payload})
+    result = await fetch(cdn, store)
+    assert result.status == "downloaded"
+    assert cdn.seen[0].range == "bytes=150000-"
+    assert store.read(NAME).digests["xxh128"] == xxhash.xxh3_128(payload).hexdigest()  # type: ignore[union-attr]
+
+
+async def test_refreshed_link_with_same_object_path_continues(store, payload):
+    store.part_path(NAME).write_bytes(payload[:150_000])
+    store.write(Record(NAME, "expired", expected_size=len(payload),
+                       object_path=f"/m1/v/t6/{NAME}", durable_bytes=150_000))
+    result = await fetch(FakeCDN({NAME: payload}), store, row=row_for(oe=0x7FFFFFF0))
+    assert result.status == "downloaded" and result.bytes_fetched == len(payload) - 150_000
+
+
+def test_retry_after_parses_seconds_and_dates():
+    assert retry_after_seconds("12", now=0) == 12
+    assert retry_after_seconds("Thu, 01 Jan 1970 00:01:00 GMT", now=30) == 30
+    assert retry_after_seconds("soon", now=0) is None
