@@ -43,8 +43,15 @@ ALGORITHMS: dict[str, Callable[[], Hasher]] = {
 RECORD_ALGORITHM = "xxh128"
 # Names users type or tools print, mapped to our registry keys.
 _ALIASES = {"xxh3_128": "xxh128", "xxh3": "xxh3_64", "sha-256": "sha256", "sha-1": "sha1"}
-_BSD_TAGS = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256", "XXH32": "xxh32",
-             "XXH64": "xxh64", "XXH3": "xxh3_64", "XXH128": "xxh128"}  # fmt: skip
+_BSD_TAGS = {
+    "MD5": "md5",
+    "SHA1": "sha1",
+    "SHA256": "sha256",
+    "XXH32": "xxh32",
+    "XXH64": "xxh64",
+    "XXH3": "xxh3_64",
+    "XXH128": "xxh128",
+}
 _GNU_BY_LENGTH = {8: "xxh32", 16: "xxh64", 40: "sha1", 64: "sha256"}
 _BSD_RE = re.compile(r"(?P<tag>[A-Z0-9_]+) ?\((?P<name>.+)\) ?= ?(?P<hex>[0-9a-fA-F]+)")
 _GNU_RE = re.compile(r"(?:XXH3_)?(?P<hex>[0-9a-fA-F]{8,64}) [ *](?P<name>.+)")

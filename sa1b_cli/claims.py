@@ -86,8 +86,9 @@ def _is_stale(holder: ClaimHolder | None, now: float, stale_after: float) -> boo
 
 
 def _create(path: Path, token: str, now: float) -> bool:
-    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": token,
-                       "started": now})  # fmt: skip
+    body = json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "token": token, "started": now}
+    )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:

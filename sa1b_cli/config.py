@@ -51,3 +51,22 @@ def resolve_links(given: Path | None, root: Path) -> Path:
         return remembered
     msg = "no manifest given and none found"
     raise ManifestError(msg, path=Path(os.fspath(DEFAULT_LINKS)))
+
+
+_RATE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+def parse_rate(value: str | None) -> float | None:
+    """``"200M"``, ``"1.5GB/s"``, ``"50MiB"`` -> bytes per second; None or "0" -> unlimited."""
+    if value is None:
+        return None
+    import re
+
+    from sa1b_cli.errors import UsageError
+
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgG]i?)?[bB]?(?:/s)?\s*", value)
+    if not match:
+        msg = f"--max-rate {value!r}: use a rate such as 200M, 1.5G or 50MiB (bytes per second)"
+        raise UsageError(msg)
+    rate = float(match.group(1)) * _RATE_UNITS[(match.group(2) or "").lower()]
+    return rate or None

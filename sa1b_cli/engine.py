@@ -64,8 +64,13 @@ def _already_complete(store: Store, row: ManifestRow) -> ShardResult | None:
             return None
     except FileNotFoundError:
         return None
-    return ShardResult(row.file_name, "present", bytes_done=record.size, size=record.size,
-                       digests=tuple(sorted(record.digests.items())))  # fmt: skip
+    return ShardResult(
+        row.file_name,
+        "present",
+        bytes_done=record.size,
+        size=record.size,
+        digests=tuple(sorted(record.digests.items())),
+    )
 
 
 async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> int | None:
@@ -103,8 +108,10 @@ async def _check_space(
     needed = sum(await asyncio.gather(*(remaining(r) for r in rows)))
     free = shutil.disk_usage(store.tars).free
     if needed + SPACE_MARGIN > free:
-        msg = (f"the selected shards need {needed / 2**30:,.1f} GiB more, "
-               f"but {store.tars} has {free / 2**30:,.1f} GiB free")  # fmt: skip
+        msg = (
+            f"the selected shards need {needed / 2**30:,.1f} GiB more, "
+            f"but {store.tars} has {free / 2**30:,.1f} GiB free"
+        )
         hint = "Free space, pick a smaller --subset, or use --root on a bigger disk."
         raise NotEnoughSpaceError(msg, hint=hint)
     return needed
@@ -137,8 +144,11 @@ def _plan(
 ) -> tuple[list[ManifestRow], list[ShardResult]]:
     names = config.selection.apply(manifest.rows)
     rows = [manifest.rows[n] for n in names if n in manifest.rows]
-    missing = [ShardResult(n, "no_link", detail="the manifest has no row for it")
-               for n in names if n not in manifest.rows]  # fmt: skip
+    missing = [
+        ShardResult(n, "no_link", detail="the manifest has no row for it")
+        for n in names
+        if n not in manifest.rows
+    ]
     return rows, missing
 
 
@@ -182,8 +192,10 @@ async def run_downloads(
             ctx = TransferContext(
                 client,
                 TransferSettings(stall_timeout=config.timeout, max_attempts=config.max_attempts),
-                sink=sink, sleep=sleep, limiter=RateLimiter(config.max_rate, sleep=sleep),
-            )  # fmt: skip
+                sink=sink,
+                sleep=sleep,
+                limiter=RateLimiter(config.max_rate, sleep=sleep),
+            )
             hooks = _Hooks(stop or asyncio.Event(), after)
             results.extend(await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks))
         finally:
@@ -217,9 +229,12 @@ async def _run_pool(
             row = queue.get_nowait()
             try:
                 result = await fetch_shard(
-                    row, store, ctx, expected=dict(checks.expected(row.file_name)),
+                    row,
+                    store,
+                    ctx,
+                    expected=dict(checks.expected(row.file_name)),
                     claim=claims.get(row.file_name),
-                )  # fmt: skip
+                )
             except Sa1bError as exc:  # a run-level error such as a full disk
                 failures.append(exc)
                 hooks.stop.set()
@@ -230,8 +245,10 @@ async def _run_pool(
                 followers.append(asyncio.create_task(hooks.after(result)))
 
     tasks = [asyncio.create_task(worker()) for _ in range(min(jobs, len(rows)))]
-    side = [asyncio.create_task(_heartbeat(claims, ctx.sleep)),
-            asyncio.create_task(_cancel_when(hooks.stop, tasks))]  # fmt: skip
+    side = [
+        asyncio.create_task(_heartbeat(claims, ctx.sleep)),
+        asyncio.create_task(_cancel_when(hooks.stop, tasks)),
+    ]
     try:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*followers)

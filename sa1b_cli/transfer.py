@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -27,8 +28,8 @@ from sa1b_cli.events import NullSink, ProgressSink
 from sa1b_cli.manifest import ManifestRow, object_path
 from sa1b_cli.partfile import PartFile, is_disk_full
 from sa1b_cli.ratelimit import RateLimiter
-from sa1b_cli.results import ShardResult
-from sa1b_cli.store import Record, Store
+from sa1b_cli.results import DownloadStatus, ShardResult
+from sa1b_cli.store import Record, RecordStatus, Store
 
 __all__ = ["TransferContext", "TransferSettings", "fetch_shard", "retry_after_seconds"]
 
@@ -123,11 +124,18 @@ class _Job:
 
     # -- results -------------------------------------------------------------------------
 
-    def _result(self, status: str, detail: str | None = None, **extra: object) -> ShardResult:
+    def _result(
+        self, status: DownloadStatus, detail: str | None = None, **extra: Any
+    ) -> ShardResult:
         return ShardResult(
-            self.name, status, bytes_done=self.part.size, size=self.expected_size,  # type: ignore[arg-type]
-            bytes_fetched=self.fetched, detail=detail, **extra,  # type: ignore[arg-type]
-        )  # fmt: skip
+            self.name,
+            status,
+            bytes_done=self.part.size,
+            size=self.expected_size,
+            bytes_fetched=self.fetched,
+            detail=detail,
+            **extra,
+        )
 
     def _expired(self, why: str) -> _Stop:
         when = self.row.expires_at
@@ -148,10 +156,14 @@ class _Job:
             keep = previous.durable_bytes
             self.expected_size = previous.expected_size
         async with await self.part.open(keep=keep):
+            self._last_checkpoint = (self.part.size, self.ctx.monotonic())
             try:
                 return await self._loop()
             except _Stop as stop:
                 await self._checkpoint(force=True)
+                if stop.result.status in ("expired", "failed"):
+                    durable = self._last_checkpoint[0]
+                    self._record(stop.result.status, durable=durable, detail=stop.result.detail)
                 return stop.result
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
@@ -350,11 +362,15 @@ class _Job:
         if self.claim is not None and not self.claim.heartbeat():
             raise _Stop(self._result("busy", "another process took over this shard's claim"))
 
-    def _record(self, status: str, *, durable: int, **extra: object) -> None:
+    def _record(self, status: RecordStatus, *, durable: int, **extra: Any) -> None:
         record = Record(
-            self.name, status, expected_size=self.expected_size,  # type: ignore[arg-type]
-            object_path=object_path(self.row.url), durable_bytes=durable, **extra,  # type: ignore[arg-type]
-        )  # fmt: skip
+            self.name,
+            status,
+            expected_size=self.expected_size,
+            object_path=object_path(self.row.url),
+            durable_bytes=durable,
+            **extra,
+        )
         self.store.write(record.with_(updated=self.ctx.wall_clock()))
 
     async def _finalise(self) -> str | None:

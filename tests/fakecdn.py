@@ -74,12 +74,12 @@ class FakeCDN:
         headers = {"Accept-Ranges": "bytes"}
         kind, _, arg = fault.partition(":")
         if kind == "status":
-            code, _, body = arg.partition(":")
+            code, _, text = arg.partition(":")
             extra = {}
-            if "|" in body:
-                body, retry = body.split("|")
+            if "|" in text:
+                text, retry = text.split("|")
                 extra["Retry-After"] = retry
-            return httpx.Response(int(code), content=body.encode(), headers=extra)
+            return httpx.Response(int(code), content=text.encode(), headers=extra)
         if kind == "ignore_range" or not rng:
             headers["Content-Length"] = str(len(data))
             stream: httpx.AsyncByteStream = ChunkedStream(data)
@@ -94,7 +94,7 @@ class FakeCDN:
         if kind == "wrong_range":
             start = max(0, start - 100)
         if kind == "size_changed":
-            data = data + b"more"
+            data += b"more"
         body = data[start:]
         headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         headers["Content-Length"] = str(len(body))

@@ -34,12 +34,21 @@ def row_for(name: str = NAME, *, oe: int = 0x7FFFFFFF) -> ManifestRow:
     return ManifestRow(name, url, "shard", 2, expiry_of(url))
 
 
-async def fetch(cdn: FakeCDN, store: Store, *, row: ManifestRow | None = None, expected=None,
-                stall: float = 5.0, sleeps: Sleeps | None = None, attempts: int = 8):
+async def fetch(
+    cdn: FakeCDN,
+    store: Store,
+    *,
+    row: ManifestRow | None = None,
+    expected=None,
+    stall: float = 5.0,
+    sleeps: Sleeps | None = None,
+    attempts: int = 8,
+):
     settings = TransferSettings(stall_timeout=stall, max_attempts=attempts, block_size=50_000)
     async with httpx.AsyncClient(transport=cdn.transport()) as client:
-        ctx = TransferContext(client, settings, sleep=sleeps or Sleeps(), wall_clock=lambda: NOW,
-                              rng=random.Random(1))
+        ctx = TransferContext(
+            client, settings, sleep=sleeps or Sleeps(), wall_clock=lambda: NOW, rng=random.Random(1)
+        )
         return await fetch_shard(row or row_for(), store, ctx, expected=expected)
 
 
@@ -101,8 +110,15 @@ async def test_total_size_change_restarts_from_zero(store, payload):
 
 async def test_416_with_matching_size_finishes_without_refetching(store, payload):
     store.part_path(NAME).write_bytes(payload)
-    store.write(Record(NAME, "partial", expected_size=len(payload),
-                       object_path=f"/m1/v/t6/{NAME}", durable_bytes=len(payload)))
+    store.write(
+        Record(
+            NAME,
+            "partial",
+            expected_size=len(payload),
+            object_path=f"/m1/v/t6/{NAME}",
+            durable_bytes=len(payload),
+        )
+    )
     cdn = FakeCDN({NAME: payload})
     result = await fetch(cdn, store)
     assert result.status == "downloaded" and result.bytes_fetched == 0
@@ -111,8 +127,9 @@ async def test_416_with_matching_size_finishes_without_refetching(store, payload
 
 async def test_416_with_other_size_is_not_done(store, payload):
     store.part_path(NAME).write_bytes(payload + b"extra")
-    store.write(Record(NAME, "partial", object_path=f"/m1/v/t6/{NAME}",
-                       durable_bytes=len(payload) + 5))
+    store.write(
+        Record(NAME, "partial", object_path=f"/m1/v/t6/{NAME}", durable_bytes=len(payload) + 5)
+    )
     cdn = FakeCDN({NAME: payload})
     result = await fetch(cdn, store)
     assert result.status == "downloaded"
@@ -200,8 +217,15 @@ async def test_expected_digest_match_is_recorded(store, payload):
 
 async def test_resume_after_restart_uses_checkpoint_and_rehashes_prefix(store, payload):
     store.part_path(NAME).write_bytes(payload[:150_000] + b"garbage after the last fsync")
-    store.write(Record(NAME, "partial", expected_size=len(payload),
-                       object_path=f"/m1/v/t6/{NAME}", durable_bytes=150_000))
+    store.write(
+        Record(
+            NAME,
+            "partial",
+            expected_size=len(payload),
+            object_path=f"/m1/v/t6/{NAME}",
+            durable_bytes=150_000,
+        )
+    )
     cdn = FakeCDN({NAME: payload})
     result = await fetch(cdn, store)
     assert result.status == "downloaded"
@@ -211,8 +235,15 @@ async def test_resume_after_restart_uses_checkpoint_and_rehashes_prefix(store, p
 
 async def test_refreshed_link_with_same_object_path_continues(store, payload):
     store.part_path(NAME).write_bytes(payload[:150_000])
-    store.write(Record(NAME, "expired", expected_size=len(payload),
-                       object_path=f"/m1/v/t6/{NAME}", durable_bytes=150_000))
+    store.write(
+        Record(
+            NAME,
+            "expired",
+            expected_size=len(payload),
+            object_path=f"/m1/v/t6/{NAME}",
+            durable_bytes=150_000,
+        )
+    )
     result = await fetch(FakeCDN({NAME: payload}), store, row=row_for(oe=0x7FFFFFF0))
     assert result.status == "downloaded" and result.bytes_fetched == len(payload) - 150_000
 

@@ -1,0 +1,277 @@
+"""The sa1b command line: options -> config -> one library call -> render -> exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from sa1b_cli import __version__, ui
+from sa1b_cli.config import DEFAULT_JOBS, DEFAULT_ROOT, DownloadConfig, parse_rate, resolve_links
+from sa1b_cli.engine import DownloadReport, run_downloads
+from sa1b_cli.errors import Sa1bError
+from sa1b_cli.events import NullSink, ProgressSink
+from sa1b_cli.manifest import read_manifest
+from sa1b_cli.results import download_exit_code
+from sa1b_cli.selection import Selection, parse_selection
+from sa1b_cli.status import root_status
+from sa1b_cli.store import Store
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+app = typer.Typer(
+    name="sa1b",
+    help="Download, verify and extract Meta's SA-1B dataset: resumable, checked, concurrent.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+err = Console(stderr=True)
+out = Console(soft_wrap=True)
+
+RootOpt = Annotated[
+    Path,
+    typer.Option(
+        "--root",
+        envvar="SA1B_ROOT",
+        help="Folder that holds everything sa1b owns (tars, records, extracted).",
+    ),
+]
+LinksOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--links",
+        envvar="SA1B_LINKS",
+        show_default=False,
+        help="Meta's manifest. Default: links/segment_anything_links.txt, else the root's copy.",
+    ),
+]
+SubsetOpt = Annotated[
+    str | None,
+    typer.Option(help="A share (1% = 10 shards) or a count; always the lowest-numbered shards."),
+]
+ShardsOpt = Annotated[
+    str | None,
+    typer.Option(help="Explicit shards: 0-9,20,sa_000031 or aux names (sa_images_ids.txt)."),
+]
+PartOpt = Annotated[
+    str | None,
+    typer.Option(help="Take part I/N of the selection; 'auto' reads SLURM_ARRAY_TASK_*."),
+]
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, max=64, envvar="SA1B_JOBS", help="Shards worked on at once."
+    ),
+]
+ChecksumsOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="[alg:]FILE in md5sum, sha256sum, xxhsum or BSD-tag format. Repeatable."),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable report on stdout.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", envvar="SA1B_DEBUG", help="Show tracebacks.")]
+VersionOpt = Annotated[bool, typer.Option("--version", help="Print the version and exit.")]
+ManifestArg = Annotated[
+    Path | None, typer.Argument(help="The manifest to inspect.", show_default=False)
+]
+RateOpt = Annotated[
+    str | None,
+    typer.Option(envvar="SA1B_MAX_RATE", help="Cap the total rate in bytes/s: 200M, 1.5G, 50MiB."),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option(min=1.0, help="Drop and resume a connection silent this many seconds.")
+]
+
+
+@app.callback()
+def _root_callback(debug: DebugOpt = False, version: VersionOpt = False) -> None:
+    """Download, verify and extract Meta's SA-1B dataset.
+
+    Start with [bold]sa1b links[/] to inspect your manifest,
+    then [bold]sa1b download --subset 1%[/].
+    """
+    if version:
+        out.print(f"sa1b {__version__}")
+        raise typer.Exit(0)
+    if debug:
+        os.environ["SA1B_DEBUG"] = "1"
+
+
+def _selection(subset: str | None, shards: str | None, part: str | None) -> Selection:
+    return parse_selection(subset, shards, part, env=os.environ)
+
+
+def _emit_json(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _run_interruptible(factory: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run the async core; the first Ctrl-C (or SIGTERM) asks it to stop and keep progress."""
+
+    async def runner() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def first_interrupt() -> None:
+            stop.set()
+            err.print("[yellow]stopping: saving progress (Ctrl-C again to abort at once)[/]")
+            loop.remove_signal_handler(signal.SIGINT)
+
+        loop.add_signal_handler(signal.SIGINT, first_interrupt)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            return await factory(stop)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(runner())
+    except KeyboardInterrupt:
+        err.print("[yellow]aborted; bytes up to the last checkpoint are kept[/]")
+        raise typer.Exit(130) from None
+
+
+# -- links ---------------------------------------------------------------------------------
+
+
+@app.command()
+def links(
+    manifest: ManifestArg = None,
+    root: RootOpt = DEFAULT_ROOT,
+    as_json: JsonOpt = False,
+) -> None:
+    """Inspect a manifest: rows, kinds, missing shards, expiry and warnings (never signatures)."""
+    parsed = read_manifest(resolve_links(manifest, root))
+    summary = ui.manifest_summary(parsed, now=time.time())
+    if as_json:
+        _emit_json(summary)
+    else:
+        ui.print_manifest_summary(out, summary)
+    raise typer.Exit(0)
+
+
+# -- download ------------------------------------------------------------------------------
+
+
+def _download_sink(as_json: bool, quiet: bool, report_expiry: Any, total: int) -> Any:
+    if as_json or quiet:
+        return NullSink()
+    if err.is_terminal:
+        return ui.RichSink(err, expiry=report_expiry, total=total)
+    return ui.PlainSink(err)
+
+
+@app.command()
+def download(
+    root: RootOpt = DEFAULT_ROOT,
+    links: LinksOpt = None,
+    subset: SubsetOpt = None,
+    shards: ShardsOpt = None,
+    part: PartOpt = None,
+    jobs: JobsOpt = DEFAULT_JOBS,
+    checksums: ChecksumsOpt = None,
+    max_rate: RateOpt = None,
+    timeout: TimeoutOpt = 30.0,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download shards with resume, retries and on-arrival checksums.
+
+    Run it again at any time (or with a fresh manifest via --links): finished shards are
+    kept, partial ones continue where they stopped.
+    """
+    config = DownloadConfig(
+        root=root,
+        links=resolve_links(links, root),
+        selection=_selection(subset, shards, part),
+        jobs=jobs,
+        checksums=tuple(checksums or ()),
+        max_rate=parse_rate(max_rate),
+        timeout=timeout,
+    )
+    expiry = read_manifest(config.links).expiry_window()
+    sink: ProgressSink = _download_sink(as_json, quiet, expiry[0] if expiry else None, 0)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if isinstance(sink, ui.RichSink | ui.PlainSink):
+            stack.enter_context(sink)
+        report = _run_interruptible(lambda stop: run_downloads(config, sink=sink, stop=stop))
+    code = download_exit_code(report.results)
+    if as_json:
+        _emit_json(_download_json(report, code, time.monotonic() - started))
+    elif not quiet or code:
+        ui.print_download_summary(err, report, elapsed=time.monotonic() - started)
+    raise typer.Exit(code)
+
+
+def _download_json(report: DownloadReport, code: int, elapsed: float) -> dict[str, Any]:
+    return {
+        "command": "download",
+        "exit_code": code,
+        "elapsed_seconds": round(elapsed, 3),
+        "bytes_fetched": sum(r.bytes_fetched for r in report.results),
+        "links_expire": report.expiry[0].isoformat() if report.expiry else None,
+        "shards": [{**asdict(r), "digests": dict(r.digests)} for r in report.results],
+    }
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    root: RootOpt = DEFAULT_ROOT,
+    subset: SubsetOpt = None,
+    shards: ShardsOpt = None,
+    part: PartOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each shard's state on the root: missing, partial (%), complete, failed, expired."""
+    store = Store(root)
+    known = set(store.records())
+    remembered = store.remembered_manifest()
+    if remembered is not None:
+        known |= set(read_manifest(remembered).rows)
+    names = _selection(subset, shards, part).apply(known)
+    states = root_status(store, names)
+    if as_json:
+        _emit_json(
+            {
+                "command": "status",
+                "root": str(root),
+                "shards": [{**asdict(s), "percent": s.percent} for s in states],
+            }
+        )
+    else:
+        ui.print_status(out, states, root=root)
+    raise typer.Exit(0)
+
+
+def main() -> None:
+    """Console entry point: renders Sa1bError once, with its hint, and picks the exit code."""
+    try:
+        app()
+    except Sa1bError as exc:
+        if os.environ.get("SA1B_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)

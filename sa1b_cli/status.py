@@ -1,0 +1,77 @@
+"""What is on a root, shard by shard, from records, file sizes and claims (no hashing)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from sa1b_cli.claims import read_claim
+from sa1b_cli.store import Store
+
+__all__ = ["ShardState", "StateName", "root_status"]
+
+StateName = Literal["missing", "partial", "complete", "failed", "expired", "bad", "active"]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardState:
+    name: str
+    state: StateName
+    bytes_done: int = 0
+    size: int | None = None
+    detail: str | None = None
+    holder: str | None = None  # "host (pid N)" of a live claim
+
+    @property
+    def percent(self) -> float | None:
+        return 100.0 * self.bytes_done / self.size if self.size else None
+
+
+def _sizes(folder: os.PathLike[str]) -> dict[str, int]:
+    try:
+        return {e.name: e.stat().st_size for e in os.scandir(folder) if e.is_file()}
+    except FileNotFoundError:
+        return {}
+
+
+def _holders(store: Store, stale_after: float) -> dict[str, str]:
+    found: dict[str, str] = {}
+    if not store.claims.is_dir():
+        return found
+    now = time.time()
+    for entry in os.scandir(store.claims):
+        if entry.name.endswith(".claim"):
+            holder = read_claim(store.claims / entry.name)
+            if holder is not None and now - holder.heartbeat <= stale_after:
+                found[entry.name.removesuffix(".claim")] = holder.describe()
+    return found
+
+
+def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -> list[ShardState]:
+    """The state of each name; one scandir per folder, so 1000 shards take milliseconds."""
+    records = store.records()
+    sizes = _sizes(store.tars)
+    holders = _holders(store, stale_after)
+    states = []
+    for name in names:
+        record = records.get(name)
+        part = sizes.get(f"{name}.part")
+        final = sizes.get(name)
+        expected = record.expected_size if record else None
+        holder = holders.get(name)
+        if record and record.status == "complete" and final is not None and final == record.size:
+            state = ShardState(name, "complete", final, record.size)
+        elif record and record.status == "bad":
+            state = ShardState(name, "bad", final or 0, record.size, record.detail)
+        elif holder is not None:
+            state = ShardState(name, "active", part or 0, expected, holder=holder)
+        elif record and record.status in ("failed", "expired"):
+            state = ShardState(name, record.status, part or 0, expected, record.detail)
+        elif part is not None:
+            state = ShardState(name, "partial", part, expected)
+        else:
+            state = ShardState(name, "missing", 0, expected)
+        states.append(state)
+    return states

@@ -1,0 +1,332 @@
+"""Everything people see (with cli.py the only rich module): live progress, tables, summaries."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from sa1b_cli.manifest import Manifest, redact_url
+from sa1b_cli.results import ShardResult
+from sa1b_cli.status import ShardState
+
+if TYPE_CHECKING:
+    from sa1b_cli.engine import DownloadReport
+
+__all__ = ["PlainSink", "RichSink", "format_bytes", "format_left", "render_expiry"]
+
+STATUS_STYLE = {
+    "downloaded": "green",
+    "present": "green",
+    "ok": "green",
+    "complete": "green",
+    "extracted": "green",
+    "expired": "yellow",
+    "partial": "cyan",
+    "active": "cyan",
+    "busy": "cyan",
+    "interrupted": "yellow",
+    "missing": "dim",
+    "not_covered": "yellow",
+}
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_left(seconds: float) -> str:
+    if seconds <= 0:
+        return "expired"
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"
+
+
+def render_expiry(window: tuple[datetime, datetime] | None, *, now: float) -> Text:
+    if window is None:
+        return Text("links: no expiry found in the manifest", style="yellow")
+    first = window[0]
+    left = first.timestamp() - now
+    style = "red" if left <= 0 else "yellow" if left < 3 * 86400 else "green"
+    return Text(f"links expire {first:%Y-%m-%d %H:%M} UTC ({format_left(left)} left)", style=style)
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, "red"))
+
+
+class StatusColumn(ProgressColumn):
+    """The shard's last note (retrying, restarted...) in a fixed column."""
+
+    def render(self, task: Task) -> Text:
+        return Text(str(task.fields.get("note", ""))[:48], style="dim")
+
+
+class _ExpiryProgress(Progress):
+    """Progress with a header: link expiry, and a warning when the ETA runs past it."""
+
+    expiry: datetime | None = None
+    total_task: TaskID | None = None
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        if self.expiry is not None:
+            header = render_expiry((self.expiry, self.expiry), now=time.time())
+            if self.total_task is not None:
+                task = self._tasks[self.total_task]
+                eta = task.time_remaining
+                if eta and time.time() + eta > self.expiry.timestamp():
+                    header.append(
+                        "  ETA runs past the expiry: get a fresh manifest soon", "bold red"
+                    )
+            yield header
+        yield self.make_tasks_table(self.tasks)
+
+
+class RichSink:
+    """Live progress: one line per active shard and a total with speed and ETA."""
+
+    def __init__(self, console: Console, *, expiry: datetime | None, total: int) -> None:
+        self.progress = _ExpiryProgress(
+            TextColumn("{task.description:>16}"),
+            BarColumn(bar_width=28),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            StatusColumn(),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
+        )
+        self.progress.expiry = expiry
+        self.total = self.progress.add_task("total", total=total or None)
+        self.progress.total_task = self.total
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> RichSink:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def started(self, name: str, total: int | None, resumed_from: int) -> None:
+        task = self.tasks.get(name)
+        label = name.removesuffix(".tar")
+        if task is None:
+            self.tasks[name] = self.progress.add_task(label, total=total, completed=resumed_from)
+        else:
+            self.progress.update(task, total=total, completed=resumed_from)
+
+    def advanced(self, name: str, nbytes: int) -> None:
+        task = self.tasks.get(name)
+        if task is not None:
+            self.progress.advance(task, nbytes)
+        self.progress.advance(self.total, nbytes)
+
+    def note(self, name: str, text: str) -> None:
+        task = self.tasks.get(name)
+        if task is not None:
+            self.progress.update(task, note=text)
+
+    def finished(self, result: ShardResult) -> None:
+        task = self.tasks.pop(result.name, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        if result.status not in ("present",):
+            line = Text(f"{result.name:>16} ").append(status_text(result.status))
+            if result.detail:
+                line.append(f"  {result.detail}", style="dim")
+            self.progress.console.print(line)
+
+
+class PlainSink:
+    """Line-based progress for logs and pipes: one line per event, totals every 30 s."""
+
+    def __init__(self, console: Console, *, every: float = 30.0) -> None:
+        self.console = console
+        self.every = every
+        self.done = 0
+        self.started_at = time.monotonic()
+        self.last = self.started_at
+
+    def __enter__(self) -> PlainSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def started(self, name: str, total: int | None, resumed_from: int) -> None:
+        size = format_bytes(total) if total else "unknown size"
+        resumed = f", resuming at {format_bytes(resumed_from)}" if resumed_from else ""
+        self.console.print(f"{name}: started ({size}{resumed})", highlight=False)
+
+    def advanced(self, name: str, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.done / max(now - self.started_at, 1e-9)
+            self.console.print(
+                f"progress: {format_bytes(self.done)} at {format_bytes(rate)}/s", highlight=False
+            )
+
+    def note(self, name: str, text: str) -> None:
+        self.console.print(f"{name}: {text}", highlight=False)
+
+    def finished(self, result: ShardResult) -> None:
+        detail = f" ({result.detail})" if result.detail else ""
+        self.console.print(f"{result.name}: {result.status}{detail}", highlight=False)
+
+
+def results_table(results: Iterable[ShardResult]) -> Table:
+    table = Table(title="shards that need attention", title_justify="left")
+    for column in ("shard", "status", "have", "detail"):
+        table.add_column(column)
+    for r in results:
+        have = format_bytes(r.bytes_done) + (f" / {format_bytes(r.size)}" if r.size else "")
+        table.add_row(r.name, status_text(r.status), have, r.detail or "")
+    return table
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+# -- manifest ------------------------------------------------------------------------------
+
+
+def _ranges(numbers: list[int]) -> str:
+    spans: list[str] = []
+    for n in numbers:
+        if spans and spans[-1].split("-")[-1] == str(n - 1):
+            spans[-1] = f"{spans[-1].split('-')[0]}-{n}"
+        else:
+            spans.append(str(n))
+    return ",".join(spans)
+
+
+def manifest_summary(manifest: Manifest, *, now: float) -> dict[str, object]:
+    window = manifest.expiry_window()
+    return {
+        "command": "links",
+        "path": str(manifest.path) if manifest.path else None,
+        "shards": len(manifest.shards),
+        "aux": [r.file_name for r in manifest.aux],
+        "unknown": [r.file_name for r in manifest.unknown],
+        "missing_shards": _ranges(manifest.missing_shards),
+        "duplicates": list(manifest.duplicates),
+        "expires_first": window[0].isoformat() if window else None,
+        "expires_last": window[1].isoformat() if window else None,
+        "seconds_left": round(window[0].timestamp() - now) if window else None,
+        "hosts": sorted({redact_url(r.url).split("/")[2] for r in manifest.rows.values()}),
+        "warnings": list(manifest.warnings),
+    }
+
+
+def print_manifest_summary(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("manifest", str(summary["path"]))
+    table.add_row("shards", f"{summary['shards']} of 1000")
+    table.add_row("missing", summary["missing_shards"] or "none")
+    table.add_row("auxiliary", ", ".join(summary["aux"]) or "none")
+    table.add_row("unknown rows", ", ".join(summary["unknown"]) or "none")
+    table.add_row("duplicates", ", ".join(summary["duplicates"]) or "none")
+    table.add_row("hosts", ", ".join(summary["hosts"]))
+    if summary["expires_first"]:
+        left = format_left(summary["seconds_left"])
+        style = "red" if summary["seconds_left"] <= 0 else "green"
+        table.add_row(
+            "expires",
+            Text(
+                f"{summary['expires_first']} ({left} left); latest {summary['expires_last']}",
+                style=style,
+            ),
+        )
+    console.print(table)
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if summary["seconds_left"] is not None and summary["seconds_left"] <= 0:
+        console.print(
+            "[red]These links have expired.[/] Get a fresh manifest from Meta's SA-1B "
+            "page and pass it with --links."
+        )
+
+
+# -- download summary ----------------------------------------------------------------------
+
+
+def print_download_summary(console: Console, report: DownloadReport, *, elapsed: float) -> None:
+    counts = Counter(r.status for r in report.results)
+    fetched = sum(r.bytes_fetched for r in report.results)
+    rate = fetched / elapsed if elapsed > 0 else 0.0
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(
+        f"[bold]{len(report.results)} selected:[/] {parts}; fetched "
+        f"{format_bytes(fetched)} in {elapsed:,.1f}s ({format_bytes(rate)}/s)",
+        highlight=False,
+    )
+    troubled = [r for r in report.results if not r.ok]
+    if troubled:
+        console.print(results_table(troubled))
+    expired = [r for r in troubled if r.status == "expired"]
+    if expired:
+        when = min((r.expired_at for r in expired if r.expired_at), default=None)
+        shown = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
+        console.print(
+            f"[yellow]{len(expired)} shard(s) stopped because the links expired{shown}.[/]"
+            " Partial bytes are kept. Get a fresh manifest from Meta's SA-1B page, then "
+            "run: [bold]sa1b download --links NEW_MANIFEST[/] with the same options.",
+            highlight=False,
+        )
+    if counts.get("interrupted"):
+        console.print("[yellow]Interrupted.[/] Run the same command again to continue.")
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def print_status(console: Console, states: list[ShardState], *, root: Path) -> None:
+    table = Table(title=f"sa1b root {root}", title_justify="left")
+    for column in ("shard", "state", "have", "detail"):
+        table.add_column(column)
+    for s in states:
+        if s.state == "missing":
+            continue
+        have = format_bytes(s.bytes_done)
+        if s.percent is not None and s.state != "complete":
+            have += f" ({s.percent:.1f}%)"
+        detail = (s.holder and f"held by {s.holder}") or s.detail or ""
+        table.add_row(s.name, status_text(s.state), have, detail)
+    if table.rows:
+        console.print(table)
+    counts = Counter(s.state for s in states)
+    total = sum(s.bytes_done for s in states)
+    parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    console.print(
+        f"[bold]{len(states)} shards:[/] {parts}; {format_bytes(total)} on disk", highlight=False
+    )

@@ -1,0 +1,88 @@
+"""Manifest parsing: the quirks seen in the wild and hostile rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from sa1b_cli.errors import ManifestError
+from sa1b_cli.manifest import expiry_of, object_path, parse_manifest, redact_url
+
+URL = "https://scontent.xx.fbcdn.net/m1/v/t6/An_{n}.tar?_nc_gid&ccb=10-5&oh=00_SIG{n}&oe=6A1B2C3D&_nc_sid=0fdd"
+
+
+def manifest(*names: str, header: str = "file_name\tcdn_link", end: str = "\n") -> str:
+    rows = [f"{name}\t{URL.format(n=i)}" for i, name in enumerate(names)]
+    return end.join([header, *rows])
+
+
+def test_quirks_crlf_padded_header_no_final_newline_unsorted():
+    text = manifest(
+        "sa_000010.tar",
+        "sa_images_ids.txt",
+        "sa_000001.tar",
+        header="file_name\t    cdn_link",
+        end="\r\n",
+    )
+    parsed = parse_manifest(text)
+    assert [r.file_name for r in parsed.shards] == ["sa_000001.tar", "sa_000010.tar"]
+    assert [r.file_name for r in parsed.aux] == ["sa_images_ids.txt"]
+    assert parsed.rows["sa_000001.tar"].url == URL.format(n=2)  # byte for byte
+    assert 0 in parsed.missing_shards and 1 not in parsed.missing_shards
+
+
+def test_unknown_rows_warn_and_duplicates_are_reported():
+    parsed = parse_manifest(manifest("sa_000001.tar", "sa_new_thing.bin", "sa_000001.tar"))
+    assert [r.file_name for r in parsed.unknown] == ["sa_new_thing.bin"]
+    assert parsed.duplicates == ("sa_000001.tar",)
+    assert any("unknown row" in w for w in parsed.warnings)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../etc/passwd",
+        "/abs.tar",
+        "a/b.tar",
+        "..",
+        "sa\x00.tar",
+        "sa_\x1b[31m.tar",
+        "..sa.tar",
+        "C:\\x.tar",
+    ],
+)
+def test_hostile_file_names_are_rejected_with_line_number(name):
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(manifest("sa_000000.tar", name))
+    assert info.value.line == 3
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "name\turl\nsa_000000.tar\thttps://x/y",
+        "file_name\tcdn_link\n",
+        "file_name\tcdn_link\nsa_000000.tar",
+    ],
+)
+def test_bad_headers_and_rows(text):
+    with pytest.raises(ManifestError):
+        parse_manifest(text)
+
+
+def test_non_http_link_is_rejected():
+    with pytest.raises(ManifestError, match="not an http"):
+        parse_manifest("file_name\tcdn_link\nsa_000000.tar\tfile:///etc/passwd")
+
+
+def test_expiry_redaction_and_object_path():
+    url = URL.format(n=1)
+    assert expiry_of(url) == datetime.fromtimestamp(0x6A1B2C3D, tz=UTC)
+    assert expiry_of("https://h/p?oe=zz") is None
+    shown = redact_url(url)
+    assert "SIG" not in shown and "_nc_sid" not in shown and shown.startswith("https://scontent")
+    assert object_path(url) == "/m1/v/t6/An_1.tar"
+    window = parse_manifest(manifest("sa_000000.tar")).expiry_window()
+    assert window is not None and window[0] == window[1]
