@@ -107,7 +107,8 @@ async def _check_space(
 
     needed = sum(await asyncio.gather(*(remaining(r) for r in rows)))
     free = shutil.disk_usage(store.tars).free
-    if needed + SPACE_MARGIN > free:
+    margin = min(SPACE_MARGIN, needed // 50)  # records, indexes, filesystem slack
+    if needed + margin > free:
         msg = (
             f"the selected shards need {needed / 2**30:,.1f} GiB more, "
             f"but {store.tars} has {free / 2**30:,.1f} GiB free"
@@ -122,21 +123,6 @@ async def _heartbeat(claims: dict[str, Claim], sleep: Callable[[float], Awaitabl
         await sleep(HEARTBEAT_SECONDS)
         for claim in list(claims.values()):
             claim.heartbeat()
-
-
-def _claim_all(
-    store: Store, rows: list[ManifestRow], stale_after: float
-) -> tuple[dict[str, Claim], list[ShardResult]]:
-    claims: dict[str, Claim] = {}
-    busy: list[ShardResult] = []
-    for row in rows:
-        got = try_claim(store.claims / f"{row.file_name}.claim", stale_after=stale_after)
-        if isinstance(got, Claim):
-            claims[row.file_name] = got
-        else:
-            detail = f"being downloaded by {got.describe()}; run again when it is done"
-            busy.append(ShardResult(row.file_name, "busy", detail=detail))
-    return claims, busy
 
 
 def _plan(
@@ -181,10 +167,8 @@ async def run_downloads(
         else:
             results.append(done)
             sink.finished(done)
+    claims: dict[str, Claim] = {}
     async with make_client(config.timeout, transport=transport) as client:
-        claims, busy = _claim_all(store, pending, config.stale_after)
-        results.extend(busy)
-        pending = [r for r in pending if r.file_name in claims]
         try:
             needed = (
                 await _check_space(client, store, pending, config.jobs) if config.check_space else 0
@@ -196,7 +180,7 @@ async def run_downloads(
                 sleep=sleep,
                 limiter=RateLimiter(config.max_rate, sleep=sleep),
             )
-            hooks = _Hooks(stop or asyncio.Event(), after)
+            hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after)
             results.extend(await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks))
         finally:
             for claim in claims.values():
@@ -227,18 +211,21 @@ async def _run_pool(
     async def worker() -> None:
         while not queue.empty() and not hooks.stop.is_set():
             row = queue.get_nowait()
+            claim = _claim_or_busy(store, row.file_name, hooks.stale_after)
+            if not isinstance(claim, Claim):
+                results[row.file_name] = claim
+                ctx.sink.finished(claim)
+                continue
+            claims[row.file_name] = claim
             try:
-                result = await fetch_shard(
-                    row,
-                    store,
-                    ctx,
-                    expected=dict(checks.expected(row.file_name)),
-                    claim=claims.get(row.file_name),
-                )
+                result = await _fetch_claimed(ctx, store, row, checks, claim)
             except Sa1bError as exc:  # a run-level error such as a full disk
                 failures.append(exc)
                 hooks.stop.set()
                 return
+            finally:
+                claims.pop(row.file_name, None)
+                claim.release()
             results[row.file_name] = result
             ctx.sink.finished(result)
             if hooks.after is not None and result.ok:
@@ -246,7 +233,7 @@ async def _run_pool(
 
     tasks = [asyncio.create_task(worker()) for _ in range(min(jobs, len(rows)))]
     side = [
-        asyncio.create_task(_heartbeat(claims, ctx.sleep)),
+        asyncio.create_task(_heartbeat(claims, asyncio.sleep)),  # a timer, not a retry wait
         asyncio.create_task(_cancel_when(hooks.stop, tasks)),
     ]
     try:
@@ -261,6 +248,25 @@ async def _run_pool(
     if failures:
         raise failures[0]
     return list(results.values())
+
+
+def _claim_or_busy(store: Store, name: str, stale_after: float) -> Claim | ShardResult:
+    got = try_claim(store.claims / f"{name}.claim", stale_after=stale_after)
+    if isinstance(got, Claim):
+        return got
+    detail = f"being downloaded by {got.describe()}; run again when it is done"
+    return ShardResult(name, "busy", detail=detail)
+
+
+async def _fetch_claimed(
+    ctx: TransferContext, store: Store, row: ManifestRow, checks: ChecksumList, claim: Claim
+) -> ShardResult:
+    # Another process may have finished it between our plan and our claim.
+    done = _already_complete(store, row)
+    if done is not None:
+        return done
+    expected = dict(checks.expected(row.file_name))
+    return await fetch_shard(row, store, ctx, expected=expected, claim=claim)
 
 
 async def _cancel_when(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
@@ -280,3 +286,4 @@ def _interrupted(store: Store, row: ManifestRow) -> ShardResult:
 class _Hooks:
     stop: asyncio.Event
     after: OnComplete | None = None
+    stale_after: float = 120.0

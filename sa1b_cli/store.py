@@ -70,8 +70,9 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if exc.errno == errno.ENOSPC:
-            msg = f"the disk is full while writing {path}"
-            raise DiskFullError(msg, hint="Free some space and run the command again.") from exc
+            msg = f"the disk is full while writing {path.name}"
+            hint = "Partial downloads are kept. Free some space and run the same command again."
+            raise DiskFullError(msg, hint=hint) from exc
         raise
 
 

@@ -171,7 +171,7 @@ class _Job:
                 raise
             except OSError as exc:
                 if is_disk_full(exc):
-                    msg = f"the disk filled up while writing {self.part.path.name}"
+                    msg = f"the disk is full while writing {self.part.path.name}"
                     hint = (
                         f"{self.part.size:,} bytes of {self.name} were kept up to the last "
                         "checkpoint. Free some space (or use another --root) and run again."
@@ -326,7 +326,7 @@ class _Job:
                 self.ctx.sink.advanced(self.name, len(chunk))
                 if self.ctx.limiter is not None:
                     await self.ctx.limiter.acquire(len(chunk))
-                if len(buffer) >= settings.block_size:
+                if len(buffer) >= settings.block_size or self._checkpoint_due():
                     await self._flush(buffer)
                     await self._checkpoint()
         except httpx.TransportError as exc:
@@ -348,13 +348,17 @@ class _Job:
 
     # -- durability ------------------------------------------------------------------------
 
-    async def _checkpoint(self, *, force: bool = False) -> None:
+    def _checkpoint_due(self) -> bool:
         settings = self.ctx.settings
         done, when = self._last_checkpoint
+        if self.part.size - done >= settings.checkpoint_bytes:
+            return True
+        return self.ctx.monotonic() - when >= settings.checkpoint_seconds
+
+    async def _checkpoint(self, *, force: bool = False) -> None:
+        done, _ = self._last_checkpoint
         now = self.ctx.monotonic()
-        due = self.part.size - done >= settings.checkpoint_bytes
-        due = due or now - when >= settings.checkpoint_seconds
-        if not (force or due) or self.part.size == done:
+        if not (force or self._checkpoint_due()) or self.part.size == done:
             return
         await self.part.sync()
         self._last_checkpoint = (self.part.size, now)

@@ -60,7 +60,7 @@ class Mirror:
         self._lock = threading.Lock()
         self.names = {_opaque(p.name): p.name for p in folder.iterdir() if p.is_file()}
         handler = type("Handler", (_Handler,), {"mirror": self})
-        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server = _QuietServer((host, port), handler)
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -96,6 +96,11 @@ class Mirror:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that hang up mid-body are expected here, not errors
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -182,13 +187,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _copy(self, path: Path, name: str, start: int, length: int) -> None:
         faults = self.mirror.faults
-        drop = faults.drop_after.pop(name, None)
+        drop = faults.drop_after.get(name)
+        if drop is not None and length > drop:  # a tiny probe does not use up the fault
+            faults.drop_after.pop(name, None)
+        else:
+            drop = None
         sent = 0
         began = time.monotonic()
         with path.open("rb") as source:
             source.seek(start)
             while sent < length:
-                block = source.read(min(256 << 10, length - sent))
+                step = int(faults.rate / 20) if faults.rate else 256 << 10  # smooth when capped
+                block = source.read(min(max(step, 4096), length - sent))
                 if drop is not None and sent + len(block) >= drop:
                     self.wfile.write(block[: max(0, drop - sent)])
                     self.wfile.flush()

@@ -1,0 +1,82 @@
+"""A loopback site for end-to-end tests: synthetic shards, the mirror, manifests, the sa1b command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sa1b_cli.devtools.mirror import Mirror, write_manifest
+from sa1b_cli.devtools.synth import ShardSpec, make_shard
+
+SA1B = str(Path(sys.executable).with_name("sa1b"))
+
+
+@dataclass
+class Site:
+    tmp: Path
+    mirror: Mirror
+    names: list[str]
+    root: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = self.tmp / "root"
+
+    def manifest(self, *, expires_in: float = 30 * 86400, name: str = "links.txt") -> Path:
+        path = self.tmp / name
+        return write_manifest(path, self.mirror, self.names, expires=time.time() + expires_in)
+
+    def source(self, name: str) -> bytes:
+        return (self.mirror.folder / name).read_bytes()
+
+    def ranges(self, name: str) -> list[str | None]:
+        return [r["range"] for r in self.mirror.requests if r["name"] == name]  # type: ignore[misc]
+
+    def cmd(self, *args: str) -> list[str]:
+        return [SA1B, *args]
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.cmd(*args), capture_output=True, text=True, timeout=timeout, env=env(), check=False
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
+        )
+
+    def run_json(self, *args: str) -> tuple[int, dict[str, Any]]:
+        done = self.run(*args, "--json")
+        assert done.stdout, done.stderr
+        return done.returncode, json.loads(done.stdout)
+
+
+def env() -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("SA1B_", "SLURM_"))}
+    return {**keep, "COLUMNS": "200"}
+
+
+def build_site(tmp: Path, *, shards: int = 3, images: int = 6, pad: int = 0) -> Site:
+    folder = tmp / "cdn"
+    folder.mkdir()
+    names = []
+    for index in range(shards):
+        spec = ShardSpec(index, images=images, pad_bytes=pad, seed=index)
+        names.append(make_shard(folder / f"sa_{index:06d}.tar", spec).name)
+    (folder / "sa_images_ids.txt").write_text("".join(f"{i}\n" for i in range(1, 20)))
+    names.append("sa_images_ids.txt")
+    return Site(tmp, Mirror(folder).start(), names)
+
+
+def wait_for(predicate: Any, *, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

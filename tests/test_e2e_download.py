@@ -1,0 +1,277 @@
+"""End to end: the installed sa1b command against the loopback mirror, with injected faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from tests.site import Site, build_site, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    built = build_site(tmp_path)
+    yield built
+    built.mirror.stop()
+
+
+@pytest.fixture
+def big_site(tmp_path: Path) -> Iterator[Site]:
+    built = build_site(tmp_path, shards=2, images=4, pad=150_000)  # ~600 KB shards
+    yield built
+    built.mirror.stop()
+
+
+def durable_bytes(root: Path, name: str) -> int:
+    record = root / "state" / f"{name}.json"
+    return json.loads(record.read_text())["durable_bytes"] if record.exists() else 0
+
+
+def test_download_subset_is_exact_checked_and_xxhsum_compatible(site: Site):
+    links = site.manifest()
+    code, report = site.run_json(
+        "download", "--links", str(links), "--root", str(site.root), "--subset", "2"
+    )
+    assert code == 0, report
+    assert [s["name"] for s in report["shards"]] == ["sa_000000.tar", "sa_000001.tar"]
+    for name in ("sa_000000.tar", "sa_000001.tar"):
+        assert (site.root / "tars" / name).read_bytes() == site.source(name)
+    assert not (site.root / "tars" / "sa_000002.tar").exists()
+    line = (site.root / "checksums.xxh128").read_text().splitlines()[0]
+    assert (
+        line == f"{xxhash.xxh3_128(site.source('sa_000000.tar')).hexdigest()}  tars/sa_000000.tar"
+    )
+    assert all(r["raw_query_has_bare_nc_gid"] for r in site.mirror.requests)
+    if shutil.which("xxhsum") is None:
+        pytest.skip("xxhsum is not installed; the format was checked above")
+    check = subprocess.run(
+        ["xxhsum", "-c", "checksums.xxh128"],
+        cwd=site.root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_second_run_fetches_nothing_and_aux_rows_are_selectable(site: Site):
+    links = str(site.manifest())
+    assert site.run("download", "--links", links, "--root", str(site.root)).returncode == 0
+    before = len(site.mirror.requests)
+    code, report = site.run_json(
+        "download", "--links", links, "--root", str(site.root), "--shards", "0-2,sa_images_ids.txt"
+    )
+    assert code == 0
+    statuses = {s["name"]: s["status"] for s in report["shards"]}
+    assert statuses == {
+        "sa_000000.tar": "present",
+        "sa_000001.tar": "present",
+        "sa_000002.tar": "present",
+        "sa_images_ids.txt": "downloaded",
+    }
+    assert {r["name"] for r in site.mirror.requests[before:]} == {"sa_images_ids.txt"}
+
+
+def test_kill_9_then_resume_continues_from_the_partial_bytes(big_site: Site):
+    site = big_site
+    links = str(site.manifest())
+    site.mirror.faults.rate = 150_000
+    name = "sa_000000.tar"
+    proc = site.popen("download", "--links", links, "--root", str(site.root), "--shards", "0")
+    wait_for(lambda: durable_bytes(site.root, name) > 0, what="a checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    kept = durable_bytes(site.root, name)
+    site.mirror.faults.rate = None
+    done = site.run("download", "--links", links, "--root", str(site.root), "--shards", "0")
+    assert done.returncode == 0, done.stderr
+    assert (site.root / "tars" / name).read_bytes() == site.source(name)
+    resumed_at = int(site.ranges(name)[-1].removeprefix("bytes=").rstrip("-"))  # type: ignore[union-attr]
+    assert resumed_at >= kept > 0
+
+
+def test_ctrl_c_exits_130_and_keeps_progress(big_site: Site):
+    site = big_site
+    links = str(site.manifest())
+    site.mirror.faults.rate = 150_000
+    proc = site.popen("download", "--links", links, "--root", str(site.root), "--shards", "0")
+    wait_for(
+        lambda: (
+            (site.root / "tars" / "sa_000000.tar.part").exists()
+            and (site.root / "tars" / "sa_000000.tar.part").stat().st_size > 0
+        ),
+        what="bytes",
+    )
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    kept = durable_bytes(site.root, "sa_000000.tar")
+    assert kept == (site.root / "tars" / "sa_000000.tar.part").stat().st_size > 0
+
+
+def test_two_concurrent_runs_share_the_work_without_corruption(big_site: Site):
+    site = big_site
+    links = str(site.manifest())
+    site.mirror.faults.rate = 400_000
+    args = ("download", "--links", links, "--root", str(site.root), "--jobs", "1", "--json")
+    first, second = site.popen(*args), site.popen(*args)
+    outs = [json.loads(p.communicate(timeout=60)[0]) for p in (first, second)]
+    for name in ("sa_000000.tar", "sa_000001.tar"):
+        assert (site.root / "tars" / name).read_bytes() == site.source(name)
+        full_gets = [r for r in site.ranges(name) if r is None]
+        assert len(full_gets) == 1, f"{name} was downloaded more than once"
+    statuses = sorted(s["status"] for o in outs for s in o["shards"])
+    assert statuses.count("downloaded") == 2
+
+
+def test_expired_links_stop_then_a_fresh_manifest_continues(big_site: Site):
+    site = big_site
+    name = "sa_000000.tar"
+    old = site.manifest(expires_in=1.5, name="old.txt")
+    site.mirror.faults.rate = 150_000
+    site.mirror.faults.drop_after[name] = 250_000  # the retry comes after the expiry
+    code, report = site.run_json(
+        "download",
+        "--links",
+        str(old),
+        "--root",
+        str(site.root),
+        "--shards",
+        "0",
+        "--timeout",
+        "30",
+    )
+    assert code == 1
+    (shard,) = report["shards"]
+    assert shard["status"] == "expired" and "fresh manifest" in shard["detail"]
+    kept = (site.root / "tars" / f"{name}.part").stat().st_size
+    assert kept > 0
+    done = site.run("download", "--shards", "0", "--root", str(site.root), "--links", str(old))
+    assert done.returncode == 1 and "expired" in done.stderr and "00_" not in done.stderr
+    site.mirror.faults.rate = None
+    fresh = site.manifest(name="fresh.txt")
+    done = site.run("download", "--links", str(fresh), "--root", str(site.root), "--shards", "0")
+    assert done.returncode == 0, done.stderr
+    assert (site.root / "tars" / name).read_bytes() == site.source(name)
+    assert site.ranges(name)[-1] == f"bytes={durable_bytes_before(kept)}-"
+
+
+def durable_bytes_before(kept: int) -> int:
+    return kept
+
+
+def test_rejected_link_fails_fast_and_never_prints_the_signature(site: Site):
+    links = site.manifest()
+    text = links.read_text().replace("oh=00_", "oh=00_x")
+    links.write_text(text)
+    done = site.run("download", "--links", str(links), "--root", str(site.root), "--shards", "0")
+    assert done.returncode == 1
+    assert "signature mismatch" in done.stderr
+    assert "oh=" not in done.stderr + done.stdout and "_nc_sid" not in done.stderr
+
+
+def test_hostile_manifest_is_refused_with_its_line(site: Site, tmp_path: Path):
+    links = site.manifest()
+    lines = links.read_text().split("\n")
+    lines.insert(2, "../../etc/cron.d/evil\t" + lines[1].split("\t")[1])
+    links.write_text("\n".join(lines))
+    done = site.run("links", str(links))
+    assert done.returncode == 2
+    assert "line 3" in done.stderr and "unsafe file name" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_links_summary_json(site: Site):
+    code, summary = site.run_json("links", str(site.manifest()))
+    assert code == 0
+    assert summary["shards"] == 3 and summary["aux"] == ["sa_images_ids.txt"]
+    assert summary["missing_shards"] == "3-999" and summary["seconds_left"] > 86400
+
+
+def test_status_reports_partial_and_complete(big_site: Site):
+    site = big_site
+    links = str(site.manifest())
+    assert (
+        site.run("download", "--links", links, "--root", str(site.root), "--shards", "1").returncode
+        == 0
+    )
+    (site.root / "tars" / "sa_000000.tar.part").write_bytes(b"x" * 1000)
+    code, report = site.run_json("status", "--root", str(site.root))
+    assert code == 0
+    states = {s["name"]: s["state"] for s in report["shards"]}
+    assert states["sa_000001.tar"] == "complete" and states["sa_000000.tar"] == "partial"
+
+
+def test_usage_errors_exit_2(site: Site):
+    done = site.run("download", "--links", str(site.manifest()), "--subset", "0%")
+    assert done.returncode == 2 and "--subset" in done.stderr
+    done = site.run("download", "--links", str(site.tmp / "nope.txt"))
+    assert done.returncode == 2 and "not found" in done.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_not_enough_space_is_refused_up_front(big_site: Site, tiny_disk: Path):
+    (tiny_disk / "filler").write_bytes(b"\0" * 900_000)
+    done = big_site.run(
+        "download",
+        "--links",
+        str(big_site.manifest()),
+        "--root",
+        str(tiny_disk / "root"),
+        "--subset",
+        "2",
+    )
+    assert done.returncode == 1
+    assert "GiB more" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_disk_filling_mid_run_keeps_partial_bytes(big_site: Site, tiny_disk: Path):
+    site = big_site
+    site.mirror.faults.rate = 300_000
+    root = tiny_disk / "root"
+    proc = site.popen(
+        "download",
+        "--links",
+        str(site.manifest()),
+        "--root",
+        str(root),
+        "--subset",
+        "2",
+        "--jobs",
+        "2",
+    )
+    wait_for(lambda: durable_bytes(root, "sa_000000.tar") > 0, what="a checkpoint")
+    free = shutil.disk_usage(tiny_disk).free
+    (tiny_disk / "filler").write_bytes(b"\0" * max(0, free - 4096))
+    site.mirror.faults.rate = None
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    assert "disk is full" in stderr and "sa_00000" in stderr and "Traceback" not in stderr
+    assert durable_bytes(root, "sa_000000.tar") > 0
+    (tiny_disk / "filler").unlink()
+    time.sleep(0.1)
