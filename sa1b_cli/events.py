@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sa1b_cli.results import ShardResult
+__all__ = ["NullSink", "Outcome", "ProgressSink"]
 
-__all__ = ["NullSink", "ProgressSink"]
+
+class Outcome(Protocol):
+    """What every per-shard result (download, verify, extract) shows a sink."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def detail(self) -> str | None: ...
 
 
 class ProgressSink(Protocol):
@@ -15,7 +24,7 @@ class ProgressSink(Protocol):
     def started(self, name: str, total: int | None, resumed_from: int) -> None: ...
     def advanced(self, name: str, nbytes: int) -> None: ...
     def note(self, name: str, text: str) -> None: ...
-    def finished(self, result: ShardResult) -> None: ...
+    def finished(self, result: Outcome) -> None: ...
 
 
 class NullSink:
@@ -30,5 +39,5 @@ class NullSink:
     def note(self, name: str, text: str) -> None:
         pass
 
-    def finished(self, result: ShardResult) -> None:
+    def finished(self, result: Outcome) -> None:
         pass

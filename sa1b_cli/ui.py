@@ -24,12 +24,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from sa1b_cli.events import Outcome
 from sa1b_cli.manifest import Manifest, redact_url
 from sa1b_cli.results import ShardResult
 from sa1b_cli.status import ShardState
 
 if TYPE_CHECKING:
     from sa1b_cli.engine import DownloadReport
+    from sa1b_cli.verify import VerifyReport
 
 __all__ = ["PlainSink", "RichSink", "format_bytes", "format_left", "render_expiry"]
 
@@ -151,7 +153,7 @@ class RichSink:
         if task is not None:
             self.progress.update(task, note=text)
 
-    def finished(self, result: ShardResult) -> None:
+    def finished(self, result: Outcome) -> None:
         task = self.tasks.pop(result.name, None)
         if task is not None:
             self.progress.remove_task(task)
@@ -196,7 +198,7 @@ class PlainSink:
     def note(self, name: str, text: str) -> None:
         self.console.print(f"{name}: {text}", highlight=False)
 
-    def finished(self, result: ShardResult) -> None:
+    def finished(self, result: Outcome) -> None:
         detail = f" ({result.detail})" if result.detail else ""
         self.console.print(f"{result.name}: {result.status}{detail}", highlight=False)
 
@@ -330,3 +332,67 @@ def print_status(console: Console, states: list[ShardState], *, root: Path) -> N
     console.print(
         f"[bold]{len(states)} shards:[/] {parts}; {format_bytes(total)} on disk", highlight=False
     )
+
+
+# -- verify ----------------------------------------------------------------------------------
+
+
+def verify_json(report: VerifyReport) -> dict[str, Any]:
+    read = sum(r.size or 0 for r in report.results if r.status not in ("missing", "partial"))
+    images = sum(r.images for r in report.results)
+    return {
+        "command": "verify",
+        "exit_code": report.exit_code,
+        "seconds": round(report.seconds, 3),
+        "throughput_mb_s": round(read / 1e6 / report.seconds, 1) if report.seconds else None,
+        "images_per_s": round(images / report.seconds, 1) if report.seconds else None,
+        "exported": str(report.exported) if report.exported else None,
+        "shards": [
+            {
+                "name": r.name,
+                "status": r.status,
+                "size": r.size,
+                "checks": r.checks,
+                "detail": r.detail,
+                "digests": r.digests,
+                "images": r.images,
+                "masks": r.masks,
+                "warnings": dict(r.warnings),
+            }
+            for r in report.results
+        ],
+    }
+
+
+def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -> None:
+    table = Table(title="verify", title_justify="left")
+    for column in ("shard", "status", "size", "checks", "first problem"):
+        table.add_column(column)
+    for r in report.results:
+        size = format_bytes(r.size) if r.size is not None else "-"
+        table.add_row(r.name, status_text(r.status), size, " ".join(r.checks), r.detail or "")
+    console.print(table)
+    counts = Counter(r.status for r in report.results)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    payload = verify_json(report)
+    speed = f"{payload['throughput_mb_s']} MB/s" if payload["throughput_mb_s"] else ""
+    if deep and payload["images_per_s"]:
+        speed += f", {payload['images_per_s']} images/s"
+    console.print(
+        f"[bold]{len(report.results)} shards:[/] {summary} in {report.seconds:.1f}s ({speed})",
+        highlight=False,
+    )
+    warnings: Counter[str] = Counter()
+    for r in report.results:
+        warnings.update(r.warnings)
+    for text, n in warnings.most_common(10):
+        console.print(f"[yellow]note:[/] {n} x {text} (unusual, not corrupt)", highlight=False)
+    bad = [r.name for r in report.results if not r.ok]
+    if bad:
+        console.print(
+            f"[red]{len(bad)} shard(s) failed:[/] {', '.join(bad)}. Run [bold]sa1b download"
+            "[/] with the same selection to fetch them again.",
+            highlight=False,
+        )
+    if report.exported:
+        console.print(f"checksum list written to {report.exported}", highlight=False)

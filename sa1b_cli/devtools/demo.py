@@ -1,4 +1,4 @@
-"""`make demo`: the whole job against synthetic shards served on 127.0.0.1 (no access to Meta needed).
+"""`make demo`: the whole job against synthetic shards on 127.0.0.1 (no access to Meta needed).
 
 Makes a few SA-1B-format shards, serves them from the CDN-like mirror, writes a
 manifest in Meta's format, then runs the real ``sa1b`` command: links, download
@@ -43,8 +43,9 @@ def main() -> None:
     print(f"making {SHARDS} synthetic SA-1B shards in {DEMO}/cdn ...")
     names = _build(DEMO / "cdn")
     with Mirror(DEMO / "cdn") as mirror:
-        links = write_manifest(DEMO / "segment_anything_links.txt", mirror, names,
-                               expires=time.time() + 30 * 86400)  # fmt: skip
+        links = write_manifest(
+            DEMO / "segment_anything_links.txt", mirror, names, expires=time.time() + 30 * 86400
+        )
         print(f"mirror serving on {mirror.base}; manifest at {links}")
         mirror.faults.drop_after["sa_000001.tar"] = 300_000  # show a resume
         root = str(DEMO / "root")
@@ -58,7 +59,8 @@ def main() -> None:
         codes += _later_steps(common)
         resumed = [r for r in mirror.requests if r["name"] == "sa_000001.tar" and r["range"]]
         print(
-            f"\nresume requests seen by the mirror for sa_000001.tar: {[r['range'] for r in resumed]}"
+            "\nresume requests seen by the mirror for sa_000001.tar:",
+            [r["range"] for r in resumed],
         )
     failed = [c for c in codes if c != 0]
     print(
@@ -69,7 +71,19 @@ def main() -> None:
 
 
 def _later_steps(common: tuple[str, ...]) -> list[int]:
-    return []
+    return [
+        _step("check every byte, image and mask", "verify", *common, "--deep"),
+        _step(
+            "export an md5 list others can check",
+            "verify",
+            *common,
+            "--export",
+            str(DEMO / "sa1b.md5"),
+            "--algo",
+            "md5",
+            "--quiet",
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,147 @@
+"""Content checks for one image and its annotation: certain corruption vs. mere oddities.
+
+Runs in worker processes. Errors are things no good copy can have (JSON that does
+not parse, an RLE whose pixel count differs from ``area``, a JPEG whose size differs
+from the JSON); warnings are what real data shows now and then.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycocotools import mask as mask_utils
+
+__all__ = ["ImageCheck", "PairInput", "check_batch", "check_pair", "jpeg_size"]
+
+_SOF_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PairInput:
+    image_id: int
+    jpeg_size: tuple[int, int] | None  # (width, height) read from the JPEG header
+    annotation: bytes
+
+
+@dataclass(slots=True)
+class ImageCheck:
+    image_id: int
+    errors: list[str] = field(default_factory=list)
+    warnings: Counter[str] = field(default_factory=Counter)
+    masks: int = 0
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOF segment; None when the header is unreadable."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS and pos + 9 <= len(data):
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            return width, height
+        if marker in (0xD9, 0xDA) or length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def _check_image(check: ImageCheck, doc: Any, item: PairInput) -> tuple[int, int] | None:
+    image = doc.get("image") if isinstance(doc, dict) else None
+    if not isinstance(image, dict) or not isinstance(doc.get("annotations"), list):
+        check.errors.append("annotation JSON lacks 'image' or 'annotations'")
+        return None
+    width, height = image.get("width"), image.get("height")
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        check.errors.append(f"image width/height are not positive integers: {width!r}, {height!r}")
+        return None
+    if image.get("image_id") != item.image_id:
+        check.errors.append(f"image_id {image.get('image_id')!r} in sa_{item.image_id}.json")
+    if image.get("file_name") != f"sa_{item.image_id}.jpg":
+        check.errors.append(f"file_name {image.get('file_name')!r} in sa_{item.image_id}.json")
+    if item.jpeg_size is None:
+        check.errors.append("the JPEG header is unreadable")
+    elif item.jpeg_size != (width, height):
+        jw, jh = item.jpeg_size
+        check.errors.append(f"JPEG is {jw}x{jh}, annotation says {width}x{height}")
+    if min(width, height) != 1500:
+        check.warnings["shortest side is not 1500 px"] += 1
+    return width, height
+
+
+def _check_mask(check: ImageCheck, ann: Any, size: tuple[int, int], decode: bool) -> None:
+    width, height = size
+    seg = ann.get("segmentation") if isinstance(ann, dict) else None
+    if not isinstance(seg, dict) or not isinstance(seg.get("counts"), str):
+        check.errors.append(f"annotation {ann.get('id') if isinstance(ann, dict) else '?'}: no RLE")
+        return
+    declared = seg.get("size")
+    if not (
+        isinstance(declared, list)
+        and len(declared) == 2
+        and all(isinstance(v, int) for v in declared)
+    ):
+        check.errors.append(f"annotation {ann.get('id')}: segmentation.size is {declared!r}")
+        return
+    if declared != [height, width]:
+        check.warnings["mask size differs from the image size"] += 1
+    rle = {"size": declared, "counts": seg["counts"].encode("ascii", "replace")}
+    try:
+        area = int(mask_utils.area(rle))
+        x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+        if decode:
+            with warnings.catch_warnings():  # pycocotools' numpy-2 __array__ deprecation
+                warnings.simplefilter("ignore", DeprecationWarning)
+                mask_utils.decode(rle)  # checks that the runs cover exactly height x width
+    except (ValueError, TypeError, OverflowError) as exc:
+        check.errors.append(f"annotation {ann.get('id')}: RLE does not decode ({exc})")
+        return
+    if x + w > declared[1] or y + h > declared[0]:
+        check.errors.append(
+            f"annotation {ann.get('id')}: RLE runs past a {declared[0]}x{declared[1]} mask"
+        )
+    if ann.get("area") != area:
+        check.errors.append(
+            f"annotation {ann.get('id')}: area {ann.get('area')!r}, RLE has {area} pixels"
+        )
+    for key in ("bbox", "predicted_iou", "stability_score", "point_coords", "crop_box"):
+        if key not in ann:
+            check.warnings[f"annotation without {key}"] += 1
+
+
+def check_pair(item: PairInput, *, decode: bool = False) -> ImageCheck:
+    check = ImageCheck(item.image_id)
+    try:
+        doc = json.loads(item.annotation)
+    except (ValueError, UnicodeDecodeError) as exc:
+        check.errors.append(f"sa_{item.image_id}.json is not valid JSON ({exc})")
+        return check
+    size = _check_image(check, doc, item)
+    if size is None:
+        return check
+    annotations = doc["annotations"]
+    if not annotations:
+        check.warnings["image without masks"] += 1
+    for ann in annotations:
+        _check_mask(check, ann, size, decode)
+    check.masks = len(annotations)
+    return check
+
+
+def check_batch(items: list[PairInput], decode: bool) -> list[ImageCheck]:
+    """Worker-process entry point: a batch keeps pickling overhead small."""
+    return [check_pair(item, decode=decode) for item in items]
