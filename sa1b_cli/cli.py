@@ -22,7 +22,10 @@ from sa1b_cli.config import DEFAULT_JOBS, DEFAULT_ROOT, DownloadConfig, parse_ra
 from sa1b_cli.engine import DownloadReport, run_downloads
 from sa1b_cli.errors import Sa1bError, UsageError
 from sa1b_cli.events import NullSink, ProgressSink
+from sa1b_cli.extract import ExtractConfig, Layout, Only
+from sa1b_cli.extraction import extract_shards
 from sa1b_cli.manifest import read_manifest
+from sa1b_cli.pipeline import download_and_extract
 from sa1b_cli.results import download_exit_code
 from sa1b_cli.selection import Selection, parse_selection
 from sa1b_cli.status import root_status
@@ -99,6 +102,39 @@ RateOpt = Annotated[
 TimeoutOpt = Annotated[
     float, typer.Option(min=1.0, help="Drop and resume a connection silent this many seconds.")
 ]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        envvar="SA1B_OUT",
+        show_default=False,
+        help="Where to extract (default: <root>/extracted).",
+    ),
+]
+LayoutOpt = Annotated[
+    str,
+    typer.Option(
+        "--layout",
+        help="shard: <out>/sa_000000/sa_1.jpg; "
+        "split: <out>/images/sa_000000/ and <out>/annotations/sa_000000/.",
+    ),
+]
+OnlyOpt = Annotated[str | None, typer.Option("--only", help="Extract only images or annotations.")]
+DeleteTarOpt = Annotated[
+    bool,
+    typer.Option(
+        "--delete-tar",
+        help="Delete each tar once its extraction is complete (it is never fetched again).",
+    ),
+]
+
+
+_LAYOUTS: dict[str, Layout] = {"shard": "shard", "split": "split"}
+_ONLY: dict[str | None, Only | None] = {
+    None: None,
+    "images": "images",
+    "annotations": "annotations",
+}
 
 
 @app.callback()
@@ -191,6 +227,17 @@ def download(
     checksums: ChecksumsOpt = None,
     max_rate: RateOpt = None,
     timeout: TimeoutOpt = 30.0,
+    extract: Annotated[
+        bool,
+        typer.Option(
+            "--extract",
+            help="Extract each shard as soon as it is downloaded and checked (see sa1b extract).",
+        ),
+    ] = False,
+    out_dir: OutOpt = None,
+    layout: LayoutOpt = "shard",
+    only: OnlyOpt = None,
+    delete_tar: DeleteTarOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -211,15 +258,31 @@ def download(
     expiry = read_manifest(config.links).expiry_window()
     sink: ProgressSink = _download_sink(as_json, quiet, expiry[0] if expiry else None, 0)
     started = time.monotonic()
+    extraction = None
     with contextlib.ExitStack() as stack:
         if isinstance(sink, ui.RichSink | ui.PlainSink):
             stack.enter_context(sink)
-        report = _run_interruptible(lambda stop: run_downloads(config, sink=sink, stop=stop))
+        if extract:
+            xconfig = _extract_config(
+                root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
+            )
+            report, extraction = _run_interruptible(
+                lambda stop: download_and_extract(config, xconfig, sink=sink, stop=stop)
+            )
+        else:
+            report = _run_interruptible(lambda stop: run_downloads(config, sink=sink, stop=stop))
     code = download_exit_code(report.results)
+    if extraction is not None and code == 0:
+        code = extraction.exit_code
     if as_json:
-        _emit_json(_download_json(report, code, time.monotonic() - started))
+        payload = _download_json(report, code, time.monotonic() - started)
+        if extraction is not None:
+            payload["extract"] = ui.extract_json(extraction)
+        _emit_json(payload)
     elif not quiet or code:
         ui.print_download_summary(err, report, elapsed=time.monotonic() - started)
+        if extraction is not None:
+            ui.print_extract_report(err, extraction, out=xconfig.out_dir)
     raise typer.Exit(code)
 
 
@@ -322,6 +385,74 @@ def _progress_sink(as_json: bool, quiet: bool) -> ProgressSink:
     return ui.PlainSink(err)
 
 
+# -- extract ---------------------------------------------------------------------------------
+
+
+def _extract_config(
+    root: Path,
+    selection: Selection,
+    out: Path | None,
+    layout: str,
+    only: str | None,
+    jobs: int,
+    delete_tar: bool,
+) -> ExtractConfig:
+    if layout not in _LAYOUTS:
+        msg = f"--layout {layout!r}: use shard or split"
+        raise UsageError(msg)
+    if only not in _ONLY:
+        msg = f"--only {only!r}: use images or annotations"
+        raise UsageError(msg)
+    return ExtractConfig(
+        root=root,
+        selection=selection,
+        out=out,
+        layout=_LAYOUTS[layout],
+        only=_ONLY[only],
+        jobs=jobs,
+        delete_tar=delete_tar,
+    )
+
+
+@app.command()
+def extract(
+    root: RootOpt = DEFAULT_ROOT,
+    subset: SubsetOpt = None,
+    shards: ShardsOpt = None,
+    part: PartOpt = None,
+    out_dir: OutOpt = None,
+    layout: LayoutOpt = "shard",
+    only: OnlyOpt = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", "-j", min=1, max=64, help="Shards extracted at once (one process each)."
+        ),
+    ] = DEFAULT_VERIFY_JOBS,
+    delete_tar: DeleteTarOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Extract downloaded shards into a sharded layout with a per-shard index.
+
+    Each shard appears whole or not at all; run it again to skip finished shards and
+    redo interrupted ones.
+    """
+    config = _extract_config(
+        root, _selection(subset, shards, part), out_dir, layout, only, jobs, delete_tar
+    )
+    sink = _progress_sink(as_json, quiet)
+    with contextlib.ExitStack() as stack:
+        if isinstance(sink, ui.RichSink | ui.PlainSink):
+            stack.enter_context(sink)
+        report = extract_shards(config, sink=sink)
+    if as_json:
+        _emit_json(ui.extract_json(report))
+    elif not quiet or report.exit_code:
+        ui.print_extract_report(err, report, out=config.out_dir)
+    raise typer.Exit(report.exit_code)
+
+
 # -- status --------------------------------------------------------------------------------
 
 
@@ -365,3 +496,24 @@ def main() -> None:
         if exc.hint:
             err.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # permissions, a vanished folder: the system's words, no traceback
+        if os.environ.get("SA1B_DEBUG"):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False)
+        err.print(
+            "[dim]hint:[/] check the path and its permissions; progress so far is kept. "
+            "--debug shows the traceback.",
+            highlight=False,
+        )
+        sys.exit(1)
+    except Exception as exc:  # the one place that renders the unexpected
+        if os.environ.get("SA1B_DEBUG"):
+            raise
+        err.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        err.print(
+            "[dim]hint:[/] progress so far is kept; rerun with --debug for the traceback "
+            "and report it.",
+            highlight=False,
+        )
+        sys.exit(1)

@@ -59,6 +59,8 @@ def _already_complete(store: Store, row: ManifestRow) -> ShardResult | None:
     final = store.final_path(row.file_name)
     if record is None or record.status != "complete" or record.size is None:
         return None
+    if record.tar_deleted:  # extracted with --delete-tar: done, not to be fetched again
+        return ShardResult(row.file_name, "present", size=record.size, detail="tar deleted")
     try:
         if final.stat().st_size != record.size:
             return None

@@ -45,6 +45,7 @@ class Record:
     detail: str | None = None
     updated: float = 0.0
     host: str | None = None
+    tar_deleted: bool = False  # extracted with --delete-tar: done, never fetched again
 
     def with_(self, **changes: Any) -> Record:
         return replace(self, **changes)

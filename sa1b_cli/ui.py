@@ -31,6 +31,7 @@ from sa1b_cli.status import ShardState
 
 if TYPE_CHECKING:
     from sa1b_cli.engine import DownloadReport
+    from sa1b_cli.extraction import ExtractReport
     from sa1b_cli.verify import VerifyReport
 
 __all__ = ["PlainSink", "RichSink", "format_bytes", "format_left", "render_expiry"]
@@ -396,3 +397,53 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
         )
     if report.exported:
         console.print(f"checksum list written to {report.exported}", highlight=False)
+
+
+# -- extract ---------------------------------------------------------------------------------
+
+
+def extract_json(report: ExtractReport) -> dict[str, Any]:
+    return {
+        "command": "extract",
+        "exit_code": report.exit_code,
+        "seconds": round(report.seconds, 3),
+        "index": str(report.index) if report.index else None,
+        "shards": [
+            {
+                "name": r.name,
+                "status": r.status,
+                "detail": r.detail,
+                "images": r.images,
+                "bytes_read": r.bytes_read,
+                "bytes_written": r.bytes_written,
+                "seconds": round(r.seconds, 3),
+                "refused": r.refused,
+                "skipped_members": r.skipped,
+            }
+            for r in report.results
+        ],
+    }
+
+
+def print_extract_report(console: Console, report: ExtractReport, *, out: Path) -> None:
+    counts = Counter(r.status for r in report.results)
+    written = sum(r.bytes_written for r in report.results)
+    images = sum(r.images for r in report.results)
+    rate = written / report.seconds if report.seconds else 0.0
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(
+        f"[bold]{len(report.results)} shards:[/] {summary}; {images:,} images, "
+        f"{format_bytes(written)} written in {report.seconds:.1f}s "
+        f"({format_bytes(rate)}/s) into {out}",
+        highlight=False,
+    )
+    troubled = [r for r in report.results if not r.ok or r.refused]
+    if troubled:
+        table = Table(title="shards that need attention", title_justify="left")
+        for column in ("shard", "status", "detail"):
+            table.add_column(column)
+        for r in troubled:
+            table.add_row(r.name, status_text(r.status), r.detail or "")
+        console.print(table)
+    if report.index:
+        console.print(f"index of every extracted image: {report.index}", highlight=False)

@@ -93,6 +93,9 @@ def _presence(store: Store, name: str) -> VerifyResult | None:
     final = store.final_path(name)
     if final.is_file():
         return None
+    record = store.read(name)
+    if record is not None and record.tar_deleted:
+        return VerifyResult(name, "not_covered", detail="tar deleted after extraction")
     part = store.part_path(name)
     if part.is_file():
         record = store.read(name)

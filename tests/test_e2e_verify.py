@@ -52,8 +52,9 @@ def test_verify_with_a_community_list_that_disagrees(site: Site, tmp_path: Path)
     assert site.run("download", "--links", links, "--root", root, "--subset", "2").returncode == 0
     listing = tmp_path / "community.md5"
     listing.write_text(f"{'0' * 32}  sa_000000.tar\n")
-    code, report = site.run_json("verify", "--root", root, "--subset", "2",
-                                 "--checksums", str(listing))
+    code, report = site.run_json(
+        "verify", "--root", root, "--subset", "2", "--checksums", str(listing)
+    )
     assert code == 1
     statuses = {s["name"]: s["status"] for s in report["shards"]}
     assert statuses == {"sa_000000.tar": "digest_mismatch", "sa_000001.tar": "not_covered"}

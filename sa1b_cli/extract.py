@@ -1,0 +1,336 @@
+"""Extract shards into a sharded layout: atomic per shard, resumable, indexed, never outside --out.
+
+Layouts (``<out>`` defaults to ``<root>/extracted``)::
+
+    shard:  <out>/sa_000000/sa_1.jpg, sa_1.json
+    split:  <out>/images/sa_000000/sa_1.jpg, <out>/annotations/sa_000000/sa_1.json
+    both:   <out>/index/sa_000000.csv (one row per image), <out>/index.csv (all shards)
+            <out>/.done/sa_000000.json  completion marker, written last
+
+A shard is built in ``<out>/.tmp-<shard>-<token>/`` and renamed into place; without its
+marker a shard is not extracted, whatever files exist, and the next run redoes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from sa1b_cli.archive import (
+    GZIP_MAGIC,
+    ArchiveError,
+    Member,
+    Refusal,
+    iter_members,
+    member_id,
+    open_shard,
+)
+from sa1b_cli.selection import Selection
+from sa1b_cli.store import Store, atomic_write_text
+
+__all__ = [
+    "ExtractConfig",
+    "ExtractResult",
+    "ExtractStatus",
+    "Layout",
+    "extract_one",
+    "shard_dirs",
+]
+
+Layout = Literal["shard", "split"]
+Only = Literal["images", "annotations"]
+ExtractStatus = Literal[
+    "extracted",
+    "present",  # its marker was there: extracted by an earlier run
+    "not_downloaded",
+    "failed_verification",
+    "corrupt_archive",
+    "no_space",
+    "busy",  # another process is extracting it
+    "interrupted",
+]
+GOOD_EXTRACT = frozenset({"extracted", "present"})
+INDEX_FIELDS = ("image_id", "width", "height", "masks", "jpg_bytes", "json_bytes")
+_HEAD_RE = {
+    key: re.compile(rb'"%s"\s*:\s*(\d+)' % key.encode()) for key in ("image_id", "width", "height")
+}
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractConfig:
+    root: Path
+    selection: Selection
+    out: Path | None = None
+    layout: Layout = "shard"
+    only: Only | None = None
+    jobs: int = 1
+    delete_tar: bool = False
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else self.root / "extracted"
+
+
+@dataclass(slots=True)
+class ExtractResult:
+    name: str
+    status: ExtractStatus
+    detail: str | None = None
+    images: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    refused: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in GOOD_EXTRACT
+
+
+def stem(name: str) -> str:
+    return name.removesuffix(".tar")
+
+
+def shard_dirs(out: Path, name: str, layout: Layout, only: Only | None) -> dict[str, Path]:
+    """Where a shard's images and annotations go ("jpg"/"json" -> folder)."""
+    if layout == "shard":
+        folder = out / stem(name)
+        dirs = {"jpg": folder, "json": folder}
+    else:
+        dirs = {"jpg": out / "images" / stem(name), "json": out / "annotations" / stem(name)}
+    if only == "images":
+        dirs.pop("json")
+    elif only == "annotations":
+        dirs.pop("jpg")
+    return dirs
+
+
+def marker_path(out: Path, name: str) -> Path:
+    return out / ".done" / f"{stem(name)}.json"
+
+
+def _index_row(image_id: int, data: bytes) -> dict[str, int]:
+    head = data[:4096]
+    values = {k: int(m.group(1)) for k, r in _HEAD_RE.items() if (m := r.search(head))}
+    if len(values) < 3:  # unusual key order: parse it properly
+        image = json.loads(data).get("image", {})
+        values = {k: int(image.get(k, 0)) for k in ("image_id", "width", "height")}
+    return {
+        "image_id": image_id,
+        "width": values["width"],
+        "height": values["height"],
+        "masks": data.count(b'"segmentation"'),
+        "jpg_bytes": 0,
+        "json_bytes": len(data),
+    }
+
+
+def needed_bytes(tar: Path) -> int:
+    """Bytes the shard unpacks to: the gzip ISIZE trailer (mod 2**32) made whole by the size."""
+    size = tar.stat().st_size
+    with tar.open("rb") as handle:
+        if handle.read(2) != GZIP_MAGIC:
+            return size
+        handle.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(handle.read(4), "little")
+    floor = int(size * 0.9)  # JPEGs barely compress, so the tar is never much smaller
+    while isize < floor:
+        isize += 1 << 32
+    return isize
+
+
+def _write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+class _ShardWriter:
+    """Writes one shard's members into a temporary folder, then moves it into place."""
+
+    def __init__(self, out: Path, name: str, config: ExtractConfig) -> None:
+        self.out, self.name, self.config = out, name, config
+        self.tmp = out / f".tmp-{stem(name)}-{secrets.token_hex(4)}"
+        self.final_dirs = shard_dirs(out, name, config.layout, config.only)
+        self.tmp_dirs = shard_dirs(self.tmp, name, config.layout, config.only)
+        self.rows: dict[int, dict[str, int]] = {}
+        self.jpg_sizes: dict[int, int] = {}
+
+    def add(self, result: ExtractResult, member: Member) -> None:
+        parsed = member_id(member.name)
+        if parsed is None:
+            result.skipped += 1  # only sa_<id>.jpg/json become files: no name of its own
+            return
+        image_id, kind = parsed
+        if kind == "json":
+            row = _index_row(image_id, member.data)
+            row["jpg_bytes"] = self.jpg_sizes.pop(image_id, 0)
+            self.rows[image_id] = row
+        elif image_id in self.rows:
+            self.rows[image_id]["jpg_bytes"] = len(member.data)
+        else:
+            self.jpg_sizes[image_id] = len(member.data)
+        folder = self.tmp_dirs.get(kind)
+        if folder is not None:
+            _write(folder / f"sa_{image_id}.{kind}", member.data)
+            result.bytes_written += len(member.data)
+
+    def commit(self) -> int:
+        """Move into place, write the index, then the marker (last). Returns images indexed."""
+        moves = {self.final_dirs[kind]: self.tmp_dirs[kind] for kind in self.final_dirs}
+        for final, tmp in moves.items():  # keyed by destination: "shard" has one folder
+            if final.exists():
+                shutil.rmtree(final)  # a half shard from an interrupted run
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        self._write_index()
+        marker = {
+            "shard": self.name,
+            "layout": self.config.layout,
+            "only": self.config.only,
+            "images": len(self.rows),
+            "finished": time.time(),
+        }
+        marker_path(self.out, self.name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker_path(self.out, self.name), json.dumps(marker))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return len(self.rows)
+
+    def _write_index(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=INDEX_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows[i] for i in sorted(self.rows))
+        folder = self.out / "index"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / f"{stem(self.name)}.csv", buffer.getvalue())
+
+    def __enter__(self) -> _ShardWriter:
+        for folder in self.tmp_dirs.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _precheck(store: Store, name: str, out: Path) -> ExtractResult | None:
+    if marker_path(out, name).is_file():
+        return ExtractResult(name, "present")
+    record = store.read(name)
+    tar = store.final_path(name)
+    if record is not None and record.status == "bad":
+        return ExtractResult(
+            name, "failed_verification", f"{record.detail}; run sa1b download to fetch it again"
+        )
+    if record is None or record.status != "complete" or not tar.is_file():
+        return ExtractResult(name, "not_downloaded", "not downloaded yet; run sa1b download")
+    need = needed_bytes(tar)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        return ExtractResult(
+            name, "no_space", f"needs {need / 2**30:.1f} GiB, {out} has {free / 2**30:.1f} GiB free"
+        )
+    return None
+
+
+class Aborted(Exception):
+    """The run was asked to stop (Ctrl-C); the shard's temporary folder is removed."""
+
+
+def _members(
+    tar: Path, result: ExtractResult, progress: Progress | None, abort: Callable[[], bool]
+) -> Iterator[Member]:
+    with open_shard(tar) as (stream, counter):
+        seen = 0
+        for item in iter_members(stream):
+            if abort():
+                raise Aborted
+            if isinstance(item, Refusal):
+                result.refused.append(f"{item.name}: {item.reason}")
+                continue
+            if progress is not None and counter.count - seen >= 8 << 20:
+                progress(result.name, counter.count - seen)
+                seen = counter.count
+            yield item
+        result.bytes_read = counter.count
+        if progress is not None:
+            progress(result.name, counter.count - seen)
+
+
+def extract_one(
+    config: ExtractConfig,
+    name: str,
+    progress: Progress | None = None,
+    abort: Callable[[], bool] = lambda: False,
+) -> ExtractResult:
+    """Extract one shard (runs in a worker process); every outcome is data."""
+    started = time.monotonic()
+    store = Store(config.root)
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    early = _precheck(store, name, out)
+    if early is not None:
+        return early
+    result = ExtractResult(name, "extracted")
+    try:
+        with _ShardWriter(out, name, config) as writer:
+            for member in _members(store.final_path(name), result, progress, abort):
+                writer.add(result, member)
+            result.images = writer.commit()
+    except Aborted:
+        return ExtractResult(name, "interrupted", "stopped; run the same command to redo it")
+    except ArchiveError as exc:
+        return ExtractResult(name, "corrupt_archive", f"{exc}; run sa1b verify --deep")
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ExtractResult(name, "no_space", "the disk filled up; nothing of it was kept")
+        raise
+    if result.refused:
+        result.detail = f"refused {len(result.refused)} unsafe member(s): {result.refused[0]}"
+    if config.delete_tar:
+        _delete_tar(store, name)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _delete_tar(store: Store, name: str) -> None:
+    record = store.read(name)
+    if record is not None:
+        store.write(record.with_(tar_deleted=True, updated=time.time()))
+    store.final_path(name).unlink(missing_ok=True)
+
+
+def write_overall_index(out: Path) -> Path:
+    """<out>/index.csv: every shard's index with a shard column (derived, rebuilt each run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["shard," + ",".join(INDEX_FIELDS)]
+    folder = out / "index"
+    for path in sorted(folder.glob("sa_*.csv")) if folder.is_dir() else []:
+        if marker_path(out, f"{path.stem}.tar").is_file():
+            rows = path.read_text().splitlines()[1:]
+            lines.extend(f"{path.stem},{row}" for row in rows)
+    target = out / "index.csv"
+    atomic_write_text(target, "\n".join(lines) + "\n")
+    return target
+
+
+def result_dict(result: ExtractResult) -> dict[str, object]:
+    return asdict(result)

@@ -1,0 +1,170 @@
+"""Run extraction over many shards in worker processes, with progress, claims and Ctrl-C."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+from sa1b_cli.claims import Claim, try_claim
+from sa1b_cli.errors import DiskFullError
+from sa1b_cli.events import NullSink, ProgressSink
+from sa1b_cli.extract import ExtractConfig, ExtractResult, extract_one, stem, write_overall_index
+from sa1b_cli.store import Store
+
+__all__ = ["ExtractReport", "Extractor", "extract_shards"]
+
+_progress: Any = None
+_abort: Event | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractReport:
+    results: list[ExtractResult]
+    seconds: float
+    index: Path | None
+
+    @property
+    def exit_code(self) -> int:
+        statuses = {r.status for r in self.results}
+        if "interrupted" in statuses:
+            return 130
+        return 0 if all(r.ok for r in self.results) else 1
+
+
+def _init_worker(progress: Any, abort: Event) -> None:
+    global _progress, _abort
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; we stop via `abort`
+    _progress, _abort = progress, abort
+
+
+def _report(name: str, nbytes: int) -> None:
+    if _progress is not None:
+        _progress.put((name, nbytes))
+
+
+def _aborted() -> bool:
+    return _abort is not None and _abort.is_set()
+
+
+def _extract_claimed(config: ExtractConfig, name: str) -> ExtractResult:
+    store = Store(config.root).ensure()
+    got = try_claim(store.claims / f"{name}.extract.claim")
+    if not isinstance(got, Claim):
+        return ExtractResult(name, "busy", f"being extracted by {got.describe()}")
+    try:
+        out = config.out_dir
+        if out.is_dir():  # leftovers of a run killed while it held this claim
+            for stale in out.glob(f".tmp-{stem(name)}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        return extract_one(config, name, _report, _aborted)
+    finally:
+        got.release()
+
+
+class Extractor:
+    """A pool of extraction processes; submit shards, poll progress, stop on request."""
+
+    def __init__(self, config: ExtractConfig, sink: ProgressSink | None = None) -> None:
+        context = multiprocessing.get_context("fork")
+        self.config = config
+        self.sink = sink or NullSink()
+        self.progress: Any = context.Queue()
+        self.abort = context.Event()
+        self.pool = ProcessPoolExecutor(
+            max_workers=config.jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(self.progress, self.abort),
+        )
+
+    def submit(self, name: str) -> Future[ExtractResult]:
+        return self.pool.submit(_extract_claimed, self.config, name)
+
+    def pump(self, timeout: float = 0.1) -> None:
+        """Move worker progress to the sink (call from the thread that owns the sink)."""
+        try:
+            name, nbytes = self.progress.get(timeout=timeout)
+            self.sink.advanced(name, nbytes)
+            while True:
+                name, nbytes = self.progress.get_nowait()
+                self.sink.advanced(name, nbytes)
+        except queue.Empty:
+            return
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.progress.close()
+        self.progress.join_thread()
+
+
+def _known_names(store: Store) -> set[str]:
+    names = set(store.records())
+    if store.tars.is_dir():
+        names |= {p.name for p in store.tars.iterdir() if p.name.endswith(".tar")}
+    return names
+
+
+def _collect(
+    extractor: Extractor, futures: dict[Future[ExtractResult], str]
+) -> list[ExtractResult]:
+    results: list[ExtractResult] = []
+    pending = dict(futures)
+    try:
+        while pending:
+            extractor.pump()
+            for future in [f for f in pending if f.done()]:
+                pending.pop(future)
+                results.append(future.result())
+                extractor.sink.finished(results[-1])
+    except KeyboardInterrupt:
+        extractor.abort.set()
+        for future, name in pending.items():
+            future.cancel()
+            results.append(
+                future.result()
+                if not future.cancelled()
+                else ExtractResult(name, "interrupted", "not started")
+            )
+    return results
+
+
+def extract_shards(
+    config: ExtractConfig, *, sink: ProgressSink | None = None, names: Iterable[str] | None = None
+) -> ExtractReport:
+    """Extract the selected shards; every outcome is data, a full disk is raised at the end."""
+    started = time.monotonic()
+    store = Store(config.root)
+    chosen = list(names) if names is not None else config.selection.apply(_known_names(store))
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    extractor = Extractor(config, sink)
+    try:
+        for name in chosen:
+            extractor.sink.started(name, _size(store.final_path(name)), 0)
+        results = _collect(extractor, {extractor.submit(n): n for n in chosen})
+    finally:
+        extractor.close()
+    order = {n: i for i, n in enumerate(chosen)}
+    results.sort(key=lambda r: order.get(r.name, 0))
+    index = write_overall_index(config.out_dir)
+    full = [r for r in results if r.status == "no_space"]
+    if full:
+        msg = f"the disk is full: {', '.join(r.name for r in full)} could not be extracted"
+        raise DiskFullError(msg, hint="Nothing half-written was kept. Free space or use --out.")
+    return ExtractReport(results, time.monotonic() - started, index)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
