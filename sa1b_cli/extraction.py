@@ -149,7 +149,9 @@ def extract_shards(
     extractor = Extractor(config, sink)
     try:
         for name in chosen:
-            extractor.sink.started(name, _size(store.final_path(name)), 0)
+            size = _size(store.final_path(name))
+            if size is not None:
+                extractor.sink.started(name, size, 0)
         results = _collect(extractor, {extractor.submit(n): n for n in chosen})
     finally:
         extractor.close()
