@@ -24,8 +24,10 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	bash bench/install-tools.sh
-	$(BIN)/python -m bench.run
+	@command -v nginx >/dev/null && command -v aria2c >/dev/null && command -v xxhsum >/dev/null \
+	  || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      nginx-light aria2 xxhash curl)
+	$(BIN)/python -m sa1b_cli.devtools.bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache demo-root

@@ -372,7 +372,7 @@ def verify(
         report = verify_shards(config, sink=sink)
     if as_json:
         _emit_json(ui.verify_json(report))
-    else:
+    elif not quiet or report.exit_code:
         ui.print_verify_report(out, report, deep=deep)
     raise typer.Exit(report.exit_code)
 

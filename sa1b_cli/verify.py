@@ -353,6 +353,8 @@ def verify_shards(config: VerifyConfig, *, sink: ProgressSink | None = None) -> 
             for future in futures:
                 results.append(future.result())
                 sink.finished(results[-1])
+    if any(r.status != "missing" for r in results):
+        store.ensure()  # a root of hand-placed tars has no state/ yet
     for result in results:
         _remember(store, result)
     exported = _export(config.export, config.export_algo, results) if config.export else None

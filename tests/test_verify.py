@@ -185,6 +185,17 @@ def test_lists_in_each_format_without_a_record(store, tmp_path, style):
     assert run(store, checksums=(wrong,)).status == "digest_mismatch"
 
 
+def test_hand_placed_tars_are_adopted_from_a_list(tmp_path):
+    data = good_shard()
+    tars = tmp_path / "bare" / "tars"
+    tars.mkdir(parents=True)
+    (tars / NAME).write_bytes(data)
+    listing = write_list(tmp_path, "l.md5", f"{hashlib.md5(data).hexdigest()}  {NAME}\n")
+    store = Store(tmp_path / "bare")
+    assert run(store, checksums=(listing,)).status == "ok"
+    assert store.read(NAME).status == "complete"  # type: ignore[union-attr]
+
+
 def test_list_without_the_shard_is_not_covered_not_failed(store, tmp_path):
     install(store, NAME, good_shard())
     other = write_list(tmp_path, "l.md5", f"{'0' * 32}  sa_000005.tar\n")

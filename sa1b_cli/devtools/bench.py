@@ -1,0 +1,432 @@
+"""`make bench`: sa1b against curl, aria2c, dd, xxhsum and tar, side by side in one run.
+
+Every figure is the median of several runs, and every comparison is a ratio measured in
+the same run, because absolute times on shared machines drift. Needs nginx, aria2c,
+xxhsum and curl (the Makefile installs them with apt-get).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sa1b_cli.devtools.synth import IMAGES_PER_SHARD, ShardSpec, jpeg_bytes, make_shard
+
+__all__ = ["main"]
+
+GIB = 1 << 30
+SA1B = str(Path(sys.executable).with_name("sa1b"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+SHARDS = int(os.environ.get("BENCH_SHARDS", "4"))
+SHARD_MIB = int(os.environ.get("BENCH_SHARD_MIB", "512"))
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    seconds: float
+    cpu: float  # user + system seconds of the command and its children
+    rss_mb: float  # peak resident set of the largest process
+
+
+def measure(
+    cmd: list[str], *, cwd: Path | None = None, before: Callable[[], None] | None = None
+) -> Run:
+    """Run cmd in a fresh helper so getrusage(RUSAGE_CHILDREN) covers it alone."""
+    if before is not None:
+        before()
+    probe = (
+        "import resource,subprocess,sys,time,json;t=time.perf_counter();"
+        "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE);"
+        "w=time.perf_counter()-t;u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(json.dumps([r.returncode,w,u.ru_utime+u.ru_stime,u.ru_maxrss/1024,r.stderr.decode()[-400:]]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *cmd], cwd=cwd, capture_output=True, text=True, check=True
+    )
+    code, wall, cpu, rss, err = json.loads(out.stdout)
+    if code != 0:
+        msg = f"{cmd[0]} exited {code}: {err}"
+        raise RuntimeError(msg)
+    return Run(wall, cpu, rss)
+
+
+def median_run(runs: list[Run]) -> Run:
+    return Run(
+        statistics.median(r.seconds for r in runs),
+        statistics.median(r.cpu for r in runs),
+        max(r.rss_mb for r in runs),
+    )
+
+
+def repeat(
+    cmd: list[str], before: Callable[[], None], *, cwd: Path | None = None, n: int = REPEAT
+) -> Run:
+    return median_run([measure(cmd, cwd=cwd, before=before) for _ in range(n)])
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def _annotation_template(width: int, height: int, masks: int) -> bytes:
+    from sa1b_cli.devtools.synth import annotation_json
+
+    return annotation_json(424242, width, height, masks, seed=1)
+
+
+def make_realistic_shard(path: Path, index: int, images: int) -> None:
+    """SA-1B-like: 1500x2250 JPEGs of ~400 KB and ~100 masks an image (one template reused)."""
+    import io
+    import random
+    import tarfile
+
+    from isal import igzip
+
+    jpgs = [jpeg_bytes(2250, 1500, seed=k, pad=0) for k in range(2)]
+    template = _annotation_template(2250, 1500, 100)
+    first = index * IMAGES_PER_SHARD + 1
+    members = []
+    for image_id in range(first, first + images):
+        members.append((f"./sa_{image_id}.jpg", jpgs[image_id % 2]))
+        doc = template.replace(b'"image_id": 424242', b'"image_id": %d' % image_id)
+        doc = doc.replace(b"sa_424242.jpg", b"sa_%d.jpg" % image_id)
+        members.append((f"./sa_{image_id}.json", doc))
+    random.Random(index).shuffle(members)
+    with (
+        path.open("wb") as raw,
+        igzip.IGzipFile(fileobj=raw, mode="wb", compresslevel=1) as gz,
+        tarfile.open(fileobj=gz, mode="w|", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def make_big_shards(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    pad = 2 << 20
+    images = max(1, SHARD_MIB * (1 << 20) // pad)
+    paths = []
+    for index in range(SHARDS):
+        path = folder / f"sa_{index:06d}.tar"
+        if not path.exists():
+            make_shard(
+                path,
+                ShardSpec(
+                    index, images=images, width=64, height=48, masks=2, pad_bytes=pad, seed=index
+                ),
+            )
+        paths.append(path)
+    return paths
+
+
+# -- servers -------------------------------------------------------------------------------
+
+
+class Nginx:
+    def __init__(self, folder: Path, work: Path, port: int = 18473) -> None:
+        self.port = port
+        conf = work / "nginx.conf"
+        conf.write_text(f"""
+user root; worker_processes 2; pid {work}/nginx.pid; error_log {work}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_timeout 30;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  server {{ listen 127.0.0.1:{port}; root {folder}; location / {{ }} }}
+}}""")
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
+        time.sleep(0.5)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}?_nc_gid&ccb=10-5&oh=00_x&oe=7FFFFFFF&_nc_sid=1"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+# -- benchmarks ------------------------------------------------------------------------------
+
+
+def _clean(folder: Path) -> Callable[[], None]:
+    def wipe() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        subprocess.run(["sync"], check=False)
+
+    return wipe
+
+
+def bench_download(
+    server: Nginx, names: list[str], total: int, base: Path, label: str
+) -> dict[str, object]:
+    target = base / "dl"
+    links = base / "links.txt"
+    links.write_text("file_name\tcdn_link\n" + "\n".join(f"{n}\t{server.url(n)}" for n in names))
+    urls = base / "urls.txt"
+    urls.write_text("".join(f"http://127.0.0.1:{server.port}/{n}\n" for n in names))
+    wipe = _clean(target)
+    count = total // (4 << 20)
+    results = {
+        "dd_fsync": repeat(
+            ["dd", "if=/dev/zero", f"of={target}/dd.bin", "bs=4M", f"count={count}", "conv=fsync"],
+            wipe,
+        ),
+        "curl": repeat(
+            [
+                "curl",
+                "-s",
+                "-Z",
+                "--parallel-max",
+                "4",
+                "-o",
+                f"{target}/#1",
+                f"http://127.0.0.1:{server.port}/{{{','.join(names)}}}",
+            ],
+            wipe,
+        ),
+        "aria2c": repeat(
+            [
+                "aria2c",
+                "-q",
+                "-j",
+                "4",
+                "-x",
+                "1",
+                "--file-allocation=none",
+                "-d",
+                str(target),
+                "-i",
+                str(urls),
+            ],
+            wipe,
+        ),
+        "sa1b": repeat(
+            [
+                SA1B,
+                "download",
+                "--links",
+                str(links),
+                "--root",
+                str(target / "r"),
+                "--jobs",
+                "4",
+                "--quiet",
+                "--shards",
+                ",".join(names),
+            ],
+            wipe,
+        ),
+    }
+    rss16 = measure(
+        [
+            SA1B,
+            "download",
+            "--links",
+            str(links),
+            "--root",
+            str(target / "r16"),
+            "--jobs",
+            "16",
+            "--quiet",
+            "--shards",
+            ",".join(names),
+        ],
+        before=wipe,
+    )
+    gib = total / GIB
+    report: dict[str, object] = {"target": label, "bytes": total}
+    for tool, run in results.items():
+        report[tool] = {
+            "seconds": round(run.seconds, 3),
+            "GB/s": round(total / 1e9 / run.seconds, 3),
+            "cpu_s_per_GiB": round(run.cpu / gib, 3),
+            "peak_rss_MB": round(run.rss_mb, 1),
+        }
+    sa1b = results["sa1b"].seconds
+    report["ratio_sa1b_vs_aria2c"] = round(sa1b / results["aria2c"].seconds, 3)
+    report["ratio_sa1b_vs_curl"] = round(sa1b / results["curl"].seconds, 3)
+    report["ratio_sa1b_vs_dd_fsync"] = round(sa1b / results["dd_fsync"].seconds, 3)
+    report["sa1b_jobs16_peak_rss_MB"] = round(rss16.rss_mb, 1)
+    shutil.rmtree(target, ignore_errors=True)
+    return report
+
+
+def bench_verify(root: Path, names: list[str], deep_root: Path) -> dict[str, object]:
+    files = [str(root / "tars" / n) for n in names]
+    for path in files:  # warm the cache for both tools
+        subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)
+    total = sum(os.path.getsize(p) for p in files)
+    xxh = repeat(["xxhsum", "-H2", *files], lambda: None)
+    ours = repeat(
+        [SA1B, "verify", "--root", str(root), "--quiet", "--shards", ",".join(names)], lambda: None
+    )
+    report: dict[str, object] = {
+        "xxhsum_GB/s": round(total / 1e9 / xxh.seconds, 2),
+        "sa1b_GB/s": round(total / 1e9 / ours.seconds, 2),
+        "ratio_sa1b_throughput_vs_xxhsum": round(xxh.seconds / ours.seconds, 3),
+    }
+    for jobs in (1, 2):
+        out = subprocess.run(
+            [
+                SA1B,
+                "verify",
+                "--root",
+                str(deep_root),
+                "--deep",
+                "--jobs",
+                str(jobs),
+                "--json",
+                "--shards",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        data = json.loads(out.stdout)
+        report[f"deep_jobs{jobs}"] = {
+            "MB/s": data["throughput_mb_s"],
+            "images/s": data["images_per_s"],
+            "status": data["shards"][0]["status"],
+        }
+    return report
+
+
+def bench_extract(deep_root: Path, work: Path) -> dict[str, object]:
+    tar = deep_root / "tars" / "sa_000000.tar"
+    out_tar, out_ours = work / "x-tar", work / "x-sa1b"
+    tar_run = repeat(["tar", "-xzf", str(tar), "-C", str(out_tar)], _clean(out_tar))
+    ours = repeat(
+        [
+            SA1B,
+            "extract",
+            "--root",
+            str(deep_root),
+            "--out",
+            str(out_ours),
+            "--quiet",
+            "--shards",
+            "0",
+            "--jobs",
+            "1",
+        ],
+        _clean(out_ours),
+    )
+    report: dict[str, object] = {
+        "shard_GiB": round(tar.stat().st_size / GIB, 2),
+        "tar_xzf_s": round(tar_run.seconds, 2),
+        "sa1b_s": round(ours.seconds, 2),
+        "ratio_sa1b_vs_tar": round(ours.seconds / tar_run.seconds, 3),
+    }
+    for jobs in (1, 2):
+        run = repeat(
+            [
+                SA1B,
+                "extract",
+                "--root",
+                str(deep_root),
+                "--out",
+                str(out_ours),
+                "--quiet",
+                "--shards",
+                "0-1",
+                "--jobs",
+                str(jobs),
+            ],
+            _clean(out_ours),
+        )
+        size = sum((deep_root / "tars" / f"sa_00000{k}.tar").stat().st_size for k in range(2))
+        report[f"two_shards_jobs{jobs}_MB/s"] = round(size / 1e6 / run.seconds, 1)
+    shutil.rmtree(out_tar, ignore_errors=True)
+    shutil.rmtree(out_ours, ignore_errors=True)
+    return report
+
+
+def _install_as_downloaded(root: Path, paths: list[Path]) -> None:
+    """Hard-link files into a root; `verify` adopts what a checksum list vouches for."""
+    import xxhash
+
+    (root / "tars").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for path in paths:
+        target = root / "tars" / path.name
+        if not target.exists():
+            os.link(path, target)
+        digest = xxhash.xxh3_128()
+        with path.open("rb") as handle:
+            while block := handle.read(8 << 20):
+                digest.update(block)
+        lines.append(f"{digest.hexdigest()}  {path.name}\n")
+    listing = root / "bench.xxh128"
+    listing.write_text("".join(lines))
+    names = ",".join(p.name for p in paths)
+    subprocess.run(
+        [
+            SA1B,
+            "verify",
+            "--root",
+            str(root),
+            "--quiet",
+            "--checksums",
+            str(listing),
+            "--shards",
+            names,
+        ],
+        check=True,
+    )
+
+
+def main() -> None:
+    work = Path(os.environ.get("BENCH_DIR", "bench-out")).resolve()
+    work.mkdir(exist_ok=True)
+    print(f"generating {SHARDS} shards of ~{SHARD_MIB} MiB and 2 SA-1B-like shards in {work} ...")
+    big = make_big_shards(work / "shards")
+    deep_src = work / "deep-src"
+    deep_src.mkdir(exist_ok=True)
+    deep_images = int(os.environ.get("BENCH_DEEP_IMAGES", "2500"))
+    for k in range(2):
+        path = deep_src / f"sa_00000{k}.tar"
+        if not path.exists():
+            make_realistic_shard(path, k, deep_images)
+    names = [p.name for p in big]
+    total = sum(p.stat().st_size for p in big)
+    results: dict[str, object] = {
+        "repeat": REPEAT,
+        "shards": SHARDS,
+        "shard_bytes": total // SHARDS,
+    }
+    server = Nginx(work / "shards", work)
+    try:
+        results["download_disk"] = bench_download(server, names, total, work, "disk")
+        shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            results["download_tmpfs"] = bench_download(server, names, total, shm, "tmpfs")
+        finally:
+            shutil.rmtree(shm, ignore_errors=True)
+    finally:
+        server.stop()
+    verify_root = work / "verify-root"
+    _install_as_downloaded(verify_root, big)
+    deep_root = work / "deep-root"
+    _install_as_downloaded(deep_root, sorted(deep_src.iterdir()))
+    results["verify"] = bench_verify(verify_root, names, deep_root)
+    results["extract"] = bench_extract(deep_root, work)
+    text = json.dumps(results, indent=2)
+    (work / "results.json").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
