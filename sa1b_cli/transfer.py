@@ -120,6 +120,8 @@ class _Job:
         self.expected_size: int | None = None
         self.fetched = 0
         self.got_bytes = False
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._last_checkpoint = (0, 0.0)
 
     # -- results -------------------------------------------------------------------------
@@ -308,43 +310,46 @@ class _Job:
 
     async def _receive(self, response: httpx.Response) -> None:
         settings = self.ctx.settings
-        buffer = bytearray()
-        chunks = response.aiter_raw()
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(settings.stall_timeout):
-                        chunk = await anext(chunks, None)
-                except TimeoutError as exc:
-                    msg = f"no data for {settings.stall_timeout:g}s"
-                    raise _Retry(msg) from exc
-                if chunk is None:
-                    break
-                buffer += chunk
-                self.fetched += len(chunk)
-                self.got_bytes = True
-                self.ctx.sink.advanced(self.name, len(chunk))
-                if self.ctx.limiter is not None:
-                    await self.ctx.limiter.acquire(len(chunk))
-                if len(buffer) >= settings.block_size or self._checkpoint_due():
-                    await self._flush(buffer)
-                    await self._checkpoint()
+            with StallWatchdog(settings.stall_timeout) as watchdog:
+                await self._stream_into_part(response, watchdog)
+        except TimeoutError as exc:
+            await self._flush()
+            msg = f"no data for {settings.stall_timeout:g}s"
+            raise _Retry(msg) from exc
         except httpx.TransportError as exc:
-            await self._flush(buffer)  # bytes before the drop are good
+            await self._flush()  # bytes before the drop are good
             msg = f"connection dropped ({type(exc).__name__})"
             raise _Retry(msg) from exc
-        except _Retry:
-            await self._flush(buffer)
-            raise
-        await self._flush(buffer)
+        await self._flush()
         if self.expected_size is not None and self.part.size < self.expected_size:
             msg = f"connection closed at {self.part.size:,} of {self.expected_size:,} bytes"
             raise _Retry(msg)
 
-    async def _flush(self, buffer: bytearray) -> None:
-        if buffer:
-            await self.part.append(bytes(buffer))
-            buffer.clear()
+    async def _stream_into_part(self, response: httpx.Response, watchdog: StallWatchdog) -> None:
+        block_size = self.ctx.settings.block_size
+        sink, limiter = self.ctx.sink, self.ctx.limiter
+        async for chunk in response.aiter_raw():
+            watchdog.fed()
+            self._chunks.append(chunk)
+            self._buffered += len(chunk)
+            self.fetched += len(chunk)
+            self.got_bytes = True
+            sink.advanced(self.name, len(chunk))
+            if limiter is not None:
+                await limiter.acquire(len(chunk))
+            if self._buffered >= block_size or self._checkpoint_due():
+                await self._flush()
+                await self._checkpoint()
+                watchdog.fed()  # a slow disk is not a stalled connection
+
+    async def _flush(self) -> None:
+        if self._chunks:
+            # One join per block: growing a bytearray chunk by chunk copies it many times.
+            block = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            await self.part.append(block)
 
     # -- durability ------------------------------------------------------------------------
 
@@ -391,6 +396,49 @@ class _Job:
         _fsync_dir(self.store.tars)
         self._record("complete", durable=size, size=size, digests=digests)
         return None
+
+
+class StallWatchdog:
+    """Cancels the current task when nothing arrived for ``limit`` seconds.
+
+    One timer per period, re-armed from the time of the last byte, instead of an
+    ``asyncio.timeout`` per chunk (tens of thousands of timers a GiB).
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.fired = False
+
+    def fed(self) -> None:
+        self.last = self.loop.time()
+
+    def _check(self) -> None:
+        if self.loop.time() - self.last >= self.limit:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_at(self.last + self.limit, self._check)
+
+    def __enter__(self) -> StallWatchdog:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self._cancelling = task.cancelling()
+        self.handle = self.loop.call_at(self.last + self.limit, self._check)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self.handle.cancel()
+        if (
+            self.fired
+            and kind is asyncio.CancelledError
+            and self.task.uncancel() <= self._cancelling
+        ):
+            raise TimeoutError from exc
 
 
 def _fsync_dir(path: os.PathLike[str]) -> None:

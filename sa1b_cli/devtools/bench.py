@@ -102,7 +102,7 @@ def make_realistic_shard(path: Path, index: int, images: int) -> None:
     random.Random(index).shuffle(members)
     with (
         path.open("wb") as raw,
-        igzip.IGzipFile(fileobj=raw, mode="wb", compresslevel=1) as gz,
+        igzip.IGzipFile(fileobj=raw, mode="wb", compresslevel=1) as gz  # type: ignore[no-untyped-call],
         tarfile.open(fileobj=gz, mode="w|", format=tarfile.GNU_FORMAT) as tar,
     ):
         for name, data in members:
