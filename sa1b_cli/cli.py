@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from sa1b_cli.selection import Selection, parse_selection
 from sa1b_cli.status import root_status
 from sa1b_cli.store import Store
 from sa1b_cli.verify import VerifyConfig, verify_shards
+from sa1b_cli.workers import run_download_workers
 
 __all__ = ["app", "main"]
 
@@ -92,6 +94,20 @@ JsonOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", envvar="SA1B_DEBUG", help="Show tracebacks.")]
 VersionOpt = Annotated[bool, typer.Option("--version", help="Print the version and exit.")]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        max=64,
+        envvar="SA1B_WORKERS",
+        help="Processes, each with its own event loop and a share of the shards.",
+    ),
+]
+ExtractFlagOpt = Annotated[
+    bool,
+    typer.Option("--extract", help="Extract each shard as soon as it is downloaded and checked."),
+]
 ManifestArg = Annotated[
     Path | None, typer.Argument(help="The manifest to inspect.", show_default=False)
 ]
@@ -227,13 +243,8 @@ def download(
     checksums: ChecksumsOpt = None,
     max_rate: RateOpt = None,
     timeout: TimeoutOpt = 30.0,
-    extract: Annotated[
-        bool,
-        typer.Option(
-            "--extract",
-            help="Extract each shard as soon as it is downloaded and checked (see sa1b extract).",
-        ),
-    ] = False,
+    workers: WorkersOpt = 1,
+    extract: ExtractFlagOpt = False,
     out_dir: OutOpt = None,
     layout: LayoutOpt = "shard",
     only: OnlyOpt = None,
@@ -262,10 +273,15 @@ def download(
     with contextlib.ExitStack() as stack:
         if isinstance(sink, ui.RichSink | ui.PlainSink):
             stack.enter_context(sink)
-        if extract:
-            xconfig = _extract_config(
-                root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
-            )
+        xconfig = _extract_config(
+            root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
+        )
+        if workers > 1:
+            report = _run_workers(config, workers, sink)
+            if extract:
+                ok = [r.name for r in report.results if r.ok and r.name.endswith(".tar")]
+                extraction = extract_shards(xconfig, sink=NullSink(), names=ok)
+        elif extract:
             report, extraction = _run_interruptible(
                 lambda stop: download_and_extract(config, xconfig, sink=sink, stop=stop)
             )
@@ -284,6 +300,23 @@ def download(
         if extraction is not None:
             ui.print_extract_report(err, extraction, out=xconfig.out_dir)
     raise typer.Exit(code)
+
+
+def _run_workers(config: DownloadConfig, workers: int, sink: ProgressSink) -> DownloadReport:
+    """Several processes; the first Ctrl-C asks them to checkpoint and stop."""
+    stopping = threading.Event()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+        err.print("[yellow]stopping: saving progress (Ctrl-C again to abort at once)[/]")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        return run_download_workers(config, workers, sink=sink, stop=stopping.is_set)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _download_json(report: DownloadReport, code: int, elapsed: float) -> dict[str, Any]:

@@ -1,0 +1,149 @@
+"""--workers N: one download split over N processes, each with its own event loop.
+
+One Python event loop tops out well below a fast link (an httpx stream is CPU-bound
+on one core), so N processes each take a balanced share of the selection. Progress
+comes back over a queue in batches; the parent renders it and merges the reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from sa1b_cli.config import DownloadConfig
+from sa1b_cli.engine import DownloadReport, run_downloads
+from sa1b_cli.events import ProgressSink
+from sa1b_cli.manifest import read_manifest
+from sa1b_cli.results import ShardResult
+from sa1b_cli.selection import Selection
+
+__all__ = ["QueueSink", "run_download_workers", "split_selection"]
+
+FLUSH_SECONDS = 0.25
+
+
+class QueueSink:
+    """A sink in a worker process: batches byte counts, sends events to the parent."""
+
+    def __init__(self, events: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.events = events
+        self.clock = clock
+        self.pending: dict[str, int] = {}
+        self.last = clock()
+
+    def _flush(self) -> None:
+        for name, nbytes in self.pending.items():
+            self.events.put(("advanced", name, nbytes))
+        self.pending.clear()
+        self.last = self.clock()
+
+    def started(self, name: str, total: int | None, resumed_from: int) -> None:
+        self._flush()
+        self.events.put(("started", name, total, resumed_from))
+
+    def advanced(self, name: str, nbytes: int) -> None:
+        self.pending[name] = self.pending.get(name, 0) + nbytes
+        if self.clock() - self.last >= FLUSH_SECONDS:
+            self._flush()
+
+    def note(self, name: str, text: str) -> None:
+        self.events.put(("note", name, text))
+
+    def finished(self, result: Any) -> None:
+        self._flush()
+        if isinstance(result, ShardResult):
+            self.events.put(("finished", result))
+
+
+def split_selection(config: DownloadConfig, workers: int) -> list[DownloadConfig]:
+    """Balanced shares of what ``config`` selects, one per worker (round robin in shard order)."""
+    names = config.selection.apply(read_manifest(config.links).rows)
+    return [
+        replace(config, selection=Selection(tuple(names[k::workers])))
+        for k in range(workers)
+        if names[k::workers]
+    ]
+
+
+_events: Any = None
+
+
+def _init(events: Any) -> None:
+    global _events
+    _events = events
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent asks us to stop via SIGTERM
+
+
+async def _worker_main(config: DownloadConfig) -> DownloadReport:
+    _events.put(("pid", os.getpid()))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    return await run_downloads(config, sink=QueueSink(_events), stop=stop)
+
+
+def _work(config: DownloadConfig) -> DownloadReport:
+    return asyncio.run(_worker_main(config))
+
+
+def _replay(sink: ProgressSink, event: tuple[Any, ...], pids: set[int]) -> None:
+    kind = event[0]
+    if kind == "pid":
+        pids.add(event[1])
+    elif kind == "started":
+        sink.started(event[1], event[2], event[3])
+    elif kind == "advanced":
+        sink.advanced(event[1], event[2])
+    elif kind == "note":
+        sink.note(event[1], event[2])
+    else:
+        sink.finished(event[1])
+
+
+def run_download_workers(
+    config: DownloadConfig, workers: int, *, sink: ProgressSink, stop: Callable[[], bool]
+) -> DownloadReport:
+    """Run the download in ``workers`` processes; when ``stop()`` is True they checkpoint."""
+    context = multiprocessing.get_context("fork")
+    events: Any = context.Queue()
+    shares = split_selection(config, workers)
+    with ProcessPoolExecutor(
+        len(shares) or 1, mp_context=context, initializer=_init, initargs=(events,)
+    ) as pool:
+        futures = [pool.submit(_work, share) for share in shares]
+        _pump_until_done(futures, events, sink, stop)
+        reports = [f.result() for f in futures]
+    return _merge(reports)
+
+
+def _pump_until_done(
+    futures: list[Future[DownloadReport]], events: Any, sink: ProgressSink, stop: Callable[[], bool]
+) -> None:
+    pids: set[int] = set()
+    asked = False
+    while not all(f.done() for f in futures) or not events.empty():
+        if stop() and not asked:
+            asked = True
+            for pid in pids:  # SIGTERM: each worker checkpoints and returns its report
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        try:
+            _replay(sink, events.get(timeout=0.1), pids)
+        except queue.Empty:
+            continue
+
+
+def _merge(reports: list[DownloadReport]) -> DownloadReport:
+    results = sorted((r for report in reports for r in report.results), key=lambda r: r.name)
+    windows = [r.expiry for r in reports if r.expiry is not None]
+    expiry = (min(w[0] for w in windows), max(w[1] for w in windows)) if windows else None
+    warnings = reports[0].warnings if reports else ()
+    return DownloadReport(results, expiry, sum(r.bytes_to_fetch for r in reports), warnings)
