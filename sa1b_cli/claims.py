@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Claim", "ClaimHolder", "read_claim", "try_claim"]
+__all__ = ["Claim", "ClaimHolder", "is_stale", "read_claim", "try_claim"]
 
 DEFAULT_STALE_AFTER = 120.0
 
@@ -77,7 +77,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_stale(holder: ClaimHolder | None, now: float, stale_after: float) -> bool:
+def is_stale(holder: ClaimHolder | None, now: float, stale_after: float) -> bool:
     if holder is None:
         return True  # unreadable: its writer died between create and write
     if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
@@ -126,7 +126,7 @@ def try_claim(
         if _create(path, token, clock()):
             return Claim(path, token)
         holder = read_claim(path)
-        if not _is_stale(holder, clock(), stale_after):
+        if not is_stale(holder, clock(), stale_after):
             assert holder is not None
             return holder
         _take_over(path, holder, token)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from sa1b_cli.claims import read_claim
+from sa1b_cli.claims import is_stale, read_claim
 from sa1b_cli.store import Store
 
 __all__ = ["ShardState", "StateName", "root_status"]
@@ -23,6 +23,7 @@ class ShardState:
     size: int | None = None
     detail: str | None = None
     holder: str | None = None  # "host (pid N)" of a live claim
+    host: str | None = None  # the host that last wrote the shard's record
 
     @property
     def percent(self) -> float | None:
@@ -44,7 +45,7 @@ def _holders(store: Store, stale_after: float) -> dict[str, str]:
     for entry in os.scandir(store.claims):
         if entry.name.endswith(".claim"):
             holder = read_claim(store.claims / entry.name)
-            if holder is not None and now - holder.heartbeat <= stale_after:
+            if holder is not None and not is_stale(holder, now, stale_after):
                 found[entry.name.removesuffix(".claim")] = holder.describe()
     return found
 
@@ -75,5 +76,7 @@ def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -
             state = ShardState(name, "partial", part, expected)
         else:
             state = ShardState(name, "missing", 0, expected)
+        if record is not None and record.host and state.state != "active":
+            state = replace(state, host=record.host)
         states.append(state)
     return states

@@ -1,0 +1,79 @@
+"""Per-shard claims: exclusive, stale ones taken over, heartbeats that notice a takeover."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from sa1b_cli.claims import Claim, ClaimHolder, read_claim, try_claim
+
+
+def test_second_claim_sees_the_live_holder(tmp_path: Path):
+    path = tmp_path / "s.claim"
+    first = try_claim(path)
+    assert isinstance(first, Claim)
+    second = try_claim(path)
+    assert isinstance(second, ClaimHolder)
+    assert second.pid == os.getpid() and second.host == socket.gethostname()
+    first.release()
+    assert isinstance(try_claim(path), Claim)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_claim_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path: Path):
+    path = tmp_path / "s.claim"
+    path.write_text(
+        json.dumps({"host": socket.gethostname(), "pid": dead_pid(), "token": "old", "started": 0})
+    )
+    claim = try_claim(path)
+    assert isinstance(claim, Claim)
+    assert read_claim(path).token == claim.token  # type: ignore[union-attr]
+
+
+def test_claim_of_another_host_is_stale_only_after_its_heartbeat_stops(tmp_path: Path):
+    path = tmp_path / "s.claim"
+    path.write_text(json.dumps({"host": "node-7", "pid": 1, "token": "theirs", "started": 0}))
+    assert isinstance(try_claim(path, stale_after=60), ClaimHolder)  # fresh mtime: alive
+    os.utime(path, (1, 1))  # heartbeat long ago
+    assert isinstance(try_claim(path, stale_after=60), Claim)
+
+
+def test_heartbeat_notices_a_takeover_and_release_spares_the_new_holder(tmp_path: Path):
+    path = tmp_path / "s.claim"
+    mine = try_claim(path)
+    assert isinstance(mine, Claim)
+    assert mine.heartbeat()
+    os.utime(path, (1, 1))
+    theirs = try_claim(path, stale_after=60)
+    assert isinstance(theirs, Claim)
+    assert not mine.heartbeat()
+    mine.release()
+    assert read_claim(path).token == theirs.token  # type: ignore[union-attr]
+
+
+def test_a_racing_taker_does_not_steal_a_fresh_claim(tmp_path: Path):
+    path = tmp_path / "s.claim"
+    path.write_text(json.dumps({"host": "node-7", "pid": 1, "token": "stale", "started": 0}))
+    os.utime(path, (1, 1))
+    stale_view = read_claim(path)
+    winner = try_claim(path, stale_after=60)  # takes it over
+    assert isinstance(winner, Claim)
+    from sa1b_cli.claims import _take_over
+
+    _take_over(path, stale_view, "late")  # a second taker acting on its old, stale view
+    assert read_claim(path).token == winner.token  # type: ignore[union-attr]
+
+
+def test_unreadable_claim_is_stale(tmp_path: Path):
+    path = tmp_path / "s.claim"
+    path.write_text("{")
+    assert isinstance(try_claim(path), Claim)
