@@ -323,7 +323,9 @@ def print_status(console: Console, states: list[ShardState], *, root: Path) -> N
         have = format_bytes(s.bytes_done)
         if s.percent is not None and s.state != "complete":
             have += f" ({s.percent:.1f}%)"
-        detail = (s.holder and f"held by {s.holder}") or s.detail or ""
+        detail = f"held by {s.holder}" if s.holder else s.detail or ""
+        if s.host and not s.holder:
+            detail = f"{detail} (by {s.host})".strip()
         table.add_row(s.name, status_text(s.state), have, detail)
     if table.rows:
         console.print(table)
