@@ -93,7 +93,18 @@ JsonOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", envvar="SA1B_DEBUG", help="Show tracebacks.")]
-VersionOpt = Annotated[bool, typer.Option("--version", help="Print the version and exit.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"sa1b {__version__}")
+        raise typer.Exit(0)
+
+
+VersionOpt = Annotated[
+    bool,
+    typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version."),
+]
 WorkersOpt = Annotated[
     int,
     typer.Option(
@@ -160,9 +171,6 @@ def _root_callback(debug: DebugOpt = False, version: VersionOpt = False) -> None
     Start with [bold]sa1b links[/] to inspect your manifest,
     then [bold]sa1b download --subset 1%[/].
     """
-    if version:
-        out.print(f"sa1b {__version__}")
-        raise typer.Exit(0)
     if debug:
         os.environ["SA1B_DEBUG"] = "1"
 

@@ -11,9 +11,9 @@ import json
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cache
+from types import ModuleType
 from typing import Any
-
-from pycocotools import mask as mask_utils
 
 __all__ = ["ImageCheck", "PairInput", "check_batch", "check_pair", "jpeg_size"]
 
@@ -35,6 +35,14 @@ class ImageCheck:
     errors: list[str] = field(default_factory=list)
     warnings: Counter[str] = field(default_factory=Counter)
     masks: int = 0
+
+
+@cache
+def _mask_utils() -> ModuleType:
+    # pycocotools pulls in numpy (~60 ms): only deep verification should pay for it.
+    from pycocotools import mask
+
+    return mask
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -100,6 +108,7 @@ def _check_mask(check: ImageCheck, ann: Any, size: tuple[int, int], decode: bool
     if declared != [height, width]:
         check.warnings["mask size differs from the image size"] += 1
     rle = {"size": declared, "counts": seg["counts"].encode("ascii", "replace")}
+    mask_utils = _mask_utils()
     try:
         area = int(mask_utils.area(rle))
         x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
