@@ -90,7 +90,7 @@ def make_realistic_shard(path: Path, index: int, images: int) -> None:
 
     from isal import igzip
 
-    jpgs = [jpeg_bytes(2250, 1500, seed=k, pad=0) for k in range(2)]
+    jpgs = [jpeg_bytes(2250, 1500, seed=k, pad=360_000, smooth=True) for k in range(2)]
     template = _annotation_template(2250, 1500, 100)
     first = index * IMAGES_PER_SHARD + 1
     members = []

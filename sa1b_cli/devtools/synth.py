@@ -36,11 +36,16 @@ class ShardSpec:
     gzip: bool = True
 
 
-def jpeg_bytes(width: int, height: int, *, seed: int, pad: int = 0) -> bytes:
+def jpeg_bytes(width: int, height: int, *, seed: int, pad: int = 0, smooth: bool = False) -> bytes:
     from PIL import Image  # only the generator needs Pillow
 
     rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    if smooth:  # a gradient: photo-sized files at any resolution
+        ramp = np.linspace(0, 255, width, dtype=np.uint8)
+        pixels = np.broadcast_to(ramp[None, :, None], (height, width, 3)).copy()
+        pixels[..., (seed % 3)] //= 2
+    else:
+        pixels = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=80)
     data = out.getvalue()
