@@ -40,9 +40,9 @@ class ImageCheck:
 @cache
 def _mask_utils() -> ModuleType:
     # pycocotools pulls in numpy (~60 ms): only deep verification should pay for it.
-    from pycocotools import mask
+    import importlib
 
-    return mask
+    return importlib.import_module("pycocotools.mask")
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
