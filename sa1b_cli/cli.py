@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from sa1b_cli import __version__, ui
 from sa1b_cli.config import DEFAULT_JOBS, DEFAULT_ROOT, DownloadConfig, parse_rate, resolve_links
@@ -25,7 +26,7 @@ from sa1b_cli.errors import Sa1bError, UsageError
 from sa1b_cli.events import NullSink, ProgressSink
 from sa1b_cli.extract import ExtractConfig, Layout, Only
 from sa1b_cli.extraction import extract_shards
-from sa1b_cli.manifest import read_manifest
+from sa1b_cli.manifest import read_manifest, redact_text
 from sa1b_cli.pipeline import download_and_extract
 from sa1b_cli.results import download_exit_code
 from sa1b_cli.selection import Selection, parse_selection
@@ -527,34 +528,31 @@ def status(
 
 
 def main() -> None:
-    """Console entry point: renders Sa1bError once, with its hint, and picks the exit code."""
+    """Console entry point: renders every error once, redacted, and picks the exit code."""
     try:
         app()
     except Sa1bError as exc:
         if os.environ.get("SA1B_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        if exc.hint:
-            err.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+        _print_error("error", exc.message, exc.hint)
         sys.exit(exc.exit_code)
     except OSError as exc:  # permissions, a vanished folder: the system's words, no traceback
         if os.environ.get("SA1B_DEBUG"):
             raise
         where = f": {exc.filename}" if exc.filename else ""
-        err.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False)
-        err.print(
-            "[dim]hint:[/] check the path and its permissions; progress so far is kept. "
-            "--debug shows the traceback.",
-            highlight=False,
-        )
+        hint = "Check the path and its permissions; progress so far is kept. --debug shows more."
+        _print_error("error", f"{exc.strerror or exc}{where}", hint)
         sys.exit(1)
     except Exception as exc:  # the one place that renders the unexpected
         if os.environ.get("SA1B_DEBUG"):
             raise
-        err.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}", highlight=False)
-        err.print(
-            "[dim]hint:[/] progress so far is kept; rerun with --debug for the traceback "
-            "and report it.",
-            highlight=False,
-        )
+        hint = "Progress so far is kept; rerun with --debug for the traceback and report it."
+        _print_error("unexpected error", f"{type(exc).__name__}: {exc}", hint)
         sys.exit(1)
+
+
+def _print_error(label: str, message: str, hint: str | None) -> None:
+    text = Text(f"{label}: ", style="bold red").append(redact_text(message), style="")
+    err.print(text, highlight=False)
+    if hint:
+        err.print(Text("hint: ", style="dim").append(redact_text(hint)), highlight=False)

@@ -20,6 +20,7 @@ __all__ = [
     "object_path",
     "parse_manifest",
     "read_manifest",
+    "redact_text",
     "redact_url",
     "shard_index",
     "shard_name",
@@ -123,6 +124,14 @@ def expiry_of(url: str) -> datetime | None:
 def object_path(url: str) -> str:
     """The URL path: stable across manifest refreshes (edge host names may vary)."""
     return urlsplit(url).path
+
+
+_URL_QUERY_RE = re.compile(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*")
+
+
+def redact_text(text: str) -> str:
+    """Any URL inside free text loses its query string (foreign error messages may hold one)."""
+    return _URL_QUERY_RE.sub(r"\1?<signed query hidden>", text)
 
 
 def redact_url(url: str) -> str:

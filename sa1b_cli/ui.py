@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -184,7 +185,7 @@ class PlainSink:
     def started(self, name: str, total: int | None, resumed_from: int) -> None:
         size = format_bytes(total) if total else "unknown size"
         resumed = f", resuming at {format_bytes(resumed_from)}" if resumed_from else ""
-        self.console.print(f"{name}: started ({size}{resumed})", highlight=False)
+        self.console.print(f"{name}: started ({size}{resumed})", highlight=False, markup=False)
 
     def advanced(self, name: str, nbytes: int) -> None:
         self.done += nbytes
@@ -197,11 +198,11 @@ class PlainSink:
             )
 
     def note(self, name: str, text: str) -> None:
-        self.console.print(f"{name}: {text}", highlight=False)
+        self.console.print(f"{name}: {text}", highlight=False, markup=False)
 
     def finished(self, result: Outcome) -> None:
         detail = f" ({result.detail})" if result.detail else ""
-        self.console.print(f"{result.name}: {result.status}{detail}", highlight=False)
+        self.console.print(f"{result.name}: {result.status}{detail}", highlight=False, markup=False)
 
 
 def results_table(results: Iterable[ShardResult]) -> Table:
@@ -210,7 +211,7 @@ def results_table(results: Iterable[ShardResult]) -> Table:
         table.add_column(column)
     for r in results:
         have = format_bytes(r.bytes_done) + (f" / {format_bytes(r.size)}" if r.size else "")
-        table.add_row(r.name, status_text(r.status), have, r.detail or "")
+        table.add_row(r.name, status_text(r.status), have, Text(r.detail or ""))
     return table
 
 
@@ -253,7 +254,7 @@ def print_manifest_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("manifest", str(summary["path"]))
+    table.add_row("manifest", Text(str(summary["path"])))
     table.add_row("shards", f"{summary['shards']} of 1000")
     table.add_row("missing", summary["missing_shards"] or "none")
     table.add_row("auxiliary", ", ".join(summary["aux"]) or "none")
@@ -272,7 +273,7 @@ def print_manifest_summary(console: Console, summary: dict[str, Any]) -> None:
         )
     console.print(table)
     for warning in summary["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(Text("warning: ", style="yellow").append(warning), highlight=False)
     if summary["seconds_left"] is not None and summary["seconds_left"] <= 0:
         console.print(
             "[red]These links have expired.[/] Get a fresh manifest from Meta's SA-1B "
@@ -326,7 +327,7 @@ def print_status(console: Console, states: list[ShardState], *, root: Path) -> N
         detail = f"held by {s.holder}" if s.holder else s.detail or ""
         if s.host and not s.holder:
             detail = f"{detail} (by {s.host})".strip()
-        table.add_row(s.name, status_text(s.state), have, detail)
+        table.add_row(s.name, status_text(s.state), have, Text(detail))
     if table.rows:
         console.print(table)
     counts = Counter(s.state for s in states)
@@ -373,7 +374,7 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
         table.add_column(column)
     for r in report.results:
         size = format_bytes(r.size) if r.size is not None else "-"
-        table.add_row(r.name, status_text(r.status), size, " ".join(r.checks), r.detail or "")
+        table.add_row(r.name, status_text(r.status), size, " ".join(r.checks), Text(r.detail or ""))
     console.print(table)
     counts = Counter(r.status for r in report.results)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
@@ -389,7 +390,10 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
     for r in report.results:
         warnings.update(r.warnings)
     for text, n in warnings.most_common(10):
-        console.print(f"[yellow]note:[/] {n} x {text} (unusual, not corrupt)", highlight=False)
+        console.print(
+            Text("note: ", style="yellow").append(f"{n} x {text} (unusual, not corrupt)"),
+            highlight=False,
+        )
     bad = [r.name for r in report.results if not r.ok]
     if bad:
         console.print(
@@ -398,7 +402,7 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
             highlight=False,
         )
     if report.exported:
-        console.print(f"checksum list written to {report.exported}", highlight=False)
+        console.print(f"checksum list written to {report.exported}", highlight=False, markup=False)
 
 
 # -- extract ---------------------------------------------------------------------------------
@@ -436,7 +440,7 @@ def print_extract_report(console: Console, report: ExtractReport, *, out: Path) 
     console.print(
         f"[bold]{len(report.results)} shards:[/] {summary}; {images:,} images, "
         f"{format_bytes(written)} written in {report.seconds:.1f}s "
-        f"({format_bytes(rate)}/s) into {out}",
+        f"({format_bytes(rate)}/s) into {escape(str(out))}",
         highlight=False,
     )
     troubled = [r for r in report.results if not r.ok or r.refused]
@@ -445,7 +449,9 @@ def print_extract_report(console: Console, report: ExtractReport, *, out: Path) 
         for column in ("shard", "status", "detail"):
             table.add_column(column)
         for r in troubled:
-            table.add_row(r.name, status_text(r.status), r.detail or "")
+            table.add_row(r.name, status_text(r.status), Text(r.detail or ""))
         console.print(table)
     if report.index:
-        console.print(f"index of every extracted image: {report.index}", highlight=False)
+        console.print(
+            f"index of every extracted image: {report.index}", highlight=False, markup=False
+        )

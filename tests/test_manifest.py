@@ -86,3 +86,12 @@ def test_expiry_redaction_and_object_path():
     assert object_path(url) == "/m1/v/t6/An_1.tar"
     window = parse_manifest(manifest("sa_000000.tar")).expiry_window()
     assert window is not None and window[0] == window[1]
+
+
+def test_redact_text_hides_queries_inside_free_text():
+    from sa1b_cli.manifest import redact_text
+
+    message = f"Request failed for '{URL.format(n=3)}' after 3 tries"
+    shown = redact_text(message)
+    assert "oh=" not in shown and "_nc_sid" not in shown and "SIG3" not in shown
+    assert "scontent.xx.fbcdn.net/m1/v/t6/An_3.tar" in shown
