@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,7 +101,8 @@ async def _check_space(
         total = (
             record.expected_size if record and record.object_path == object_path(row.url) else None
         )
-        if total is None:
+        expired = row.expires_at is not None and row.expires_at.timestamp() <= time.time()
+        if total is None and not expired:  # never send a request on an expired link
             async with gate:
                 total = await _probe_size(client, row)
         part = store.part_path(row.file_name)

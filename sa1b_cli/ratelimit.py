@@ -21,7 +21,7 @@ class RateLimiter:
         self.rate = rate
         self._clock = clock
         self._sleep = sleep
-        self._next_free = clock()
+        self._next_free = clock() - 1.0  # start with a full one-second bucket
 
     async def acquire(self, nbytes: int) -> None:
         if not self.rate:

@@ -162,6 +162,7 @@ class _Job:
             try:
                 return await self._loop()
             except _Stop as stop:
+                await self._flush()
                 await self._checkpoint(force=True)
                 if stop.result.status in ("expired", "failed"):
                     durable = self._last_checkpoint[0]
@@ -169,6 +170,7 @@ class _Job:
                 return stop.result
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
+                    await self._flush()  # bytes received but not yet written are good
                     await self._checkpoint(force=True)
                 raise
             except OSError as exc:

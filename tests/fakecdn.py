@@ -70,7 +70,9 @@ class FakeCDN:
         )
         data = self.files[name]
         fault = self.faults.pop(0) if self.faults else "ok"
-        start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1)) if rng else 0  # type: ignore[union-attr]
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+        start = int(match.group(1)) if match else 0
+        end = int(match.group(2)) if match and match.group(2) else None
         headers = {"Accept-Ranges": "bytes"}
         kind, _, arg = fault.partition(":")
         if kind == "status":
@@ -95,8 +97,9 @@ class FakeCDN:
             start = max(0, start - 100)
         if kind == "size_changed":
             data += b"more"
-        body = data[start:]
-        headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        last = min(end, len(data) - 1) if end is not None else len(data) - 1
+        body = data[start : last + 1]
+        headers["Content-Range"] = f"bytes {start}-{last}/{len(data)}"
         headers["Content-Length"] = str(len(body))
         stream = ChunkedStream(body)
         if kind == "drop":

@@ -403,7 +403,7 @@ def main() -> None:
     big = make_big_shards(work / "shards")
     deep_src = work / "deep-src"
     deep_src.mkdir(exist_ok=True)
-    deep_images = int(os.environ.get("BENCH_DEEP_IMAGES", "2500"))
+    deep_images = int(os.environ.get("BENCH_DEEP_IMAGES", "2900"))
     for k in range(2):
         path = deep_src / f"sa_00000{k}.tar"
         if not path.exists():

@@ -1,0 +1,150 @@
+"""run_downloads through MockTransport: planning, claims, space, stop, rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from sa1b_cli.claims import try_claim
+from sa1b_cli.config import DownloadConfig, parse_rate
+from sa1b_cli.engine import run_downloads
+from sa1b_cli.errors import NotEnoughSpaceError, UsageError
+from sa1b_cli.events import NullSink
+from sa1b_cli.ratelimit import RateLimiter
+from sa1b_cli.selection import Selection
+from sa1b_cli.store import Store
+from tests.fakecdn import FakeCDN, StallingStream, url_for
+
+NAMES = ["sa_000000.tar", "sa_000001.tar", "sa_000002.tar"]
+
+
+def write_links(tmp: Path, names: list[str], *, oe: int = 0x7FFFFFFF) -> Path:
+    path = tmp / "links.txt"
+    path.write_text("file_name\tcdn_link\n" + "\n".join(f"{n}\t{url_for(n, oe=oe)}" for n in names))
+    return path
+
+
+def config(tmp: Path, names: tuple[str, ...] | None = None, **kw) -> DownloadConfig:
+    return DownloadConfig(
+        root=tmp / "root", links=tmp / "links.txt", selection=Selection(names), **kw
+    )
+
+
+@pytest.fixture
+def cdn(payload: bytes) -> FakeCDN:
+    return FakeCDN(dict.fromkeys(NAMES, payload))
+
+
+async def test_all_selected_are_downloaded_and_unknown_names_reported(tmp_path, cdn, payload):
+    write_links(tmp_path, NAMES)
+    cfg = config(tmp_path, ("sa_000000.tar", "sa_000001.tar", "sa_000007.tar"), jobs=2)
+    report = await run_downloads(cfg, transport=cdn.transport())
+    assert {r.name: r.status for r in report.results} == {
+        "sa_000000.tar": "downloaded",
+        "sa_000001.tar": "downloaded",
+        "sa_000007.tar": "no_link",
+    }
+    assert (tmp_path / "root" / "tars" / "sa_000001.tar").read_bytes() == payload
+    assert (tmp_path / "root" / "checksums.xxh128").read_text().count("\n") == 2
+
+
+async def test_a_shard_claimed_elsewhere_is_busy_and_untouched(tmp_path, cdn):
+    write_links(tmp_path, NAMES)
+    store = Store(tmp_path / "root").ensure()
+    held = try_claim(store.claims / "sa_000001.tar.claim")
+    report = await run_downloads(config(tmp_path), transport=cdn.transport())
+    statuses = {r.name: r.status for r in report.results}
+    assert statuses["sa_000001.tar"] == "busy" and statuses["sa_000000.tar"] == "downloaded"
+    assert not any(s.path.endswith("sa_000001.tar") and s.range != "bytes=0-0" for s in cdn.seen)
+    assert held is not None
+
+
+async def test_not_enough_space_is_refused_before_any_download(tmp_path, cdn, monkeypatch):
+    write_links(tmp_path, NAMES)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 0, 1000))
+    with pytest.raises(NotEnoughSpaceError, match="need"):
+        await run_downloads(config(tmp_path), transport=cdn.transport())
+    assert all(s.range == "bytes=0-0" for s in cdn.seen)  # probes only
+
+
+async def test_expired_links_get_no_request_at_all(tmp_path, cdn):
+    write_links(tmp_path, NAMES, oe=1_000_000)
+    report = await run_downloads(config(tmp_path), transport=cdn.transport())
+    assert {r.status for r in report.results} == {"expired"}
+    assert cdn.seen == []
+
+
+async def test_stop_event_interrupts_and_keeps_bytes(tmp_path, payload):
+    write_links(tmp_path, NAMES[:1])
+
+    class Stalling(FakeCDN):
+        def handle(self, request):  # type: ignore[no-untyped-def]
+            response = super().handle(request)
+            if request.headers.get("Range") != "bytes=0-0":
+                response.stream = StallingStream(payload, 120_000)
+            return response
+
+    class Counting(NullSink):
+        received = 0
+
+        def advanced(self, name: str, nbytes: int) -> None:
+            Counting.received += nbytes
+
+    stop = asyncio.Event()
+    cdn = Stalling({NAMES[0]: payload})
+    run = run_downloads(config(tmp_path), transport=cdn.transport(), stop=stop, sink=Counting())
+    task = asyncio.create_task(run)
+    part = tmp_path / "root" / "tars" / f"{NAMES[0]}.part"
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if Counting.received >= 120_000:
+            break
+    assert not part.exists() or part.stat().st_size == 0  # still buffered in memory
+    stop.set()
+    report = await asyncio.wait_for(task, 10)
+    (result,) = report.results
+    assert result.status == "interrupted"
+    assert part.stat().st_size == 120_000
+    record = Store(tmp_path / "root").read(NAMES[0])
+    assert record is not None and record.durable_bytes == 120_000
+
+
+async def test_rate_limiter_paces_the_total():
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(1000.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):
+        await limiter.acquire(1000)
+    assert sum(slept) == pytest.approx(4.0)  # 5000 bytes at 1000/s, first second is burst
+    await RateLimiter(None, sleep=sleep).acquire(10**9)
+    assert len(slept) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("200M", 200e6),
+        ("1.5G", 1.5e9),
+        ("50MiB", 50 * 2**20),
+        ("100MB/s", 100e6),
+        ("0", None),
+        (None, None),
+    ],
+)
+def test_parse_rate(text, rate):
+    assert parse_rate(text) == rate
+
+
+def test_parse_rate_rejects_garbage():
+    with pytest.raises(UsageError):
+        parse_rate("fast")
