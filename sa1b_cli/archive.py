@@ -32,6 +32,10 @@ __all__ = [
 
 GZIP_MAGIC = b"\x1f\x8b"
 READ_BLOCK = 4 << 20
+# tarfile's stream mode copies what is left of its buffer on every read, so a large
+# buffer makes each 512-byte header read cost megabytes (measured: 4 MiB 3.7 s,
+# 256 KiB 2.8 s for a 1.4 GB shard). The reader below it already reads 4 MiB at once.
+TAR_BUFSIZE = 256 << 10
 _SA_RE = re.compile(r"sa_([1-9]\d*)\.(jpg|json)")
 
 
@@ -125,7 +129,7 @@ def _is_root_dir(info: tarfile.TarInfo) -> bool:
 def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
     """Every member in archive order; raises ArchiveError when the stream is damaged."""
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_BLOCK) as tar:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFSIZE) as tar:
             for info in tar:
                 if _is_root_dir(info):
                     continue

@@ -22,7 +22,9 @@ import re
 import secrets
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -66,6 +68,8 @@ _HEAD_RE = {
     key: re.compile(rb'"%s"\s*:\s*(\d+)' % key.encode()) for key in ("image_id", "width", "height")
 }
 Progress = Callable[[str, int], None]
+WRITE_THREADS = 4
+MAX_PENDING_WRITES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +167,11 @@ def _write(path: Path, data: bytes) -> None:
 
 
 class _ShardWriter:
-    """Writes one shard's members into a temporary folder, then moves it into place."""
+    """Writes one shard's members into a temporary folder, then moves it into place.
+
+    Files are created and written by a few threads: creating a file costs ~0.2 ms on
+    common filesystems, and 22,000 of them a shard would otherwise serialise with parsing.
+    """
 
     def __init__(self, out: Path, name: str, config: ExtractConfig) -> None:
         self.out, self.name, self.config = out, name, config
@@ -172,6 +180,8 @@ class _ShardWriter:
         self.tmp_dirs = shard_dirs(self.tmp, name, config.layout, config.only)
         self.rows: dict[int, dict[str, int]] = {}
         self.jpg_sizes: dict[int, int] = {}
+        self.pool = ThreadPoolExecutor(max_workers=WRITE_THREADS)
+        self.writes: deque[Future[None]] = deque()
 
     def add(self, result: ExtractResult, member: Member) -> None:
         parsed = member_id(member.name)
@@ -189,11 +199,20 @@ class _ShardWriter:
             self.jpg_sizes[image_id] = len(member.data)
         folder = self.tmp_dirs.get(kind)
         if folder is not None:
-            _write(folder / f"sa_{image_id}.{kind}", member.data)
+            self.writes.append(
+                self.pool.submit(_write, folder / f"sa_{image_id}.{kind}", member.data)
+            )
             result.bytes_written += len(member.data)
+            while len(self.writes) > MAX_PENDING_WRITES:  # bounded memory
+                self.writes.popleft().result()
+
+    def _wait_for_writes(self) -> None:
+        while self.writes:
+            self.writes.popleft().result()  # re-raises ENOSPC and friends
 
     def commit(self) -> int:
         """Move into place, write the index, then the marker (last). Returns images indexed."""
+        self._wait_for_writes()
         moves = {self.final_dirs[kind]: self.tmp_dirs[kind] for kind in self.final_dirs}
         for final, tmp in moves.items():  # keyed by destination: "shard" has one folder
             if final.exists():
@@ -228,6 +247,9 @@ class _ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for pending in self.writes:
+            pending.cancel()
+        self.pool.shutdown(wait=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
