@@ -91,12 +91,13 @@ def _check_image(check: ImageCheck, doc: Any, item: PairInput) -> tuple[int, int
     return width, height
 
 
-def _check_mask(check: ImageCheck, ann: Any, size: tuple[int, int], decode: bool) -> None:
+def _rle_of(check: ImageCheck, ann: Any, size: tuple[int, int]) -> dict[str, Any] | None:
+    """The annotation's RLE in pycocotools form, or None (with an error) when it has none."""
     width, height = size
     seg = ann.get("segmentation") if isinstance(ann, dict) else None
     if not isinstance(seg, dict) or not isinstance(seg.get("counts"), str):
         check.errors.append(f"annotation {ann.get('id') if isinstance(ann, dict) else '?'}: no RLE")
-        return
+        return None
     declared = seg.get("size")
     if not (
         isinstance(declared, list)
@@ -104,32 +105,53 @@ def _check_mask(check: ImageCheck, ann: Any, size: tuple[int, int], decode: bool
         and all(isinstance(v, int) for v in declared)
     ):
         check.errors.append(f"annotation {ann.get('id')}: segmentation.size is {declared!r}")
-        return
+        return None
     if declared != [height, width]:
         check.warnings["mask size differs from the image size"] += 1
-    rle = {"size": declared, "counts": seg["counts"].encode("ascii", "replace")}
-    mask_utils = _mask_utils()
-    try:
-        area = int(mask_utils.area(rle))
-        x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
-        if decode:
-            with warnings.catch_warnings():  # pycocotools' numpy-2 __array__ deprecation
-                warnings.simplefilter("ignore", DeprecationWarning)
-                mask_utils.decode(rle)  # checks that the runs cover exactly height x width
-    except (ValueError, TypeError, OverflowError) as exc:
-        check.errors.append(f"annotation {ann.get('id')}: RLE does not decode ({exc})")
-        return
-    if x + w > declared[1] or y + h > declared[0]:
-        check.errors.append(
-            f"annotation {ann.get('id')}: RLE runs past a {declared[0]}x{declared[1]} mask"
-        )
-    if ann.get("area") != area:
-        check.errors.append(
-            f"annotation {ann.get('id')}: area {ann.get('area')!r}, RLE has {area} pixels"
-        )
     for key in ("bbox", "predicted_iou", "stability_score", "point_coords", "crop_box"):
         if key not in ann:
             check.warnings[f"annotation without {key}"] += 1
+    return {"size": declared, "counts": seg["counts"].encode("ascii", "replace")}
+
+
+def _measure(rles: list[dict[str, Any]], decode: bool) -> tuple[list[int], list[list[float]]]:
+    """Pixel counts and boxes; one pycocotools call for all the image's masks."""
+    mask_utils = _mask_utils()
+    areas = [int(a) for a in mask_utils.area(rles)]
+    boxes = [[float(v) for v in box] for box in mask_utils.toBbox(rles)]
+    if decode:
+        with warnings.catch_warnings():  # pycocotools' numpy-2 __array__ deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for rle in rles:  # one at a time: all at once would need every mask in memory
+                mask_utils.decode(rle)  # checks that the runs cover exactly height x width
+    return areas, boxes
+
+
+def _check_masks(
+    check: ImageCheck, annotations: list[Any], size: tuple[int, int], decode: bool
+) -> None:
+    pairs = [(ann, rle) for ann in annotations if (rle := _rle_of(check, ann, size)) is not None]
+    if not pairs:
+        return
+    try:
+        areas, boxes = _measure([rle for _, rle in pairs], decode)
+    except (ValueError, TypeError, OverflowError):
+        for ann, rle in pairs:  # find which ones are broken
+            try:
+                _measure([rle], decode)
+            except (ValueError, TypeError, OverflowError) as exc:
+                check.errors.append(f"annotation {ann.get('id')}: RLE does not decode ({exc})")
+        return
+    for (ann, rle), area, (x, y, w, h) in zip(pairs, areas, boxes, strict=True):
+        height, width = rle["size"]
+        if x + w > width or y + h > height:
+            check.errors.append(
+                f"annotation {ann.get('id')}: RLE runs past a {height}x{width} mask"
+            )
+        if ann.get("area") != area:
+            check.errors.append(
+                f"annotation {ann.get('id')}: area {ann.get('area')!r}, RLE has {area} pixels"
+            )
 
 
 def check_pair(item: PairInput, *, decode: bool = False) -> ImageCheck:
@@ -145,8 +167,7 @@ def check_pair(item: PairInput, *, decode: bool = False) -> ImageCheck:
     annotations = doc["annotations"]
     if not annotations:
         check.warnings["image without masks"] += 1
-    for ann in annotations:
-        _check_mask(check, ann, size, decode)
+    _check_masks(check, annotations, size, decode)
     check.masks = len(annotations)
     return check
 
