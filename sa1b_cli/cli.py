@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,22 +21,20 @@ from rich.text import Text
 
 from sa1b_cli import __version__, ui
 from sa1b_cli.config import DEFAULT_JOBS, DEFAULT_ROOT, DownloadConfig, parse_rate, resolve_links
-from sa1b_cli.engine import DownloadReport, run_downloads
 from sa1b_cli.errors import Sa1bError, UsageError
 from sa1b_cli.events import NullSink, ProgressSink
 from sa1b_cli.extract import ExtractConfig, Layout, Only
-from sa1b_cli.extraction import extract_shards
 from sa1b_cli.manifest import read_manifest, redact_text
-from sa1b_cli.pipeline import download_and_extract
 from sa1b_cli.results import download_exit_code
 from sa1b_cli.selection import Selection, parse_selection
-from sa1b_cli.status import root_status
 from sa1b_cli.store import Store
-from sa1b_cli.verify import VerifyConfig, verify_shards
-from sa1b_cli.workers import run_download_workers
 
 __all__ = ["app", "main"]
 
+if TYPE_CHECKING:
+    from sa1b_cli.engine import DownloadReport
+
+# Each command imports its own engine: `verify` never loads httpx, `download` never numpy.
 T = TypeVar("T")
 DEFAULT_VERIFY_JOBS = max(1, os.cpu_count() or 1)
 app = typer.Typer(
@@ -266,6 +264,10 @@ def download(
     Run it again at any time (or with a fresh manifest via --links): finished shards are
     kept, partial ones continue where they stopped.
     """
+    from sa1b_cli.engine import run_downloads
+    from sa1b_cli.extraction import extract_shards
+    from sa1b_cli.pipeline import download_and_extract
+
     config = DownloadConfig(
         root=root,
         links=resolve_links(links, root),
@@ -313,6 +315,8 @@ def download(
 
 def _run_workers(config: DownloadConfig, workers: int, sink: ProgressSink) -> DownloadReport:
     """Several processes; the first Ctrl-C asks them to checkpoint and stop."""
+    from sa1b_cli.workers import run_download_workers
+
     stopping = threading.Event()
 
     def on_interrupt(signum: int, frame: object) -> None:
@@ -397,6 +401,8 @@ def verify(
     if algo not in ("md5", "sha256", "xxh128"):
         msg = f"--algo {algo!r}: use md5, sha256 or xxh128"
         raise UsageError(msg, hint="For example --algo md5.")
+    from sa1b_cli.verify import VerifyConfig, verify_shards
+
     config = VerifyConfig(
         root=root,
         selection=_selection(subset, shards, part),
@@ -480,6 +486,8 @@ def extract(
     Each shard appears whole or not at all; run it again to skip finished shards and
     redo interrupted ones.
     """
+    from sa1b_cli.extraction import extract_shards
+
     config = _extract_config(
         root, _selection(subset, shards, part), out_dir, layout, only, jobs, delete_tar
     )
@@ -513,6 +521,8 @@ def status(
     if remembered is not None:
         known |= set(read_manifest(remembered).rows)
     names = _selection(subset, shards, part).apply(known)
+    from sa1b_cli.status import root_status
+
     states = root_status(store, names)
     if as_json:
         _emit_json(

@@ -35,6 +35,7 @@ __all__ = ["TransferContext", "TransferSettings", "fetch_shard", "retry_after_se
 
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RE = re.compile(r"bytes\s+\*/(\d+)")
+PROGRESS_EVERY = 256 << 10
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _REJECT_HINTS = {
     403: "the CDN rejected the link; get a fresh manifest from Meta's SA-1B page",
@@ -121,6 +122,7 @@ class _Job:
         self.fetched = 0
         self.got_bytes = False
         self._chunks: list[bytes] = []
+        self._unreported = 0
         self._buffered = 0
         self._last_checkpoint = (0, 0.0)
 
@@ -330,14 +332,16 @@ class _Job:
 
     async def _stream_into_part(self, response: httpx.Response, watchdog: StallWatchdog) -> None:
         block_size = self.ctx.settings.block_size
-        sink, limiter = self.ctx.sink, self.ctx.limiter
+        limiter = self.ctx.limiter
         async for chunk in response.aiter_raw():
             watchdog.fed()
             self._chunks.append(chunk)
             self._buffered += len(chunk)
             self.fetched += len(chunk)
             self.got_bytes = True
-            sink.advanced(self.name, len(chunk))
+            self._unreported += len(chunk)
+            if self._unreported >= PROGRESS_EVERY:  # not per chunk: rich takes a lock
+                self._report()
             if limiter is not None:
                 await limiter.acquire(len(chunk))
             if self._buffered >= block_size or self._checkpoint_due():
@@ -345,7 +349,13 @@ class _Job:
                 await self._checkpoint()
                 watchdog.fed()  # a slow disk is not a stalled connection
 
+    def _report(self) -> None:
+        if self._unreported:
+            self.ctx.sink.advanced(self.name, self._unreported)
+            self._unreported = 0
+
     async def _flush(self) -> None:
+        self._report()
         if self._chunks:
             # One join per block: growing a bytearray chunk by chunk copies it many times.
             block = b"".join(self._chunks)
