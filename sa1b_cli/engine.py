@@ -177,6 +177,7 @@ async def run_downloads(
             needed = (
                 await _check_space(client, store, pending, config.jobs) if config.check_space else 0
             )
+            sink.planned(needed)
             ctx = TransferContext(
                 client,
                 TransferSettings(stall_timeout=config.timeout, max_attempts=config.max_attempts),

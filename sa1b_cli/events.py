@@ -21,6 +21,9 @@ class Outcome(Protocol):
 class ProgressSink(Protocol):
     """Receives progress; implementations must be cheap, they run on the event loop."""
 
+    def planned(self, nbytes: int) -> None:
+        """Adds bytes still to fetch to the run's total (each worker process adds its share)."""
+
     def started(self, name: str, total: int | None, resumed_from: int) -> None: ...
     def advanced(self, name: str, nbytes: int) -> None: ...
     def note(self, name: str, text: str) -> None: ...
@@ -29,6 +32,9 @@ class ProgressSink(Protocol):
 
 class NullSink:
     """A sink that shows nothing (--quiet, --json, tests)."""
+
+    def planned(self, nbytes: int) -> None:
+        pass
 
     def started(self, name: str, total: int | None, resumed_from: int) -> None:
         pass

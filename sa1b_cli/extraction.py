@@ -148,6 +148,8 @@ def extract_shards(
     config.out_dir.mkdir(parents=True, exist_ok=True)
     extractor = Extractor(config, sink)
     try:
+        sink_total = sum(s for n in chosen if (s := _size(store.final_path(n))) is not None)
+        extractor.sink.planned(sink_total)
         for name in chosen:
             size = _size(store.final_path(name))
             if size is not None:

@@ -64,6 +64,8 @@ def format_bytes(n: float) -> str:
 def format_left(seconds: float) -> str:
     if seconds <= 0:
         return "expired"
+    if seconds < 60:
+        return f"{int(seconds)}s"
     days, rest = divmod(int(seconds), 86400)
     hours, rest = divmod(rest, 3600)
     return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"
@@ -136,13 +138,20 @@ class RichSink:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def planned(self, nbytes: int) -> None:
+        task = self.progress.tasks[self.total]
+        self.progress.update(self.total, total=(task.total or 0) + nbytes)
+
     def started(self, name: str, total: int | None, resumed_from: int) -> None:
         task = self.tasks.get(name)
         label = name.removesuffix(".tar")
+        note = f"resumed at {format_bytes(resumed_from)}" if resumed_from else ""
         if task is None:
-            self.tasks[name] = self.progress.add_task(label, total=total, completed=resumed_from)
+            self.tasks[name] = self.progress.add_task(
+                label, total=total, completed=resumed_from, note=note
+            )
         else:
-            self.progress.update(task, total=total, completed=resumed_from)
+            self.progress.update(task, total=total, completed=resumed_from, note=note)
 
     def advanced(self, name: str, nbytes: int) -> None:
         task = self.tasks.get(name)
@@ -181,6 +190,10 @@ class PlainSink:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+    def planned(self, nbytes: int) -> None:
+        if nbytes:
+            self.console.print(f"to fetch: {format_bytes(nbytes)}", highlight=False)
 
     def started(self, name: str, total: int | None, resumed_from: int) -> None:
         size = format_bytes(total) if total else "unknown size"

@@ -340,6 +340,8 @@ def verify_shards(config: VerifyConfig, *, sink: ProgressSink | None = None) -> 
     store = Store(config.root)
     lists = load_lists(config.checksums) if config.checksums else ChecksumList({})
     names = config.selection.apply(_known_names(store))
+    finals = [store.final_path(n) for n in names]
+    sink.planned(sum(p.stat().st_size for p in finals if p.is_file()))
     results: list[VerifyResult] = []
     pool_kind = ProcessPoolExecutor if config.deep else ThreadPoolExecutor
     with pool_kind(max_workers=config.jobs) as pool:

@@ -46,6 +46,9 @@ class QueueSink:
         self.pending.clear()
         self.last = self.clock()
 
+    def planned(self, nbytes: int) -> None:
+        self.events.put(("planned", nbytes))
+
     def started(self, name: str, total: int | None, resumed_from: int) -> None:
         self._flush()
         self.events.put(("started", name, total, resumed_from))
@@ -98,6 +101,8 @@ def _replay(sink: ProgressSink, event: tuple[Any, ...], pids: set[int]) -> None:
     kind = event[0]
     if kind == "pid":
         pids.add(event[1])
+    elif kind == "planned":
+        sink.planned(event[1])
     elif kind == "started":
         sink.started(event[1], event[2], event[3])
     elif kind == "advanced":
