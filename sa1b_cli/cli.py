@@ -85,7 +85,7 @@ JobsOpt = Annotated[
 ]
 ChecksumsOpt = Annotated[
     list[str] | None,
-    typer.Option(help="[alg:]FILE in md5sum, sha256sum, xxhsum or BSD-tag format. Repeatable."),
+    typer.Option(help="\\[alg:]FILE in md5sum, sha256sum, xxhsum or BSD-tag format. Repeatable."),
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one machine-readable report on stdout.")
@@ -234,7 +234,7 @@ def links(
 def _download_sink(as_json: bool, quiet: bool, report_expiry: Any, total: int) -> Any:
     if as_json or quiet:
         return NullSink()
-    if err.is_terminal:
+    if err.is_terminal and sys.stdout.isatty():  # logs and pipes get plain lines
         return ui.RichSink(err, expiry=report_expiry, total=total)
     return ui.PlainSink(err)
 
@@ -428,7 +428,7 @@ def verify(
 def _progress_sink(as_json: bool, quiet: bool) -> ProgressSink:
     if as_json or quiet:
         return NullSink()
-    if err.is_terminal:
+    if err.is_terminal and sys.stdout.isatty():  # logs and pipes get plain lines
         return ui.RichSink(err, expiry=None, total=0)
     return ui.PlainSink(err)
 

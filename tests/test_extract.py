@@ -184,3 +184,19 @@ def test_needed_bytes_reads_the_gzip_trailer(store):
     import gzip
 
     assert needed_bytes(path) == len(gzip.decompress(data))
+
+
+def test_no_space_is_refused_before_writing_and_raised_for_the_run(store, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from sa1b_cli.errors import DiskFullError
+
+    install(store, NAME, shard(1, 2))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 0, 100))
+    result = extract_one(config(store), NAME)
+    assert result.status == "no_space" and "GiB" in (result.detail or "")
+    assert not (store.root / "extracted" / "sa_000000").exists()
+    with pytest.raises(DiskFullError, match=r"sa_000000\.tar"):
+        extract_shards(config(store))

@@ -371,6 +371,51 @@ def bench_extract(deep_root: Path, work: Path) -> dict[str, object]:
     return report
 
 
+def bench_workers(server: Nginx, names: list[str], total: int) -> dict[str, object]:
+    """Client-bound (loopback into tmpfs): one event loop against two processes."""
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    links = shm / "links.txt"
+    links.write_text("file_name\tcdn_link\n" + "\n".join(f"{n}\t{server.url(n)}" for n in names))
+    report: dict[str, object] = {}
+    try:
+        for workers in (1, 2):
+            run = repeat(
+                [
+                    SA1B,
+                    "download",
+                    "--links",
+                    str(links),
+                    "--root",
+                    str(shm / "r"),
+                    "--jobs",
+                    "4",
+                    "--workers",
+                    str(workers),
+                    "--quiet",
+                    "--shards",
+                    ",".join(names),
+                ],
+                _clean(shm / "r"),
+            )
+            report[f"workers{workers}_GB/s"] = round(total / 1e9 / run.seconds, 3)
+            report[f"workers{workers}_cpu_s_per_GiB"] = round(run.cpu / (total / GIB), 3)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+    return report
+
+
+def bench_status(work: Path) -> dict[str, object]:
+    """`sa1b status` on a root holding records for all 1000 shards."""
+    from sa1b_cli.store import Record, Store
+
+    store = Store(work / "status-root").ensure()
+    for k in range(1000):
+        store.write(Record(f"sa_{k:06d}.tar", "complete", size=10, expected_size=10))
+        store.final_path(f"sa_{k:06d}.tar").write_bytes(b"0123456789")
+    run = repeat([SA1B, "status", "--root", str(store.root), "--json"], lambda: None)
+    return {"status_1000_shards_s": round(run.seconds, 3)}
+
+
 def _install_as_downloaded(root: Path, paths: list[Path]) -> None:
     """Hard-link files into a root; `verify` adopts what a checksum list vouches for."""
     import xxhash
@@ -432,6 +477,7 @@ def main() -> None:
             results["download_tmpfs"] = bench_download(server, names, total, shm, "tmpfs")
         finally:
             shutil.rmtree(shm, ignore_errors=True)
+        results["workers"] = bench_workers(server, names, total)
     finally:
         server.stop()
     verify_root = work / "verify-root"
@@ -440,6 +486,7 @@ def main() -> None:
     _install_as_downloaded(deep_root, sorted(deep_src.iterdir()))
     results["verify"] = bench_verify(verify_root, names, deep_root)
     results["extract"] = bench_extract(deep_root, work)
+    results["status"] = bench_status(work)
     text = json.dumps(results, indent=2)
     (work / "results.json").write_text(text)
     print(text)
