@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from sa1b_cli.errors import ManifestError
+from sa1b_cli.errors import ManifestError, UsageError
 from sa1b_cli.selection import Selection
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "DEFAULT_LINKS",
     "DEFAULT_ROOT",
     "DownloadConfig",
+    "parse_rate",
     "resolve_links",
 ]
 
@@ -35,9 +37,6 @@ class DownloadConfig:
     max_attempts: int = 8
     check_space: bool = True
     stale_after: float = 120.0
-    extract: bool = False
-    extract_out: Path | None = None
-    extras: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_links(given: Path | None, root: Path) -> Path:
@@ -60,10 +59,6 @@ def parse_rate(value: str | None) -> float | None:
     """``"200M"``, ``"1.5GB/s"``, ``"50MiB"`` -> bytes per second; None or "0" -> unlimited."""
     if value is None:
         return None
-    import re
-
-    from sa1b_cli.errors import UsageError
-
     match = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgG]i?)?[bB]?(?:/s)?\s*", value)
     if not match:
         msg = f"--max-rate {value!r}: use a rate such as 200M, 1.5G or 50MiB (bytes per second)"
