@@ -236,6 +236,24 @@ def bench_download(
             wipe,
         ),
     }
+    results["sa1b_workers2"] = repeat(
+        [
+            SA1B,
+            "download",
+            "--links",
+            str(links),
+            "--root",
+            str(target / "r"),
+            "--jobs",
+            "4",
+            "--workers",
+            "2",
+            "--quiet",
+            "--shards",
+            ",".join(names),
+        ],
+        wipe,
+    )
     rss16 = measure(
         [
             SA1B,
@@ -266,6 +284,9 @@ def bench_download(
     report["ratio_sa1b_vs_aria2c_then_sync"] = round(sa1b / results["aria2c_then_sync"].seconds, 3)
     report["ratio_sa1b_vs_curl"] = round(sa1b / results["curl"].seconds, 3)
     report["ratio_sa1b_vs_dd_fsync"] = round(sa1b / results["dd_fsync"].seconds, 3)
+    workers2 = results["sa1b_workers2"].seconds
+    report["ratio_sa1b_workers2_vs_aria2c"] = round(workers2 / results["aria2c"].seconds, 3)
+    report["ratio_sa1b_workers2_vs_dd_fsync"] = round(workers2 / results["dd_fsync"].seconds, 3)
     report["sa1b_jobs16_peak_rss_MB"] = round(rss16.rss_mb, 1)
     shutil.rmtree(target, ignore_errors=True)
     return report
