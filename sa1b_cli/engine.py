@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import httpx
 
+from sa1b_cli import __version__
 from sa1b_cli.checksums import ChecksumList, load_checksum_lists
 from sa1b_cli.claims import Claim, try_claim
 from sa1b_cli.config import SPACE_MARGIN, DownloadConfig
@@ -27,7 +27,6 @@ from sa1b_cli.transfer import TransferContext, TransferSettings, fetch_shard
 
 __all__ = ["DownloadReport", "make_client", "run_downloads"]
 
-log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10.0
 OnComplete = Callable[[ShardResult], Coroutine[Any, Any, None]]
 
@@ -38,7 +37,6 @@ class DownloadReport:
     expiry: tuple[datetime, datetime] | None
     bytes_to_fetch: int = 0
     warnings: tuple[str, ...] = ()
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def make_client(
@@ -51,7 +49,7 @@ def make_client(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
         limits=limits,
         follow_redirects=True,
-        headers={"User-Agent": "sa1b/0.1 (+https://github.com/)"},
+        headers={"User-Agent": f"sa1b/{__version__}"},
     )
 
 
@@ -91,7 +89,11 @@ async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> int | None
 
 
 async def _check_space(
-    client: httpx.AsyncClient, store: Store, rows: list[ManifestRow], jobs: int
+    client: httpx.AsyncClient,
+    store: Store,
+    rows: list[ManifestRow],
+    jobs: int,
+    clock: Callable[[], float],
 ) -> int:
     """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit."""
     gate = asyncio.Semaphore(max(jobs, 8))
@@ -101,7 +103,7 @@ async def _check_space(
         total = (
             record.expected_size if record and record.object_path == object_path(row.url) else None
         )
-        expired = row.expires_at is not None and row.expires_at.timestamp() <= time.time()
+        expired = row.expires_at is not None and row.expires_at.timestamp() <= clock()
         if total is None and not expired:  # never send a request on an expired link
             async with gate:
                 total = await _probe_size(client, row)
@@ -150,6 +152,7 @@ async def run_downloads(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     stop: asyncio.Event | None = None,
     after: OnComplete | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> DownloadReport:
     """Download the selected files of the manifest into ``config.root``.
 
@@ -175,7 +178,9 @@ async def run_downloads(
     async with make_client(config.timeout, transport=transport) as client:
         try:
             needed = (
-                await _check_space(client, store, pending, config.jobs) if config.check_space else 0
+                await _check_space(client, store, pending, config.jobs, clock)
+                if config.check_space
+                else 0
             )
             sink.planned(needed)
             ctx = TransferContext(
@@ -183,6 +188,7 @@ async def run_downloads(
                 TransferSettings(stall_timeout=config.timeout, max_attempts=config.max_attempts),
                 sink=sink,
                 sleep=sleep,
+                wall_clock=clock,
                 limiter=RateLimiter(config.max_rate, sleep=sleep),
             )
             hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after)

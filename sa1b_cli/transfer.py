@@ -164,6 +164,8 @@ class _Job:
             try:
                 return await self._loop()
             except _Stop as stop:
+                if stop.result.status == "busy":
+                    return stop.result  # the shard is someone else's now: touch nothing
                 await self._flush()
                 await self._checkpoint(force=True)
                 if stop.result.status in ("expired", "failed"):
@@ -404,6 +406,8 @@ class _Job:
             if digests.get(alg) != want:
                 return f"{alg} mismatch: expected {want}, got {digests.get(alg)}"
         await self.part.sync()
+        if self.claim is not None and not self.claim.heartbeat():
+            raise _Stop(self._result("busy", "another process took over this shard's claim"))
         os.replace(self.part.path, self.store.final_path(self.name))
         _fsync_dir(self.store.tars)
         self._record("complete", durable=size, size=size, digests=digests)

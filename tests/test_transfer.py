@@ -252,3 +252,19 @@ def test_retry_after_parses_seconds_and_dates():
     assert retry_after_seconds("12", now=0) == 12
     assert retry_after_seconds("Thu, 01 Jan 1970 00:01:00 GMT", now=30) == 30
     assert retry_after_seconds("soon", now=0) is None
+
+
+async def test_a_lost_claim_stops_the_shard_without_touching_it(store, payload):
+    from sa1b_cli.claims import try_claim
+
+    claim = try_claim(store.claims / f"{NAME}.claim")
+    assert not isinstance(claim, type(None))
+    (store.claims / f"{NAME}.claim").write_text(
+        '{"host": "x", "pid": 1, "token": "theirs", "started": 0}'
+    )
+    settings = TransferSettings(block_size=50_000)
+    async with httpx.AsyncClient(transport=FakeCDN({NAME: payload}).transport()) as client:
+        ctx = TransferContext(client, settings, sleep=Sleeps(), wall_clock=lambda: NOW)
+        result = await fetch_shard(row_for(), store, ctx, claim=claim)  # type: ignore[arg-type]
+    assert result.status == "busy"
+    assert not store.final_path(NAME).exists()
