@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from tests.site import Site, build_site
 
 
 @pytest.fixture
@@ -16,3 +20,17 @@ def _no_user_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(("SA1B_", "SLURM_")):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    built = build_site(tmp_path)
+    yield built
+    built.mirror.stop()
+
+
+@pytest.fixture
+def big_site(tmp_path: Path) -> Iterator[Site]:
+    built = build_site(tmp_path, shards=2, images=4, pad=150_000)  # ~600 KB shards
+    yield built
+    built.mirror.stop()

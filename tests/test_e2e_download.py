@@ -13,23 +13,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.site import Site, build_site, wait_for
+from tests.site import Site, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    built = build_site(tmp_path)
-    yield built
-    built.mirror.stop()
-
-
-@pytest.fixture
-def big_site(tmp_path: Path) -> Iterator[Site]:
-    built = build_site(tmp_path, shards=2, images=4, pad=150_000)  # ~600 KB shards
-    yield built
-    built.mirror.stop()
 
 
 def durable_bytes(root: Path, name: str) -> int:

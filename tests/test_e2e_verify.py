@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.site import Site, build_site
+from tests.site import Site
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    built = build_site(tmp_path)
-    yield built
-    built.mirror.stop()
 
 
 def test_corrupt_shard_fails_verify_and_is_fetched_again(site: Site):

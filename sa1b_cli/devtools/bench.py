@@ -166,6 +166,26 @@ def _clean(folder: Path) -> Callable[[], None]:
     return wipe
 
 
+def sa1b_download(
+    links: Path, root: Path, names: list[str], *, jobs: int, workers: int = 1
+) -> list[str]:
+    return [
+        SA1B,
+        "download",
+        "--links",
+        str(links),
+        "--root",
+        str(root),
+        "--jobs",
+        str(jobs),
+        "--workers",
+        str(workers),
+        "--quiet",
+        "--shards",
+        ",".join(names),
+    ]
+
+
 def bench_download(
     server: Nginx, names: list[str], total: int, base: Path, label: str
 ) -> dict[str, object]:
@@ -219,57 +239,12 @@ def bench_download(
             ],
             wipe,
         ),
-        "sa1b": repeat(
-            [
-                SA1B,
-                "download",
-                "--links",
-                str(links),
-                "--root",
-                str(target / "r"),
-                "--jobs",
-                "4",
-                "--quiet",
-                "--shards",
-                ",".join(names),
-            ],
-            wipe,
-        ),
+        "sa1b": repeat(sa1b_download(links, target / "r", names, jobs=4), wipe),
     }
     results["sa1b_workers2"] = repeat(
-        [
-            SA1B,
-            "download",
-            "--links",
-            str(links),
-            "--root",
-            str(target / "r"),
-            "--jobs",
-            "4",
-            "--workers",
-            "2",
-            "--quiet",
-            "--shards",
-            ",".join(names),
-        ],
-        wipe,
+        sa1b_download(links, target / "r", names, jobs=4, workers=2), wipe
     )
-    rss16 = measure(
-        [
-            SA1B,
-            "download",
-            "--links",
-            str(links),
-            "--root",
-            str(target / "r16"),
-            "--jobs",
-            "16",
-            "--quiet",
-            "--shards",
-            ",".join(names),
-        ],
-        before=wipe,
-    )
+    rss16 = measure(sa1b_download(links, target / "r16", names, jobs=16), before=wipe)
     gib = total / GIB
     report: dict[str, object] = {"target": label, "bytes": total}
     for tool, run in results.items():
@@ -400,24 +375,8 @@ def bench_workers(server: Nginx, names: list[str], total: int) -> dict[str, obje
     report: dict[str, object] = {}
     try:
         for workers in (1, 2):
-            run = repeat(
-                [
-                    SA1B,
-                    "download",
-                    "--links",
-                    str(links),
-                    "--root",
-                    str(shm / "r"),
-                    "--jobs",
-                    "4",
-                    "--workers",
-                    str(workers),
-                    "--quiet",
-                    "--shards",
-                    ",".join(names),
-                ],
-                _clean(shm / "r"),
-            )
+            cmd = sa1b_download(links, shm / "r", names, jobs=4, workers=workers)
+            run = repeat(cmd, _clean(shm / "r"))
             report[f"workers{workers}_GB/s"] = round(total / 1e9 / run.seconds, 3)
             report[f"workers{workers}_cpu_s_per_GiB"] = round(run.cpu / (total / GIB), 3)
     finally:
