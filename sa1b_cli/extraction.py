@@ -19,6 +19,7 @@ from sa1b_cli.claims import Claim, try_claim
 from sa1b_cli.errors import DiskFullError
 from sa1b_cli.events import NullSink, ProgressSink
 from sa1b_cli.extract import ExtractConfig, ExtractResult, extract_one, stem, write_overall_index
+from sa1b_cli.procs import die_with_parent
 from sa1b_cli.store import Store
 
 __all__ = ["ExtractReport", "Extractor", "extract_shards"]
@@ -43,6 +44,7 @@ class ExtractReport:
 
 def _init_worker(progress: Any, abort: Event) -> None:
     global _progress, _abort
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; we stop via `abort`
     _progress, _abort = progress, abort
 

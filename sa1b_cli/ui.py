@@ -193,7 +193,7 @@ class PlainSink:
 
     def planned(self, nbytes: int) -> None:
         if nbytes:
-            self.console.print(f"to fetch: {format_bytes(nbytes)}", highlight=False)
+            self.console.print(f"total: {format_bytes(nbytes)}", highlight=False)
 
     def started(self, name: str, total: int | None, resumed_from: int) -> None:
         size = format_bytes(total) if total else "unknown size"

@@ -27,6 +27,7 @@ from sa1b_cli.checksums import (
 from sa1b_cli.checksums import load_checksum_lists as load_lists
 from sa1b_cli.content import ImageCheck, PairInput, check_batch, jpeg_size
 from sa1b_cli.events import NullSink, ProgressSink
+from sa1b_cli.procs import die_with_parent
 from sa1b_cli.selection import Selection
 from sa1b_cli.store import Record, Store, atomic_write_text
 
@@ -343,8 +344,12 @@ def verify_shards(config: VerifyConfig, *, sink: ProgressSink | None = None) -> 
     finals = [store.final_path(n) for n in names]
     sink.planned(sum(p.stat().st_size for p in finals if p.is_file()))
     results: list[VerifyResult] = []
-    pool_kind = ProcessPoolExecutor if config.deep else ThreadPoolExecutor
-    with pool_kind(max_workers=config.jobs) as pool:
+    pool: Executor
+    if config.deep:
+        pool = ProcessPoolExecutor(max_workers=config.jobs, initializer=die_with_parent)
+    else:
+        pool = ThreadPoolExecutor(max_workers=config.jobs)
+    with pool:
         if config.deep:
             deep = _Deep(pool, config.decode_masks, config.jobs)
             for name in names:

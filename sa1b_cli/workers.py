@@ -23,6 +23,7 @@ from sa1b_cli.config import DownloadConfig
 from sa1b_cli.engine import DownloadReport, run_downloads
 from sa1b_cli.events import ProgressSink
 from sa1b_cli.manifest import read_manifest
+from sa1b_cli.procs import die_with_parent
 from sa1b_cli.results import ShardResult
 from sa1b_cli.selection import Selection
 
@@ -83,6 +84,7 @@ _events: Any = None
 def _init(events: Any) -> None:
     global _events
     _events = events
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent asks us to stop via SIGTERM
 
 

@@ -77,3 +77,16 @@ def test_unreadable_claim_is_stale(tmp_path: Path):
     path = tmp_path / "s.claim"
     path.write_text("{")
     assert isinstance(try_claim(path), Claim)
+
+
+def test_claim_of_a_zombie_process_is_stale(tmp_path: Path):
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # exited, not yet reaped: a zombie
+    path = tmp_path / "s.claim"
+    path.write_text(
+        json.dumps({"host": socket.gethostname(), "pid": proc.pid, "token": "z", "started": 0})
+    )
+    assert isinstance(try_claim(path), Claim)
+    proc.wait()

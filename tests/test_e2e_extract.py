@@ -51,3 +51,48 @@ def test_download_extract_pipeline_with_delete_tar(site: Site, tmp_path: Path):
     before = len(site.mirror.requests)
     code, report = site.run_json("download", "--links", links, "--root", root)
     assert code == 0 and len(site.mirror.requests) == before  # deleted tars are not refetched
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.5, 0.8])
+def test_kill_9_during_extraction_never_leaves_a_half_shard_marked_done(tmp_path: Path, delay):
+    import signal
+    import tarfile
+    import time
+
+    from tests.site import build_site
+
+    site = build_site(tmp_path, shards=3, images=250)  # ~1,500 files: the kill lands mid-way
+    try:
+        links, root = str(site.manifest()), str(site.root)
+        assert site.run("download", "--links", links, "--root", root).returncode == 0
+    finally:
+        site.mirror.stop()
+    proc = site.popen("extract", "--root", root, "--jobs", "1", "--quiet")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    out = site.root / "extracted"
+
+    def expected(name: str) -> dict[str, bytes]:
+        with tarfile.open(site.root / "tars" / name) as tar:
+            return {
+                m.name.removeprefix("./"): tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar.getmembers()
+                if m.isfile()
+            }
+
+    def check_marked() -> int:
+        marked = 0
+        for k in range(3):
+            name = f"sa_{k:06d}.tar"
+            if (out / ".done" / f"sa_{k:06d}.json").exists():
+                marked += 1
+                files = {p.name: p.read_bytes() for p in (out / f"sa_{k:06d}").iterdir()}
+                assert files == expected(name), f"{name} is marked done but incomplete"
+        return marked
+
+    check_marked()
+    done = site.run("extract", "--root", root, "--jobs", "1")
+    assert done.returncode == 0, done.stderr
+    assert check_marked() == 3
+    assert not list(out.glob(".tmp-*"))
