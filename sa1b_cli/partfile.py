@@ -9,9 +9,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-import aiofiles
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
-
 from sa1b_cli.checksums import ALGORITHMS, Hasher
 
 __all__ = ["PartFile"]
@@ -24,26 +21,43 @@ def _update_all(hashers: Iterable[Hasher], block: bytes) -> None:
         hasher.update(block)
 
 
+def _write_and_hash(fd: int, chunks: list[bytes], hashers: Iterable[Hasher]) -> None:
+    """One writev per block (no join copy), then the digests of exactly those bytes."""
+    pending = chunks
+    while pending:
+        written = os.writev(fd, pending)
+        while pending and written >= len(pending[0]):
+            written -= len(pending[0])
+            pending = pending[1:]
+        if written:  # a short write inside a chunk
+            pending = [pending[0][written:], *pending[1:]]
+    for chunk in chunks:
+        _update_all(hashers, chunk)
+
+
 class PartFile:
-    """Bytes received so far, with the digests of exactly those bytes."""
+    """Bytes received so far, with the digests of exactly those bytes.
+
+    One block at a time is written (and hashed) by a worker thread while the next one
+    arrives from the network; every operation that needs the bytes on disk drains it.
+    """
 
     def __init__(self, path: Path, algorithms: Iterable[str]) -> None:
         self.path = path
         self.algorithms = tuple(dict.fromkeys(algorithms))
-        self.size = 0
+        self.size = 0  # bytes written or being written
         self.hashers: dict[str, Hasher] = {}
-        self._file: AsyncBufferedIOBase | None = None
+        self._fd: int | None = None
+        self._pending: asyncio.Future[None] | None = None
 
     async def open(self, *, keep: int) -> PartFile:
         """Open, keeping the first ``keep`` bytes (the last durable checkpoint) and hashing them."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        os.close(fd)
-        self._file = await aiofiles.open(self.path, "r+b")
-        current = os.path.getsize(self.path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        current = os.fstat(self._fd).st_size
         # Bytes past the last fsync'ed checkpoint may be garbage after a power cut.
         self.size = min(keep, current)
-        await self._file.truncate(self.size)
-        await self._file.seek(self.size)
+        os.ftruncate(self._fd, self.size)
+        os.lseek(self._fd, self.size, os.SEEK_SET)
         self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
         if self.size:
             await asyncio.to_thread(self._rehash_prefix)
@@ -59,34 +73,46 @@ class PartFile:
                 _update_all(self.hashers.values(), block)
                 remaining -= len(block)
 
-    async def append(self, block: bytes) -> None:
-        assert self._file is not None
-        # Hash in a worker thread while another writes: md5/sha256 release the GIL.
-        await asyncio.gather(
-            self._file.write(block), asyncio.to_thread(_update_all, self.hashers.values(), block)
+    async def append(self, chunks: list[bytes]) -> None:
+        """Queue a block behind the previous one; errors surface at the next drain."""
+        assert self._fd is not None
+        await self.drain()
+        hashers = list(self.hashers.values())
+        self._pending = asyncio.ensure_future(
+            asyncio.to_thread(_write_and_hash, self._fd, chunks, hashers)
         )
-        self.size += len(block)
+        self.size += sum(len(c) for c in chunks)
+
+    async def drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
 
     async def sync(self) -> None:
-        assert self._file is not None
-        await self._file.flush()
-        await asyncio.to_thread(os.fsync, self._file.fileno())
+        assert self._fd is not None
+        await self.drain()
+        await asyncio.to_thread(os.fsync, self._fd)
 
     async def reset(self) -> None:
         """Drop every byte: the server ignored our Range or the content was wrong."""
-        assert self._file is not None
-        await self._file.truncate(0)
-        await self._file.seek(0)
+        assert self._fd is not None
+        await self.drain()
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
         self.size = 0
         self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
 
-    def digests(self) -> dict[str, str]:
+    async def digests(self) -> dict[str, str]:
+        await self.drain()
         return {alg: hasher.hexdigest() for alg, hasher in self.hashers.items()}
 
     async def close(self) -> None:
-        if self._file is not None:
-            await self._file.close()
-            self._file = None
+        try:
+            await self.drain()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     async def __aenter__(self) -> PartFile:
         return self

@@ -205,7 +205,7 @@ class _Job:
                 continue
             problem = await self._finalise()
             if problem is None:
-                digests = tuple(sorted(self.part.digests().items()))
+                digests = tuple(sorted((await self.part.digests()).items()))
                 return self._result("downloaded", digests=digests)
             mismatches += 1
             if mismatches >= 2:
@@ -234,6 +234,7 @@ class _Job:
     # -- one request -----------------------------------------------------------------------
 
     async def _attempt(self) -> None:
+        await self.part.drain()  # the resume offset must be on disk (or its error raised)
         offset = self.part.size
         headers = {"Accept-Encoding": "identity"}
         if offset:
@@ -359,9 +360,7 @@ class _Job:
     async def _flush(self) -> None:
         self._report()
         if self._chunks:
-            # One join per block: growing a bytearray chunk by chunk copies it many times.
-            block = b"".join(self._chunks)
-            self._chunks.clear()
+            block, self._chunks = self._chunks, []  # written with one writev, never joined
             self._buffered = 0
             await self.part.append(block)
 
@@ -401,7 +400,7 @@ class _Job:
         size = self.part.size
         if self.expected_size is not None and size != self.expected_size:
             return f"size {size:,} differs from the {self.expected_size:,} bytes announced"
-        digests = self.part.digests()
+        digests = await self.part.digests()
         for alg, want in sorted(self.expected.items()):
             if digests.get(alg) != want:
                 return f"{alg} mismatch: expected {want}, got {digests.get(alg)}"
