@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -33,6 +34,7 @@ __all__ = ["app", "main"]
 
 if TYPE_CHECKING:
     from sa1b_cli.engine import DownloadReport
+    from sa1b_cli.extraction import ExtractReport
 
 # Each command imports its own engine: `verify` never loads httpx, `download` never numpy.
 T = TypeVar("T")
@@ -231,11 +233,11 @@ def links(
 # -- download ------------------------------------------------------------------------------
 
 
-def _download_sink(as_json: bool, quiet: bool, report_expiry: Any, total: int) -> Any:
+def _download_sink(as_json: bool, quiet: bool, expiry: datetime | None) -> Any:
     if as_json or quiet:
         return NullSink()
     if err.is_terminal and sys.stdout.isatty():  # logs and pipes get plain lines
-        return ui.RichSink(err, expiry=report_expiry, total=total)
+        return ui.RichSink(err, expiry=expiry, total=0)
     return ui.PlainSink(err)
 
 
@@ -264,10 +266,6 @@ def download(
     Run it again at any time (or with a fresh manifest via --links): finished shards are
     kept, partial ones continue where they stopped.
     """
-    from sa1b_cli.engine import run_downloads
-    from sa1b_cli.extraction import extract_shards
-    from sa1b_cli.pipeline import download_and_extract
-
     config = DownloadConfig(
         root=root,
         links=resolve_links(links, root),
@@ -277,27 +275,16 @@ def download(
         max_rate=parse_rate(max_rate),
         timeout=timeout,
     )
+    xconfig = _extract_config(
+        root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
+    )
     expiry = read_manifest(config.links).expiry_window()
-    sink: ProgressSink = _download_sink(as_json, quiet, expiry[0] if expiry else None, 0)
+    sink: ProgressSink = _download_sink(as_json, quiet, expiry[0] if expiry else None)
     started = time.monotonic()
-    extraction = None
     with contextlib.ExitStack() as stack:
         if isinstance(sink, ui.RichSink | ui.PlainSink):
             stack.enter_context(sink)
-        xconfig = _extract_config(
-            root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
-        )
-        if workers > 1:
-            report = _run_workers(config, workers, sink)
-            if extract:
-                ok = [r.name for r in report.results if r.ok and r.name.endswith(".tar")]
-                extraction = extract_shards(xconfig, sink=NullSink(), names=ok)
-        elif extract:
-            report, extraction = _run_interruptible(
-                lambda stop: download_and_extract(config, xconfig, sink=sink, stop=stop)
-            )
-        else:
-            report = _run_interruptible(lambda stop: run_downloads(config, sink=sink, stop=stop))
+        report, extraction = _run_download(config, xconfig if extract else None, workers, sink)
     code = download_exit_code(report.results)
     if extraction is not None and code == 0:
         code = extraction.exit_code
@@ -311,6 +298,27 @@ def download(
         if extraction is not None:
             ui.print_extract_report(err, extraction, out=xconfig.out_dir)
     raise typer.Exit(code)
+
+
+def _run_download(
+    config: DownloadConfig, xconfig: ExtractConfig | None, workers: int, sink: ProgressSink
+) -> tuple[DownloadReport, ExtractReport | None]:
+    """One process with an event loop, or several; extraction pipelined when asked for."""
+    from sa1b_cli.engine import run_downloads
+    from sa1b_cli.extraction import extract_shards
+    from sa1b_cli.pipeline import download_and_extract
+
+    if workers > 1:
+        report = _run_workers(config, workers, sink)
+        if xconfig is None:
+            return report, None
+        ok = [r.name for r in report.results if r.ok and r.name.endswith(".tar")]
+        return report, extract_shards(xconfig, sink=NullSink(), names=ok)
+    if xconfig is not None:
+        return _run_interruptible(
+            lambda stop: download_and_extract(config, xconfig, sink=sink, stop=stop)
+        )
+    return _run_interruptible(lambda stop: run_downloads(config, sink=sink, stop=stop)), None
 
 
 def _run_workers(config: DownloadConfig, workers: int, sink: ProgressSink) -> DownloadReport:

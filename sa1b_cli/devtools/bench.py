@@ -384,6 +384,29 @@ def bench_workers(server: Nginx, names: list[str], total: int) -> dict[str, obje
     return report
 
 
+def bench_verify_10gib(work: Path, big: list[Path]) -> dict[str, object]:
+    """Warm-cache verify at the size of one real shard: 20 links to the 512 MiB files."""
+    root = work / "verify-10gib"
+    links = []
+    (root / "tars").mkdir(parents=True, exist_ok=True)
+    for k in range(20):
+        link = root / "tars" / f"sa_{k:06d}.tar"
+        if not link.exists():
+            os.link(big[k % len(big)], link)
+        links.append(link)
+    _install_as_downloaded(root, links)
+    total = sum(p.stat().st_size for p in links)
+    names = ",".join(p.name for p in links)
+    xxh = repeat(["xxhsum", "-H2", *map(str, links)], lambda: None)
+    ours = repeat([SA1B, "verify", "--root", str(root), "--quiet", "--shards", names], lambda: None)
+    return {
+        "bytes": total,
+        "xxhsum_GB/s": round(total / 1e9 / xxh.seconds, 2),
+        "sa1b_GB/s": round(total / 1e9 / ours.seconds, 2),
+        "ratio_sa1b_throughput_vs_xxhsum": round(xxh.seconds / ours.seconds, 3),
+    }
+
+
 def bench_status(work: Path) -> dict[str, object]:
     """`sa1b status` on a root holding records for all 1000 shards."""
     from sa1b_cli.store import Record, Store
@@ -465,6 +488,7 @@ def main() -> None:
     deep_root = work / "deep-root"
     _install_as_downloaded(deep_root, sorted(deep_src.iterdir()))
     results["verify"] = bench_verify(verify_root, names, deep_root)
+    results["verify_10GiB"] = bench_verify_10gib(work, big)
     results["extract"] = bench_extract(deep_root, work)
     results["status"] = bench_status(work)
     text = json.dumps(results, indent=2)
