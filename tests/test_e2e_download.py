@@ -124,9 +124,9 @@ def test_two_concurrent_runs_share_the_work_without_corruption(big_site: Site):
 def test_expired_links_stop_then_a_fresh_manifest_continues(big_site: Site):
     site = big_site
     name = "sa_000000.tar"
-    old = site.manifest(expires_in=1.5, name="old.txt")
-    site.mirror.faults.rate = 150_000
-    site.mirror.faults.drop_after[name] = 250_000  # the retry comes after the expiry
+    old = site.manifest(expires_in=3, name="old.txt")  # room for a slow interpreter start
+    site.mirror.faults.rate = 100_000
+    site.mirror.faults.drop_after[name] = 400_000  # at ~4 s: the retry comes after the expiry
     code, report = site.run_json(
         "download",
         "--links",
