@@ -71,7 +71,7 @@ class HashingReader(io.RawIOBase):
         if n:
             view = memoryview(buffer)[:n]
             for hasher in self.hashers:
-                hasher.update(view)  # type: ignore[arg-type]
+                hasher.update(view)
             self.count += n
         return int(n or 0)
 

@@ -116,7 +116,7 @@ def _hash_file(path: Path, hashers: dict[str, Hasher], sink: ProgressSink, name:
         while n := handle.readinto(buffer):
             chunk = view[:n]
             for hasher in hashers.values():
-                hasher.update(chunk)  # type: ignore[arg-type]
+                hasher.update(chunk)
             total += n
             sink.advanced(name, n)
     return total
