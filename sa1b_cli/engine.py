@@ -189,7 +189,7 @@ async def run_downloads(
                 sink=sink,
                 sleep=sleep,
                 wall_clock=clock,
-                limiter=RateLimiter(config.max_rate, sleep=sleep),
+                limiter=RateLimiter(config.max_rate, sleep=sleep) if config.max_rate else None,
             )
             hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after)
             results.extend(await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks))
