@@ -38,6 +38,16 @@ class Sa1bError(Exception):
         self.message = message
         self.hint = hint
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (--workers, extraction pools) with their hint.
+        return (_restore, (type(self), self.message, self.hint))
+
+
+def _restore(kind: type[Sa1bError], message: str, hint: str | None) -> Sa1bError:
+    error = Exception.__new__(kind)
+    Sa1bError.__init__(error, message, hint=hint)
+    return error
+
 
 class UsageError(Sa1bError):
     """An option value that cannot be used."""
@@ -49,6 +59,8 @@ class ManifestError(Sa1bError):
     """The manifest cannot be read or has a row that must not be used."""
 
     exit_code = 2
+    path: Path | None = None
+    line: int | None = None
 
     def __init__(self, message: str, *, path: Path | None = None, line: int | None = None) -> None:
         where = f"{path}" if path else "manifest"
