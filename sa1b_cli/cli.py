@@ -305,15 +305,10 @@ def _run_download(
 ) -> tuple[DownloadReport, ExtractReport | None]:
     """One process with an event loop, or several; extraction pipelined when asked for."""
     from sa1b_cli.engine import run_downloads
-    from sa1b_cli.extraction import extract_shards
     from sa1b_cli.pipeline import download_and_extract
 
     if workers > 1:
-        report = _run_workers(config, workers, sink)
-        if xconfig is None:
-            return report, None
-        ok = [r.name for r in report.results if r.ok and r.name.endswith(".tar")]
-        return report, extract_shards(xconfig, sink=NullSink(), names=ok)
+        return _run_workers(config, xconfig, workers, sink)
     if xconfig is not None:
         return _run_interruptible(
             lambda stop: download_and_extract(config, xconfig, sink=sink, stop=stop)
@@ -321,7 +316,9 @@ def _run_download(
     return _run_interruptible(lambda stop: run_downloads(config, sink=sink, stop=stop)), None
 
 
-def _run_workers(config: DownloadConfig, workers: int, sink: ProgressSink) -> DownloadReport:
+def _run_workers(
+    config: DownloadConfig, xconfig: ExtractConfig | None, workers: int, sink: ProgressSink
+) -> tuple[DownloadReport, ExtractReport | None]:
     """Several processes; the first Ctrl-C asks them to checkpoint and stop."""
     from sa1b_cli.workers import run_download_workers
 
@@ -335,7 +332,9 @@ def _run_workers(config: DownloadConfig, workers: int, sink: ProgressSink) -> Do
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        return run_download_workers(config, workers, sink=sink, stop=stopping.is_set)
+        return run_download_workers(
+            config, workers, sink=sink, stop=stopping.is_set, extract=xconfig
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
 

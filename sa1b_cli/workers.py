@@ -22,9 +22,11 @@ from typing import Any
 from sa1b_cli.config import DownloadConfig
 from sa1b_cli.engine import DownloadReport, run_downloads
 from sa1b_cli.events import ProgressSink
+from sa1b_cli.extract import ExtractConfig, write_overall_index
+from sa1b_cli.extraction import ExtractReport
 from sa1b_cli.manifest import read_manifest
+from sa1b_cli.pipeline import download_and_extract
 from sa1b_cli.procs import die_with_parent
-from sa1b_cli.results import ShardResult
 from sa1b_cli.selection import Selection
 
 __all__ = ["QueueSink", "run_download_workers", "split_selection"]
@@ -64,8 +66,7 @@ class QueueSink:
 
     def finished(self, result: Any) -> None:
         self._flush()
-        if isinstance(result, ShardResult):
-            self.events.put(("finished", result))
+        self.events.put(("finished", result))  # results are plain dataclasses: they pickle
 
 
 def split_selection(config: DownloadConfig, workers: int) -> list[DownloadConfig]:
@@ -88,15 +89,21 @@ def _init(events: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent asks us to stop via SIGTERM
 
 
-async def _worker_main(config: DownloadConfig) -> DownloadReport:
+WorkerResult = tuple[DownloadReport, ExtractReport | None]
+
+
+async def _worker_main(config: DownloadConfig, xconfig: ExtractConfig | None) -> WorkerResult:
     _events.put(("pid", os.getpid()))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    return await run_downloads(config, sink=QueueSink(_events), stop=stop)
+    sink = QueueSink(_events)
+    if xconfig is None:
+        return await run_downloads(config, sink=sink, stop=stop), None
+    return await download_and_extract(config, xconfig, sink=sink, stop=stop)
 
 
-def _work(config: DownloadConfig) -> DownloadReport:
-    return asyncio.run(_worker_main(config))
+def _work(config: DownloadConfig, xconfig: ExtractConfig | None) -> WorkerResult:
+    return asyncio.run(_worker_main(config, xconfig))
 
 
 def _replay(sink: ProgressSink, event: tuple[Any, ...], pids: set[int]) -> None:
@@ -116,23 +123,39 @@ def _replay(sink: ProgressSink, event: tuple[Any, ...], pids: set[int]) -> None:
 
 
 def run_download_workers(
-    config: DownloadConfig, workers: int, *, sink: ProgressSink, stop: Callable[[], bool]
-) -> DownloadReport:
-    """Run the download in ``workers`` processes; when ``stop()`` is True they checkpoint."""
+    config: DownloadConfig,
+    workers: int,
+    *,
+    sink: ProgressSink,
+    stop: Callable[[], bool],
+    extract: ExtractConfig | None = None,
+) -> tuple[DownloadReport, ExtractReport | None]:
+    """Run the download (and its pipelined extraction) in ``workers`` processes.
+
+    When ``stop()`` turns True the workers checkpoint and return their reports.
+    """
+    started = time.monotonic()
     context = multiprocessing.get_context("fork")
     events: Any = context.Queue()
     shares = split_selection(config, workers)
+    if extract is not None:  # the cores are shared between the workers' extraction pools
+        extract = replace(extract, jobs=max(1, extract.jobs // max(1, len(shares))))
     with ProcessPoolExecutor(
         len(shares) or 1, mp_context=context, initializer=_init, initargs=(events,)
     ) as pool:
-        futures = [pool.submit(_work, share) for share in shares]
+        futures = [pool.submit(_work, share, extract) for share in shares]
         _pump_until_done(futures, events, sink, stop)
-        reports = [f.result() for f in futures]
-    return _merge(reports)
+        outcomes = [f.result() for f in futures]
+    report = _merge([download for download, _ in outcomes])
+    if extract is None:
+        return report, None
+    extracted = [r for _, x in outcomes if x is not None for r in x.results]
+    index = write_overall_index(extract.out_dir)
+    return report, ExtractReport(extracted, time.monotonic() - started, index)
 
 
 def _pump_until_done(
-    futures: list[Future[DownloadReport]], events: Any, sink: ProgressSink, stop: Callable[[], bool]
+    futures: list[Future[WorkerResult]], events: Any, sink: ProgressSink, stop: Callable[[], bool]
 ) -> None:
     pids: set[int] = set()
     asked = False

@@ -99,3 +99,25 @@ def test_part_auto_outside_slurm_explains(site: Site):
         "download", "--links", str(site.manifest()), "--root", str(site.root), "--part", "auto"
     )
     assert done.returncode == 2 and "SLURM_ARRAY_TASK_ID" in done.stderr
+
+
+def test_workers_with_extract_pipeline_in_each_process(site: Site, tmp_path: Path):
+    links, root, out = str(site.manifest()), str(site.root), tmp_path / "data"
+    code, report = site.run_json(
+        "download",
+        "--links",
+        links,
+        "--root",
+        root,
+        "--workers",
+        "2",
+        "--extract",
+        "--out",
+        str(out),
+    )
+    assert code == 0, report
+    assert sorted(s["name"] for s in report["extract"]["shards"]) == [
+        f"sa_{k:06d}.tar" for k in range(6)
+    ]
+    assert {s["status"] for s in report["extract"]["shards"]} == {"extracted"}
+    assert len((out / "index.csv").read_text().splitlines()) == 1 + 6 * 4
