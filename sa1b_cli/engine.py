@@ -25,7 +25,7 @@ from sa1b_cli.results import ShardResult
 from sa1b_cli.store import Store
 from sa1b_cli.transfer import TransferContext, TransferSettings, fetch_shard
 
-__all__ = ["DownloadReport", "make_client", "run_downloads"]
+__all__ = ["DownloadReport", "check_run_space", "make_client", "run_downloads"]
 
 HEARTBEAT_SECONDS = 10.0
 OnComplete = Callable[[ShardResult], Coroutine[Any, Any, None]]
@@ -142,6 +142,24 @@ def _plan(
         if n not in manifest.rows
     ]
     return rows, missing
+
+
+async def check_run_space(
+    config: DownloadConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Bytes the whole selection still needs; raises NotEnoughSpaceError when they cannot fit.
+
+    ``--workers`` runs this once in the parent, so the shares cannot over-commit the disk.
+    """
+    manifest = read_manifest(config.links)
+    store = Store(config.root).ensure()
+    rows, _ = _plan(manifest, config)
+    pending = [row for row in rows if _already_complete(store, row) is None]
+    async with make_client(config.timeout, transport=transport) as client:
+        return await _check_space(client, store, pending, config.jobs, clock)
 
 
 async def run_downloads(

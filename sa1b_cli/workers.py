@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from sa1b_cli.config import DownloadConfig
-from sa1b_cli.engine import DownloadReport, run_downloads
+from sa1b_cli.engine import DownloadReport, check_run_space, run_downloads
 from sa1b_cli.events import ProgressSink
 from sa1b_cli.extract import ExtractConfig, write_overall_index
 from sa1b_cli.extraction import ExtractReport
@@ -135,6 +135,9 @@ def run_download_workers(
     When ``stop()`` turns True the workers checkpoint and return their reports.
     """
     started = time.monotonic()
+    if config.check_space:
+        sink.planned(asyncio.run(check_run_space(config)))
+        config = replace(config, check_space=False)
     context = multiprocessing.get_context("fork")
     events: Any = context.Queue()
     shares = split_selection(config, workers)

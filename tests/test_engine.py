@@ -165,3 +165,14 @@ async def test_max_rate_paces_the_whole_run(tmp_path, cdn, payload):
     # 300,000 bytes at 100 kB/s, the first second free; the fake sleep never advances time,
     # so the limiter's own bookings add up to at least the paced time.
     assert sum(slept) >= len(payload) / 100_000 - 1.0 - 0.01
+
+
+async def test_run_space_check_covers_the_whole_selection(tmp_path, cdn, payload, monkeypatch):
+    from sa1b_cli.engine import check_run_space
+
+    write_links(tmp_path, NAMES)
+    assert await check_run_space(config(tmp_path), transport=cdn.transport()) == 3 * len(payload)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**7, 0, 2 * len(payload)))
+    with pytest.raises(NotEnoughSpaceError):
+        await check_run_space(config(tmp_path), transport=cdn.transport())
