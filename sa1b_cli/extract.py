@@ -253,6 +253,12 @@ class _ShardWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _precheck(store: Store, name: str, out: Path) -> ExtractResult | None:
     if marker_path(out, name).is_file():
         return ExtractResult(name, "present")
@@ -265,7 +271,7 @@ def _precheck(store: Store, name: str, out: Path) -> ExtractResult | None:
     if record is None or record.status != "complete" or not tar.is_file():
         return ExtractResult(name, "not_downloaded", "not downloaded yet; run sa1b download")
     need = needed_bytes(tar)
-    free = shutil.disk_usage(out).free
+    free = shutil.disk_usage(_existing_parent(out)).free
     if need > free:
         return ExtractResult(
             name, "no_space", f"needs {need / 2**30:.1f} GiB, {out} has {free / 2**30:.1f} GiB free"
@@ -307,10 +313,10 @@ def extract_one(
     started = time.monotonic()
     store = Store(config.root)
     out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     early = _precheck(store, name, out)
     if early is not None:
-        return early
+        return early  # nothing was created for a shard that is not extracted now
+    out.mkdir(parents=True, exist_ok=True)
     result = ExtractResult(name, "extracted")
     try:
         with _ShardWriter(out, name, config) as writer:

@@ -59,7 +59,10 @@ def _aborted() -> bool:
 
 
 def _extract_claimed(config: ExtractConfig, name: str) -> ExtractResult:
-    store = Store(config.root).ensure()
+    store = Store(config.root)
+    if not store.final_path(name).is_file():  # reported as such, and nothing is created
+        return extract_one(config, name, _report, _aborted)
+    store.ensure()
     got = try_claim(store.claims / f"{name}.extract.claim")
     if not isinstance(got, Claim):
         return ExtractResult(name, "busy", f"being extracted by {got.describe()}")
@@ -147,7 +150,6 @@ def extract_shards(
     started = time.monotonic()
     store = Store(config.root)
     chosen = list(names) if names is not None else config.selection.apply(_known_names(store))
-    config.out_dir.mkdir(parents=True, exist_ok=True)
     extractor = Extractor(config, sink)
     try:
         sink_total = sum(s for n in chosen if (s := _size(store.final_path(n))) is not None)
@@ -161,7 +163,7 @@ def extract_shards(
         extractor.close()
     order = {n: i for i, n in enumerate(chosen)}
     results.sort(key=lambda r: order.get(r.name, 0))
-    index = write_overall_index(config.out_dir)
+    index = write_overall_index(config.out_dir) if config.out_dir.is_dir() else None
     full = [r for r in results if r.status == "no_space"]
     if full:
         msg = f"the disk is full: {', '.join(r.name for r in full)} could not be extracted"

@@ -328,6 +328,12 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
 
 
 def print_status(console: Console, states: list[ShardState], *, root: Path) -> None:
+    if not states:
+        console.print(
+            f"nothing here yet: {escape(str(root))} holds no shards; run sa1b download to start",
+            highlight=False,
+        )
+        return
     table = Table(title=f"sa1b root {root}", title_justify="left")
     for column in ("shard", "state", "have", "detail"):
         table.add_column(column)
@@ -382,6 +388,13 @@ def verify_json(report: VerifyReport) -> dict[str, Any]:
 
 
 def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -> None:
+    if not report.results:
+        console.print(
+            "nothing to verify: no shards found under this root (run sa1b download, "
+            "or pick shards with --subset / --shards)",
+            highlight=False,
+        )
+        return
     table = Table(title="verify", title_justify="left")
     for column in ("shard", "status", "size", "checks", "first problem"):
         table.add_column(column)
