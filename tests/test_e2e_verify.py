@@ -57,3 +57,14 @@ def test_verify_usage_errors(site: Site):
     assert done.returncode == 2 and "--algo" in done.stderr
     done = site.run("verify", "--root", str(site.root), "--checksums", str(site.tmp / "none.md5"))
     assert done.returncode == 2 and "cannot read checksum list" in done.stderr
+
+
+def test_empty_root_says_what_to_do_and_creates_nothing(site: Site):
+    root = site.tmp / "fresh"
+    done = site.run("status", "--root", str(root))
+    assert done.returncode == 0 and "run sa1b download" in done.stdout
+    done = site.run("verify", "--root", str(root))
+    assert done.returncode == 0 and "nothing to verify" in done.stdout
+    done = site.run("extract", "--root", str(root), "--subset", "1")
+    assert done.returncode == 1 and "not_downloaded" in done.stderr
+    assert not root.exists()
