@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -358,7 +358,3 @@ def write_overall_index(out: Path) -> Path:
     target = out / "index.csv"
     atomic_write_text(target, "\n".join(lines) + "\n")
     return target
-
-
-def result_dict(result: ExtractResult) -> dict[str, object]:
-    return asdict(result)

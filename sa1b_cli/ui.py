@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -226,10 +226,6 @@ def results_table(results: Iterable[ShardResult]) -> Table:
         have = format_bytes(r.bytes_done) + (f" / {format_bytes(r.size)}" if r.size else "")
         table.add_row(r.name, status_text(r.status), have, Text(r.detail or ""))
     return table
-
-
-def utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 # -- manifest ------------------------------------------------------------------------------
