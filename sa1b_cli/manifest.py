@@ -129,9 +129,14 @@ def object_path(url: str) -> str:
 _URL_QUERY_RE = re.compile(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*")
 
 
+# The CDN's signing parameters, wherever they appear (a body may quote them without the URL).
+_SIGNED_PARAM_RE = re.compile(r"\b(oh|oe|_nc_sid|_nc_ohc|_nc_ht)=[\w.~%-]*")
+
+
 def redact_text(text: str) -> str:
-    """Any URL inside free text loses its query string (foreign error messages may hold one)."""
-    return _URL_QUERY_RE.sub(r"\1?<signed query hidden>", text)
+    """Free text without signed queries: URLs lose their query, loose parameters their value."""
+    text = _URL_QUERY_RE.sub(r"\1?<signed query hidden>", text)
+    return _SIGNED_PARAM_RE.sub(r"\1=<hidden>", text)
 
 
 def redact_url(url: str) -> str:

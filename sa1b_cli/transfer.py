@@ -25,7 +25,7 @@ from sa1b_cli.checksums import RECORD_ALGORITHM
 from sa1b_cli.claims import Claim
 from sa1b_cli.errors import DiskFullError
 from sa1b_cli.events import NullSink, ProgressSink
-from sa1b_cli.manifest import ManifestRow, object_path
+from sa1b_cli.manifest import ManifestRow, object_path, redact_text
 from sa1b_cli.partfile import PartFile, is_disk_full
 from sa1b_cli.ratelimit import RateLimiter
 from sa1b_cli.results import DownloadStatus, ShardResult
@@ -297,7 +297,7 @@ class _Job:
 
     async def _reject(self, response: httpx.Response) -> None:
         code = response.status_code
-        body = (await _read_small(response)).strip()
+        body = redact_text((await _read_small(response)).strip())  # a body may echo the URL
         if code == 403 and "expired" in body.lower():
             msg = "the CDN answered 403 'URL signature expired'"
             raise self._expired(msg)

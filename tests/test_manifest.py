@@ -95,3 +95,6 @@ def test_redact_text_hides_queries_inside_free_text():
     shown = redact_text(message)
     assert "oh=" not in shown and "_nc_sid" not in shown and "SIG3" not in shown
     assert "scontent.xx.fbcdn.net/m1/v/t6/An_3.tar" in shown
+    assert (
+        redact_text("quoted: oh=00_SIG9&oe=6A1B2C3D, ok") == "quoted: oh=<hidden>&oe=<hidden>, ok"
+    )

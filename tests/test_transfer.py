@@ -268,3 +268,17 @@ async def test_a_lost_claim_stops_the_shard_without_touching_it(store, payload):
         result = await fetch_shard(row_for(), store, ctx, claim=claim)  # type: ignore[arg-type]
     assert result.status == "busy"
     assert not store.final_path(NAME).exists()
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        "bad signature oh=00_SECRETSIG&oe=7FFFFFFF",
+        f"denied {url_for(NAME)}",
+    ],
+)
+async def test_a_cdn_error_body_never_shows_the_signed_query(store, payload, echo):
+    cdn = FakeCDN({NAME: payload}, faults=[f"status:403:{echo}"])
+    result = await fetch(cdn, store)
+    assert result.status == "failed" and result.detail
+    assert "SECRET" not in result.detail and "7FFFFFFF" not in result.detail
