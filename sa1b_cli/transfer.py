@@ -167,7 +167,10 @@ class _Job:
                 if stop.result.status == "busy":
                     return stop.result  # the shard is someone else's now: touch nothing
                 await self._flush()
-                await self._checkpoint(force=True)
+                try:
+                    await self._checkpoint(force=True)
+                except _Stop as lost:  # the claim went while we stopped: leave it alone
+                    return lost.result
                 if stop.result.status in ("expired", "failed"):
                     durable = self._last_checkpoint[0]
                     self._record(stop.result.status, durable=durable, detail=stop.result.detail)
@@ -210,9 +213,7 @@ class _Job:
             mismatches += 1
             if mismatches >= 2:
                 raise _Stop(self._result("failed", problem))
-            self.ctx.sink.note(self.name, f"{problem}; fetching again from scratch")
-            await self.part.reset()
-            self._record("partial", durable=0)
+            await self._start_over(f"{problem}; fetching again from scratch")
 
     def _check_expiry(self) -> None:
         when = self.row.expires_at
@@ -263,8 +264,7 @@ class _Job:
         elif code == 200:
             self._learn_size(_int_header(response, "Content-Length"))
             if offset:
-                self.ctx.sink.note(self.name, "server ignored the Range request; starting over")
-                await self.part.reset()
+                await self._start_over("server ignored the Range request; starting over")
         elif code == 416:
             await self._accept_unsatisfiable(response)
         else:
@@ -279,8 +279,7 @@ class _Job:
             raise _Retry(msg)
         if self.expected_size is not None and total != self.expected_size:
             self.expected_size = None  # a different object: keep nothing of the old one
-            await self.part.reset()
-            self._record("partial", durable=0)
+            await self._start_over()  # the retry says why
             msg = f"the file size changed to {total:,} bytes; starting over"
             raise _Retry(msg)
         self._learn_size(total)
@@ -291,7 +290,7 @@ class _Job:
         if total is not None and total == self.part.size:
             self._learn_size(total)
             raise _AlreadyWhole
-        await self.part.reset()
+        await self._start_over()  # the retry says why
         msg = "server refused the resume point (416); starting over"
         raise _Retry(msg)
 
@@ -366,6 +365,18 @@ class _Job:
 
     # -- durability ------------------------------------------------------------------------
 
+    async def _start_over(self, why: str | None = None) -> None:
+        """Drop every byte kept so far, on disk and in the record (``why`` is shown, if given)."""
+        if why is not None:
+            self.ctx.sink.note(self.name, why)
+        await self.part.reset()
+        self._last_checkpoint = (0, self.ctx.monotonic())
+        self._record("partial", durable=0)
+
+    def _ensure_claim(self) -> None:
+        if self.claim is not None and not self.claim.heartbeat():
+            raise _Stop(self._result("busy", "another process took over this shard's claim"))
+
     def _checkpoint_due(self) -> bool:
         settings = self.ctx.settings
         done, when = self._last_checkpoint
@@ -381,8 +392,7 @@ class _Job:
         await self.part.sync()
         self._last_checkpoint = (self.part.size, now)
         self._record("partial", durable=self.part.size)
-        if self.claim is not None and not self.claim.heartbeat():
-            raise _Stop(self._result("busy", "another process took over this shard's claim"))
+        self._ensure_claim()
 
     def _record(self, status: RecordStatus, *, durable: int, **extra: Any) -> None:
         record = Record(
@@ -405,8 +415,7 @@ class _Job:
             if digests.get(alg) != want:
                 return f"{alg} mismatch: expected {want}, got {digests.get(alg)}"
         await self.part.sync()
-        if self.claim is not None and not self.claim.heartbeat():
-            raise _Stop(self._result("busy", "another process took over this shard's claim"))
+        self._ensure_claim()
         os.replace(self.part.path, self.store.final_path(self.name))
         _fsync_dir(self.store.tars)
         self._record("complete", durable=size, size=size, digests=digests)
