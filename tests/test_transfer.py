@@ -13,7 +13,7 @@ import pytest
 import xxhash
 
 from sa1b_cli.manifest import ManifestRow, expiry_of
-from sa1b_cli.store import Record, Store
+from sa1b_cli.store import Record, RecordStatus, Store
 from sa1b_cli.transfer import TransferContext, TransferSettings, fetch_shard, retry_after_seconds
 from tests.fakecdn import FakeCDN, url_for
 
@@ -43,13 +43,29 @@ async def fetch(
     stall: float = 5.0,
     sleeps: Sleeps | None = None,
     attempts: int = 8,
+    claim=None,
 ):
     settings = TransferSettings(stall_timeout=stall, max_attempts=attempts, block_size=50_000)
     async with httpx.AsyncClient(transport=cdn.transport()) as client:
         ctx = TransferContext(
             client, settings, sleep=sleeps or Sleeps(), wall_clock=lambda: NOW, rng=random.Random(1)
         )
-        return await fetch_shard(row or row_for(), store, ctx, expected=expected)
+        return await fetch_shard(row or row_for(), store, ctx, expected=expected, claim=claim)
+
+
+def seed_partial(
+    store: Store, *, durable: int, status: RecordStatus = "partial", size: int | None = None
+):
+    """A record as an earlier run would have left it for a half-downloaded shard."""
+    store.write(
+        Record(
+            NAME,
+            status,
+            expected_size=size,
+            object_path=f"/m1/v/t6/{NAME}",
+            durable_bytes=durable,
+        )
+    )
 
 
 @pytest.fixture
@@ -110,15 +126,7 @@ async def test_total_size_change_restarts_from_zero(store, payload):
 
 async def test_416_with_matching_size_finishes_without_refetching(store, payload):
     store.part_path(NAME).write_bytes(payload)
-    store.write(
-        Record(
-            NAME,
-            "partial",
-            expected_size=len(payload),
-            object_path=f"/m1/v/t6/{NAME}",
-            durable_bytes=len(payload),
-        )
-    )
+    seed_partial(store, durable=len(payload), size=len(payload))
     cdn = FakeCDN({NAME: payload})
     result = await fetch(cdn, store)
     assert result.status == "downloaded" and result.bytes_fetched == 0
@@ -127,9 +135,7 @@ async def test_416_with_matching_size_finishes_without_refetching(store, payload
 
 async def test_416_with_other_size_is_not_done(store, payload):
     store.part_path(NAME).write_bytes(payload + b"extra")
-    store.write(
-        Record(NAME, "partial", object_path=f"/m1/v/t6/{NAME}", durable_bytes=len(payload) + 5)
-    )
+    seed_partial(store, durable=len(payload) + 5)
     cdn = FakeCDN({NAME: payload})
     result = await fetch(cdn, store)
     assert result.status == "downloaded"
@@ -217,15 +223,7 @@ async def test_expected_digest_match_is_recorded(store, payload):
 
 async def test_resume_after_restart_uses_checkpoint_and_rehashes_prefix(store, payload):
     store.part_path(NAME).write_bytes(payload[:150_000] + b"garbage after the last fsync")
-    store.write(
-        Record(
-            NAME,
-            "partial",
-            expected_size=len(payload),
-            object_path=f"/m1/v/t6/{NAME}",
-            durable_bytes=150_000,
-        )
-    )
+    seed_partial(store, durable=150_000, size=len(payload))
     cdn = FakeCDN({NAME: payload})
     result = await fetch(cdn, store)
     assert result.status == "downloaded"
@@ -235,15 +233,7 @@ async def test_resume_after_restart_uses_checkpoint_and_rehashes_prefix(store, p
 
 async def test_refreshed_link_with_same_object_path_continues(store, payload):
     store.part_path(NAME).write_bytes(payload[:150_000])
-    store.write(
-        Record(
-            NAME,
-            "expired",
-            expected_size=len(payload),
-            object_path=f"/m1/v/t6/{NAME}",
-            durable_bytes=150_000,
-        )
-    )
+    seed_partial(store, durable=150_000, status="expired", size=len(payload))
     result = await fetch(FakeCDN({NAME: payload}), store, row=row_for(oe=0x7FFFFFF0))
     assert result.status == "downloaded" and result.bytes_fetched == len(payload) - 150_000
 
@@ -255,17 +245,14 @@ def test_retry_after_parses_seconds_and_dates():
 
 
 async def test_a_lost_claim_stops_the_shard_without_touching_it(store, payload):
-    from sa1b_cli.claims import try_claim
+    from sa1b_cli.claims import Claim, try_claim
 
     claim = try_claim(store.claims / f"{NAME}.claim")
-    assert not isinstance(claim, type(None))
+    assert isinstance(claim, Claim)
     (store.claims / f"{NAME}.claim").write_text(
         '{"host": "x", "pid": 1, "token": "theirs", "started": 0}'
     )
-    settings = TransferSettings(block_size=50_000)
-    async with httpx.AsyncClient(transport=FakeCDN({NAME: payload}).transport()) as client:
-        ctx = TransferContext(client, settings, sleep=Sleeps(), wall_clock=lambda: NOW)
-        result = await fetch_shard(row_for(), store, ctx, claim=claim)  # type: ignore[arg-type]
+    result = await fetch(FakeCDN({NAME: payload}), store, claim=claim)
     assert result.status == "busy"
     assert not store.final_path(NAME).exists()
 
