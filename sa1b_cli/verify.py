@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +173,8 @@ class _Deep:
         with open_shard(path, hashers.values()) as (stream, counter):
             seen = 0
             for item in iter_members(stream):
-                self._sort(item, result, jpegs, jsons)
-                for pair in self._pairs(jpegs, jsons):
+                pair = self._pair(item, result, jpegs, jsons)
+                if pair is not None:
                     batch.append(pair)
                 if len(batch) >= BATCH:
                     pending.append(self.pool.submit(check_batch, batch, self.decode))
@@ -191,29 +190,28 @@ class _Deep:
         return self._conclude(result, jpegs, jsons, checks)
 
     @staticmethod
-    def _sort(
+    def _pair(
         item: Member | Refusal,
         result: VerifyResult,
         jpegs: dict[int, tuple[int, int] | None],
         jsons: dict[int, bytes],
-    ) -> None:
+    ) -> PairInput | None:
+        """File the member; once its partner is here too, return the pair (order is random)."""
         if isinstance(item, Refusal):
             msg = f"unsafe member {item.name!r}: {item.reason}"
             raise ArchiveError(msg)
         parsed = member_id(item.name)
         if parsed is None:
             result.warnings[f"unexpected member {item.name}"[:80]] += 1
-        elif parsed[1] == "jpg":
-            jpegs[parsed[0]] = jpeg_size(item.data)
+            return None
+        image_id, kind = parsed
+        if kind == "jpg":
+            jpegs[image_id] = jpeg_size(item.data)
         else:
-            jsons[parsed[0]] = item.data
-
-    @staticmethod
-    def _pairs(
-        jpegs: dict[int, tuple[int, int] | None], jsons: dict[int, bytes]
-    ) -> Iterator[PairInput]:
-        for image_id in [i for i in jsons if i in jpegs]:
-            yield PairInput(image_id, jpegs.pop(image_id), jsons.pop(image_id))
+            jsons[image_id] = item.data
+        if image_id in jpegs and image_id in jsons:
+            return PairInput(image_id, jpegs.pop(image_id), jsons.pop(image_id))
+        return None
 
     @staticmethod
     def _drain(pending: list[Future[list[ImageCheck]]], keep: int) -> list[ImageCheck]:
