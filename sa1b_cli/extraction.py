@@ -112,13 +112,6 @@ class Extractor:
         self.progress.join_thread()
 
 
-def _known_names(store: Store) -> set[str]:
-    names = set(store.records())
-    if store.tars.is_dir():
-        names |= {p.name for p in store.tars.iterdir() if p.name.endswith(".tar")}
-    return names
-
-
 def _collect(
     extractor: Extractor, futures: dict[Future[ExtractResult], str]
 ) -> list[ExtractResult]:
@@ -149,7 +142,7 @@ def extract_shards(
     """Extract the selected shards; every outcome is data, a full disk is raised at the end."""
     started = time.monotonic()
     store = Store(config.root)
-    chosen = list(names) if names is not None else config.selection.apply(_known_names(store))
+    chosen = list(names) if names is not None else config.selection.apply(store.known_names())
     extractor = Extractor(config, sink)
     try:
         sink_total = sum(s for n in chosen if (s := _size(store.final_path(n))) is not None)

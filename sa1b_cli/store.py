@@ -132,6 +132,15 @@ class Store:
                     found[record.file_name] = record
         return found
 
+    def known_names(self) -> set[str]:
+        """Every file name the root knows of: recorded, finished or partly downloaded."""
+        names = set(self.records())
+        if self.tars.is_dir():
+            for entry in os.scandir(self.tars):
+                if not entry.name.startswith("."):
+                    names.add(entry.name.removesuffix(".part"))
+        return names
+
     def write_checksum_file(self) -> Path:
         """Rebuild the xxh128 list from the records (derived data: any process may rebuild it)."""
         lines = [

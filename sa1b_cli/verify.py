@@ -324,21 +324,13 @@ def _export(path: Path, algo: str, results: list[VerifyResult]) -> Path:
     return path
 
 
-def _known_names(store: Store) -> set[str]:
-    names = set(store.records())
-    if store.tars.is_dir():
-        names |= {p.name for p in store.tars.iterdir() if not p.name.endswith(".part")}
-        names |= {p.name.removesuffix(".part") for p in store.tars.glob("*.part")}
-    return names
-
-
 def verify_shards(config: VerifyConfig, *, sink: ProgressSink | None = None) -> VerifyReport:
     """Verify the selected shards of ``config.root``; one result per shard, never raises for one."""
     sink = sink or NullSink()
     started = time.monotonic()
     store = Store(config.root)
     lists = load_lists(config.checksums) if config.checksums else ChecksumList({})
-    names = config.selection.apply(_known_names(store))
+    names = config.selection.apply(store.known_names())
     finals = [store.final_path(n) for n in names]
     sink.planned(sum(p.stat().st_size for p in finals if p.is_file()))
     results: list[VerifyResult] = []
