@@ -317,26 +317,27 @@ def bench_verify(root: Path, names: list[str], deep_root: Path) -> dict[str, obj
     return report
 
 
+def sa1b_extract(root: Path, out: Path, shards: str, *, jobs: int) -> list[str]:
+    return [
+        SA1B,
+        "extract",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--quiet",
+        "--shards",
+        shards,
+        "--jobs",
+        str(jobs),
+    ]
+
+
 def bench_extract(deep_root: Path, work: Path) -> dict[str, object]:
     tar = deep_root / "tars" / "sa_000000.tar"
     out_tar, out_ours = work / "x-tar", work / "x-sa1b"
     tar_run = repeat(["tar", "-xzf", str(tar), "-C", str(out_tar)], _clean(out_tar))
-    ours = repeat(
-        [
-            SA1B,
-            "extract",
-            "--root",
-            str(deep_root),
-            "--out",
-            str(out_ours),
-            "--quiet",
-            "--shards",
-            "0",
-            "--jobs",
-            "1",
-        ],
-        _clean(out_ours),
-    )
+    ours = repeat(sa1b_extract(deep_root, out_ours, "0", jobs=1), _clean(out_ours))
     report: dict[str, object] = {
         "shard_GiB": round(tar.stat().st_size / GIB, 2),
         "tar_xzf_s": round(tar_run.seconds, 2),
@@ -344,22 +345,7 @@ def bench_extract(deep_root: Path, work: Path) -> dict[str, object]:
         "ratio_sa1b_vs_tar": round(ours.seconds / tar_run.seconds, 3),
     }
     for jobs in (1, 2):
-        run = repeat(
-            [
-                SA1B,
-                "extract",
-                "--root",
-                str(deep_root),
-                "--out",
-                str(out_ours),
-                "--quiet",
-                "--shards",
-                "0-1",
-                "--jobs",
-                str(jobs),
-            ],
-            _clean(out_ours),
-        )
+        run = repeat(sa1b_extract(deep_root, out_ours, "0-1", jobs=jobs), _clean(out_ours))
         size = sum((deep_root / "tars" / f"sa_00000{k}.tar").stat().st_size for k in range(2))
         report[f"two_shards_jobs{jobs}_MB/s"] = round(size / 1e6 / run.seconds, 1)
     shutil.rmtree(out_tar, ignore_errors=True)
