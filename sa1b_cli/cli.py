@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -233,12 +233,19 @@ def links(
 # -- download ------------------------------------------------------------------------------
 
 
-def _download_sink(as_json: bool, quiet: bool, expiry: datetime | None) -> Any:
+@contextlib.contextmanager
+def _progress(as_json: bool, quiet: bool, expiry: datetime | None = None) -> Iterator[ProgressSink]:
+    """The live display on a terminal, plain lines in logs and pipes, nothing for --json/-q."""
     if as_json or quiet:
-        return NullSink()
-    if err.is_terminal and sys.stdout.isatty():  # logs and pipes get plain lines
-        return ui.RichSink(err, expiry=expiry, total=0)
-    return ui.PlainSink(err)
+        yield NullSink()
+        return
+    sink: ui.RichSink | ui.PlainSink
+    if err.is_terminal and sys.stdout.isatty():
+        sink = ui.RichSink(err, expiry=expiry)
+    else:
+        sink = ui.PlainSink(err)
+    with sink:
+        yield sink
 
 
 @app.command()
@@ -279,11 +286,8 @@ def download(
         root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
     )
     expiry = read_manifest(config.links).expiry_window()
-    sink: ProgressSink = _download_sink(as_json, quiet, expiry[0] if expiry else None)
     started = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        if isinstance(sink, ui.RichSink | ui.PlainSink):
-            stack.enter_context(sink)
+    with _progress(as_json, quiet, expiry[0] if expiry else None) as sink:
         report, extraction = _run_download(config, xconfig if extract else None, workers, sink)
     code = download_exit_code(report.results)
     if extraction is not None and code == 0:
@@ -420,24 +424,13 @@ def verify(
         export=export,
         export_algo=algo,
     )
-    sink = _progress_sink(as_json, quiet)
-    with contextlib.ExitStack() as stack:
-        if isinstance(sink, ui.RichSink | ui.PlainSink):
-            stack.enter_context(sink)
+    with _progress(as_json, quiet) as sink:
         report = verify_shards(config, sink=sink)
     if as_json:
         _emit_json(ui.verify_json(report))
     elif not quiet or report.exit_code:
         ui.print_verify_report(out, report, deep=deep)
     raise typer.Exit(report.exit_code)
-
-
-def _progress_sink(as_json: bool, quiet: bool) -> ProgressSink:
-    if as_json or quiet:
-        return NullSink()
-    if err.is_terminal and sys.stdout.isatty():  # logs and pipes get plain lines
-        return ui.RichSink(err, expiry=None, total=0)
-    return ui.PlainSink(err)
 
 
 # -- extract ---------------------------------------------------------------------------------
@@ -498,10 +491,7 @@ def extract(
     config = _extract_config(
         root, _selection(subset, shards, part), out_dir, layout, only, jobs, delete_tar
     )
-    sink = _progress_sink(as_json, quiet)
-    with contextlib.ExitStack() as stack:
-        if isinstance(sink, ui.RichSink | ui.PlainSink):
-            stack.enter_context(sink)
+    with _progress(as_json, quiet) as sink:
         report = extract_shards(config, sink=sink)
     if as_json:
         _emit_json(ui.extract_json(report))

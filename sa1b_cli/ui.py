@@ -114,7 +114,7 @@ class _ExpiryProgress(Progress):
 class RichSink:
     """Live progress: one line per active shard and a total with speed and ETA."""
 
-    def __init__(self, console: Console, *, expiry: datetime | None, total: int) -> None:
+    def __init__(self, console: Console, *, expiry: datetime | None = None) -> None:
         self.progress = _ExpiryProgress(
             TextColumn("{task.description:>16}"),
             BarColumn(bar_width=28),
@@ -127,7 +127,7 @@ class RichSink:
             refresh_per_second=4,
         )
         self.progress.expiry = expiry
-        self.total = self.progress.add_task("total", total=total or None)
+        self.total = self.progress.add_task("total", total=None)  # planned() fills it in
         self.progress.total_task = self.total
         self.tasks: dict[str, TaskID] = {}
 
