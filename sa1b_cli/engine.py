@@ -131,17 +131,26 @@ async def _heartbeat(claims: dict[str, Claim], sleep: Callable[[float], Awaitabl
             claim.heartbeat()
 
 
-def _plan(
-    manifest: Manifest, config: DownloadConfig
-) -> tuple[list[ManifestRow], list[ShardResult]]:
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    names: list[str]  # the selection, in report order
+    pending: list[ManifestRow]  # still to fetch
+    settled: list[ShardResult]  # already complete, or not in the manifest
+
+
+def _plan(manifest: Manifest, config: DownloadConfig, store: Store) -> _Plan:
     names = config.selection.apply(manifest.rows)
-    rows = [manifest.rows[n] for n in names if n in manifest.rows]
-    missing = [
-        ShardResult(n, "no_link", detail="the manifest has no row for it")
-        for n in names
-        if n not in manifest.rows
-    ]
-    return rows, missing
+    pending: list[ManifestRow] = []
+    settled: list[ShardResult] = []
+    for name in names:
+        row = manifest.rows.get(name)
+        if row is None:
+            settled.append(ShardResult(name, "no_link", detail="the manifest has no row for it"))
+        elif (done := _already_complete(store, row)) is not None:
+            settled.append(done)
+        else:
+            pending.append(row)
+    return _Plan(names, pending, settled)
 
 
 async def check_run_space(
@@ -154,12 +163,10 @@ async def check_run_space(
 
     ``--workers`` runs this once in the parent, so the shares cannot over-commit the disk.
     """
-    manifest = read_manifest(config.links)
     store = Store(config.root).ensure()
-    rows, _ = _plan(manifest, config)
-    pending = [row for row in rows if _already_complete(store, row) is None]
+    plan = _plan(read_manifest(config.links), config, store)
     async with make_client(config.timeout, transport=transport) as client:
-        return await _check_space(client, store, pending, config.jobs, clock)
+        return await _check_space(client, store, plan.pending, config.jobs, clock)
 
 
 async def run_downloads(
@@ -183,15 +190,12 @@ async def run_downloads(
     checks = load_checksum_lists(config.checksums) if config.checksums else ChecksumList({})
     store = Store(config.root).ensure()
     store.remember_manifest(config.links.read_text(encoding="utf-8"))
-    rows, results = _plan(manifest, config)
-    pending = []
-    for row in rows:
-        done = _already_complete(store, row)
-        if done is None:
-            pending.append(row)
-        else:
-            results.append(done)
+    plan = _plan(manifest, config, store)
+    results = list(plan.settled)
+    for done in plan.settled:
+        if done.status == "present":
             sink.finished(done)
+    pending = plan.pending
     claims: dict[str, Claim] = {}
     async with make_client(config.timeout, transport=transport) as client:
         try:
@@ -216,7 +220,7 @@ async def run_downloads(
                 claim.release()
             with contextlib.suppress(OSError):
                 store.write_checksum_file()
-    order = {n: i for i, n in enumerate(config.selection.apply(manifest.rows))}
+    order = {n: i for i, n in enumerate(plan.names)}
     results.sort(key=lambda r: order.get(r.name, len(order)))
     return DownloadReport(results, manifest.expiry_window(), needed, manifest.warnings)
 
