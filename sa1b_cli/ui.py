@@ -80,6 +80,13 @@ def render_expiry(window: tuple[datetime, datetime] | None, *, now: float) -> Te
     return Text(f"links expire {first:%Y-%m-%d %H:%M} UTC ({format_left(left)} left)", style=style)
 
 
+def _titled_table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
 def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, "red"))
 
@@ -219,9 +226,7 @@ class PlainSink:
 
 
 def results_table(results: Iterable[ShardResult]) -> Table:
-    table = Table(title="shards that need attention", title_justify="left")
-    for column in ("shard", "status", "have", "detail"):
-        table.add_column(column)
+    table = _titled_table("shards that need attention", "shard", "status", "have", "detail")
     for r in results:
         have = format_bytes(r.bytes_done) + (f" / {format_bytes(r.size)}" if r.size else "")
         table.add_row(r.name, status_text(r.status), have, Text(r.detail or ""))
@@ -330,9 +335,7 @@ def print_status(console: Console, states: list[ShardState], *, root: Path) -> N
             highlight=False,
         )
         return
-    table = Table(title=f"sa1b root {root}", title_justify="left")
-    for column in ("shard", "state", "have", "detail"):
-        table.add_column(column)
+    table = _titled_table(f"sa1b root {escape(str(root))}", "shard", "state", "have", "detail")
     for s in states:
         if s.state == "missing":
             continue
@@ -391,9 +394,7 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
             highlight=False,
         )
         return
-    table = Table(title="verify", title_justify="left")
-    for column in ("shard", "status", "size", "checks", "first problem"):
-        table.add_column(column)
+    table = _titled_table("verify", "shard", "status", "size", "checks", "first problem")
     for r in report.results:
         size = format_bytes(r.size) if r.size is not None else "-"
         table.add_row(r.name, status_text(r.status), size, " ".join(r.checks), Text(r.detail or ""))
@@ -467,9 +468,7 @@ def print_extract_report(console: Console, report: ExtractReport, *, out: Path) 
     )
     troubled = [r for r in report.results if not r.ok or r.refused]
     if troubled:
-        table = Table(title="shards that need attention", title_justify="left")
-        for column in ("shard", "status", "detail"):
-            table.add_column(column)
+        table = _titled_table("shards that need attention", "shard", "status", "detail")
         for r in troubled:
             table.add_row(r.name, status_text(r.status), Text(r.detail or ""))
         console.print(table)
