@@ -145,12 +145,10 @@ def extract_shards(
     chosen = list(names) if names is not None else config.selection.apply(store.known_names())
     extractor = Extractor(config, sink)
     try:
-        sink_total = sum(s for n in chosen if (s := _size(store.final_path(n))) is not None)
-        extractor.sink.planned(sink_total)
-        for name in chosen:
-            size = _size(store.final_path(name))
-            if size is not None:
-                extractor.sink.started(name, size, 0)
+        sizes = {n: s for n in chosen if (s := _size(store.final_path(n))) is not None}
+        extractor.sink.planned(sum(sizes.values()))
+        for name, size in sizes.items():
+            extractor.sink.started(name, size, 0)
         results = _collect(extractor, {extractor.submit(n): n for n in chosen})
     finally:
         extractor.close()
