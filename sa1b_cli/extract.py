@@ -346,9 +346,13 @@ def _delete_tar(store: Store, name: str) -> None:
     store.final_path(name).unlink(missing_ok=True)
 
 
-def write_overall_index(out: Path) -> Path:
-    """<out>/index.csv: every shard's index with a shard column (derived, rebuilt each run)."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_overall_index(out: Path) -> Path | None:
+    """<out>/index.csv: every shard's index with a shard column (derived, rebuilt each run).
+
+    None when nothing was ever extracted there: a run that extracted nothing creates nothing.
+    """
+    if not out.is_dir():
+        return None
     lines = ["shard," + ",".join(INDEX_FIELDS)]
     folder = out / "index"
     for path in sorted(folder.glob("sa_*.csv")) if folder.is_dir() else []:

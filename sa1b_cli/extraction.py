@@ -154,7 +154,7 @@ def extract_shards(
         extractor.close()
     order = {n: i for i, n in enumerate(chosen)}
     results.sort(key=lambda r: order.get(r.name, 0))
-    index = write_overall_index(config.out_dir) if config.out_dir.is_dir() else None
+    index = write_overall_index(config.out_dir)
     full = [r for r in results if r.status == "no_space"]
     if full:
         msg = f"the disk is full: {', '.join(r.name for r in full)} could not be extracted"
