@@ -55,16 +55,14 @@ def make_client(
 
 def _already_complete(store: Store, row: ManifestRow) -> ShardResult | None:
     record = store.read(row.file_name)
-    final = store.final_path(row.file_name)
-    if record is None or record.status != "complete" or record.size is None:
+    try:
+        final_size: int | None = store.final_path(row.file_name).stat().st_size
+    except FileNotFoundError:
+        final_size = None
+    if record is None or record.size is None or not record.is_done(final_size):
         return None
     if record.tar_deleted:  # extracted with --delete-tar: done, not to be fetched again
         return ShardResult(row.file_name, "present", size=record.size, detail="tar deleted")
-    try:
-        if final.stat().st_size != record.size:
-            return None
-    except FileNotFoundError:
-        return None
     return ShardResult(
         row.file_name,
         "present",

@@ -62,10 +62,10 @@ def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -
         final = sizes.get(name)
         expected = record.expected_size if record else None
         holder = holders.get(name)
-        if record and record.status == "complete" and record.tar_deleted:
+        if record and record.is_done(final) and record.tar_deleted:
             state = ShardState(name, "complete", 0, record.size, "tar deleted after extraction")
-        elif record and record.status == "complete" and final is not None and final == record.size:
-            state = ShardState(name, "complete", final, record.size)
+        elif record and record.is_done(final):
+            state = ShardState(name, "complete", final or 0, record.size)
         elif record and record.status == "bad":
             state = ShardState(name, "bad", final or 0, record.size, record.detail)
         elif holder is not None:

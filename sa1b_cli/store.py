@@ -50,6 +50,12 @@ class Record:
     def with_(self, **changes: Any) -> Record:
         return replace(self, **changes)
 
+    def is_done(self, final_size: int | None) -> bool:
+        """Complete and still whole on disk (or extracted and its tar deleted on purpose)."""
+        if self.status != "complete":
+            return False
+        return self.tar_deleted or (final_size is not None and final_size == self.size)
+
 
 def _tmp_name(path: Path) -> Path:
     unique = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
