@@ -512,15 +512,9 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show each shard's state on the root: missing, partial (%), complete, failed, expired."""
-    store = Store(root)
-    known = set(store.records())
-    remembered = store.remembered_manifest()
-    if remembered is not None:
-        known |= set(read_manifest(remembered).rows)
-    names = _selection(subset, shards, part).apply(known)
-    from sa1b_cli.status import root_status
+    from sa1b_cli.status import selected_status
 
-    states = root_status(store, names)
+    states = selected_status(Store(root), _selection(subset, shards, part))
     if as_json:
         _emit_json(
             {

@@ -8,9 +8,11 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from sa1b_cli.claims import is_stale, read_claim
+from sa1b_cli.manifest import read_manifest
+from sa1b_cli.selection import Selection
 from sa1b_cli.store import Store
 
-__all__ = ["ShardState", "StateName", "root_status"]
+__all__ = ["ShardState", "StateName", "root_status", "selected_status"]
 
 StateName = Literal["missing", "partial", "complete", "failed", "expired", "bad", "active"]
 
@@ -48,6 +50,15 @@ def _holders(store: Store, stale_after: float) -> dict[str, str]:
             if holder is not None and not is_stale(holder, now, stale_after):
                 found[entry.name.removesuffix(".claim")] = holder.describe()
     return found
+
+
+def selected_status(store: Store, selection: Selection) -> list[ShardState]:
+    """The state of the selected shards among those recorded or in the remembered manifest."""
+    known = set(store.records())
+    remembered = store.remembered_manifest()
+    if remembered is not None:
+        known |= set(read_manifest(remembered).rows)
+    return root_status(store, selection.apply(known))
 
 
 def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -> list[ShardState]:
