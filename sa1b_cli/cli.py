@@ -21,20 +21,26 @@ from rich.console import Console
 from rich.text import Text
 
 from sa1b_cli import __version__, ui
-from sa1b_cli.config import DEFAULT_JOBS, DEFAULT_ROOT, DownloadConfig, parse_rate, resolve_links
-from sa1b_cli.errors import Sa1bError, UsageError
-from sa1b_cli.events import NullSink, ProgressSink
-from sa1b_cli.extract import ExtractConfig, Layout, Only
-from sa1b_cli.manifest import read_manifest, redact_text
-from sa1b_cli.results import download_exit_code
-from sa1b_cli.selection import Selection, parse_selection
-from sa1b_cli.store import Store
+from sa1b_cli.core.config import (
+    DEFAULT_JOBS,
+    DEFAULT_ROOT,
+    DownloadConfig,
+    parse_rate,
+    resolve_links,
+)
+from sa1b_cli.core.errors import Sa1bError, UsageError
+from sa1b_cli.core.events import NullSink, ProgressSink
+from sa1b_cli.core.manifest import read_manifest, redact_text
+from sa1b_cli.core.results import download_exit_code
+from sa1b_cli.core.selection import Selection, parse_selection
+from sa1b_cli.core.store import Store
+from sa1b_cli.extract.shard import ExtractConfig, Layout, Only
 
 __all__ = ["app", "main"]
 
 if TYPE_CHECKING:
-    from sa1b_cli.engine import DownloadReport
-    from sa1b_cli.extraction import ExtractReport
+    from sa1b_cli.download.engine import DownloadReport
+    from sa1b_cli.extract.pool import ExtractReport
 
 # Each command imports its own engine: `verify` never loads httpx, `download` never numpy.
 T = TypeVar("T")
@@ -308,7 +314,7 @@ def _run_download(
     config: DownloadConfig, xconfig: ExtractConfig | None, workers: int, sink: ProgressSink
 ) -> tuple[DownloadReport, ExtractReport | None]:
     """One process with an event loop, or several; extraction pipelined when asked for."""
-    from sa1b_cli.engine import run_downloads
+    from sa1b_cli.download.engine import run_downloads
     from sa1b_cli.pipeline import download_and_extract
 
     if workers > 1:
@@ -412,7 +418,7 @@ def verify(
     if algo not in ("md5", "sha256", "xxh128"):
         msg = f"--algo {algo!r}: use md5, sha256 or xxh128"
         raise UsageError(msg, hint="For example --algo md5.")
-    from sa1b_cli.verify import VerifyConfig, verify_shards
+    from sa1b_cli.verify.layers import VerifyConfig, verify_shards
 
     config = VerifyConfig(
         root=root,
@@ -486,7 +492,7 @@ def extract(
     Each shard appears whole or not at all; run it again to skip finished shards and
     redo interrupted ones.
     """
-    from sa1b_cli.extraction import extract_shards
+    from sa1b_cli.extract.pool import extract_shards
 
     config = _extract_config(
         root, _selection(subset, shards, part), out_dir, layout, only, jobs, delete_tar
@@ -512,7 +518,7 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show each shard's state on the root: missing, partial (%), complete, failed, expired."""
-    from sa1b_cli.status import selected_status
+    from sa1b_cli.core.status import selected_status
 
     states = selected_status(Store(root), _selection(subset, shards, part))
     if as_json:

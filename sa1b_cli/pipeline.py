@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sa1b_cli.config import DownloadConfig
-from sa1b_cli.engine import DownloadReport, run_downloads
-from sa1b_cli.events import ProgressSink
-from sa1b_cli.extract import ExtractConfig, ExtractResult, write_overall_index
-from sa1b_cli.extraction import Extractor, ExtractReport
-from sa1b_cli.results import ShardResult
+from sa1b_cli.core.config import DownloadConfig
+from sa1b_cli.core.events import ProgressSink
+from sa1b_cli.core.results import ShardResult
+from sa1b_cli.download.engine import DownloadReport, run_downloads
+from sa1b_cli.extract.pool import Extractor, ExtractReport
+from sa1b_cli.extract.shard import ExtractConfig, ExtractResult, write_overall_index
 
 __all__ = ["download_and_extract"]
 

@@ -25,15 +25,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from sa1b_cli.events import Outcome
-from sa1b_cli.manifest import Manifest, redact_url
-from sa1b_cli.results import ShardResult
-from sa1b_cli.status import ShardState
+from sa1b_cli.core.events import Outcome
+from sa1b_cli.core.manifest import Manifest, redact_url
+from sa1b_cli.core.results import ShardResult
+from sa1b_cli.core.status import ShardState
 
 if TYPE_CHECKING:
-    from sa1b_cli.engine import DownloadReport
-    from sa1b_cli.extraction import ExtractReport
-    from sa1b_cli.verify import VerifyReport
+    from sa1b_cli.download.engine import DownloadReport
+    from sa1b_cli.extract.pool import ExtractReport
+    from sa1b_cli.verify.layers import VerifyReport
 
 __all__ = ["PlainSink", "RichSink", "format_bytes", "format_left", "render_expiry"]
 

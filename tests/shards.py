@@ -11,8 +11,8 @@ from pathlib import Path
 import xxhash
 from isal import igzip
 
+from sa1b_cli.core.store import Record, Store
 from sa1b_cli.devtools.synth import annotation_json, jpeg_bytes
-from sa1b_cli.store import Record, Store
 
 W, H = 96, 64
 

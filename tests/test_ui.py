@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from rich.console import Console
 
 from sa1b_cli import ui
-from sa1b_cli.engine import DownloadReport
-from sa1b_cli.results import ShardResult
+from sa1b_cli.core.results import ShardResult
+from sa1b_cli.download.engine import DownloadReport
 
 
 def console() -> tuple[Console, io.StringIO]:

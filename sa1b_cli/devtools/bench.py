@@ -395,7 +395,7 @@ def bench_verify_10gib(work: Path, big: list[Path]) -> dict[str, object]:
 
 def bench_status(work: Path) -> dict[str, object]:
     """`sa1b status` on a root holding records for all 1000 shards."""
-    from sa1b_cli.store import Record, Store
+    from sa1b_cli.core.store import Record, Store
 
     store = Store(work / "status-root").ensure()
     for k in range(1000):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sa1b_cli.checksums import load_checksum_lists, parse_checksum_text, parse_hash
-from sa1b_cli.errors import ChecksumFileError
+from sa1b_cli.core.checksums import load_checksum_lists, parse_checksum_text, parse_hash
+from sa1b_cli.core.errors import ChecksumFileError
 
 MD5 = "0123456789abcdef0123456789abcdef"
 SHA = "ab" * 32

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from sa1b_cli.checksums import ALGORITHMS, Hasher
+from sa1b_cli.core.checksums import ALGORITHMS, Hasher
 
 __all__ = ["PartFile"]
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from sa1b_cli.claims import try_claim
-from sa1b_cli.config import DownloadConfig, parse_rate
-from sa1b_cli.engine import run_downloads
-from sa1b_cli.errors import NotEnoughSpaceError, UsageError
-from sa1b_cli.events import NullSink
-from sa1b_cli.ratelimit import RateLimiter
-from sa1b_cli.selection import Selection
-from sa1b_cli.store import Store
+from sa1b_cli.core.claims import try_claim
+from sa1b_cli.core.config import DownloadConfig, parse_rate
+from sa1b_cli.core.errors import NotEnoughSpaceError, UsageError
+from sa1b_cli.core.events import NullSink
+from sa1b_cli.core.selection import Selection
+from sa1b_cli.core.store import Store
+from sa1b_cli.download.engine import run_downloads
+from sa1b_cli.download.ratelimit import RateLimiter
 from tests.fakecdn import FakeCDN, StallingStream, url_for
 
 NAMES = ["sa_000000.tar", "sa_000001.tar", "sa_000002.tar"]
@@ -168,7 +168,7 @@ async def test_max_rate_paces_the_whole_run(tmp_path, cdn, payload):
 
 
 async def test_run_space_check_covers_the_whole_selection(tmp_path, cdn, payload, monkeypatch):
-    from sa1b_cli.engine import check_run_space
+    from sa1b_cli.download.engine import check_run_space
 
     write_links(tmp_path, NAMES)
     assert await check_run_space(config(tmp_path), transport=cdn.transport()) == 3 * len(payload)

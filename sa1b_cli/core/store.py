@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from sa1b_cli.checksums import RECORD_ALGORITHM, format_gnu_line
-from sa1b_cli.errors import DiskFullError, RootError
+from sa1b_cli.core.checksums import RECORD_ALGORITHM, format_gnu_line
+from sa1b_cli.core.errors import DiskFullError, RootError
 
 __all__ = ["Record", "RecordStatus", "Store", "atomic_write_bytes", "atomic_write_text"]
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sa1b_cli.claims import Claim, ClaimHolder, read_claim, try_claim
+from sa1b_cli.core.claims import Claim, ClaimHolder, read_claim, try_claim
 
 
 def test_second_claim_sees_the_live_holder(tmp_path: Path):
@@ -67,7 +67,7 @@ def test_a_racing_taker_does_not_steal_a_fresh_claim(tmp_path: Path):
     stale_view = read_claim(path)
     winner = try_claim(path, stale_after=60)  # takes it over
     assert isinstance(winner, Claim)
-    from sa1b_cli.claims import _take_over
+    from sa1b_cli.core.claims import _take_over
 
     _take_over(path, stale_view, "late")  # a second taker acting on its old, stale view
     assert read_claim(path).token == winner.token  # type: ignore[union-attr]

@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from sa1b_cli.claims import is_stale, read_claim
-from sa1b_cli.manifest import read_manifest
-from sa1b_cli.selection import Selection
-from sa1b_cli.store import Store
+from sa1b_cli.core.claims import is_stale, read_claim
+from sa1b_cli.core.manifest import read_manifest
+from sa1b_cli.core.selection import Selection
+from sa1b_cli.core.store import Store
 
 __all__ = ["ShardState", "StateName", "root_status", "selected_status"]
 

@@ -15,20 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sa1b_cli.archive import ArchiveError, Member, Refusal, iter_members, member_id, open_shard
-from sa1b_cli.checksums import (
+from sa1b_cli.core.archive import ArchiveError, Member, Refusal, iter_members, member_id, open_shard
+from sa1b_cli.core.checksums import (
     ALGORITHMS,
     RECORD_ALGORITHM,
     ChecksumList,
     Hasher,
     format_gnu_line,
 )
-from sa1b_cli.checksums import load_checksum_lists as load_lists
-from sa1b_cli.content import ImageCheck, PairInput, check_batch, jpeg_size
-from sa1b_cli.events import NullSink, ProgressSink
-from sa1b_cli.procs import die_with_parent
-from sa1b_cli.selection import Selection
-from sa1b_cli.store import Record, Store, atomic_write_text
+from sa1b_cli.core.checksums import load_checksum_lists as load_lists
+from sa1b_cli.core.events import NullSink, ProgressSink
+from sa1b_cli.core.procs import die_with_parent
+from sa1b_cli.core.selection import Selection
+from sa1b_cli.core.store import Record, Store, atomic_write_text
+from sa1b_cli.verify.content import ImageCheck, PairInput, check_batch, jpeg_size
 
 __all__ = ["VerifyConfig", "VerifyReport", "VerifyResult", "VerifyStatus", "verify_shards"]
 

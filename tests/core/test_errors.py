@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sa1b_cli.errors import DiskFullError, ManifestError, Sa1bError, UsageError
+from sa1b_cli.core.errors import DiskFullError, ManifestError, Sa1bError, UsageError
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sa1b_cli.errors import ManifestError, UsageError
-from sa1b_cli.selection import Selection
+from sa1b_cli.core.errors import ManifestError, UsageError
+from sa1b_cli.core.selection import Selection
 
 __all__ = [
     "DEFAULT_JOBS",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sa1b_cli.errors import SlurmEnvError, UsageError
-from sa1b_cli.selection import Part, parse_part, parse_selection, select
+from sa1b_cli.core.errors import SlurmEnvError, UsageError
+from sa1b_cli.core.selection import Part, parse_part, parse_selection, select
 
 ALL = [f"sa_{i:06d}.tar" for i in range(1000)] + ["sa_images_ids.txt"]
 

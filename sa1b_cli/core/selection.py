@@ -8,8 +8,8 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sa1b_cli.errors import SlurmEnvError, UsageError
-from sa1b_cli.manifest import SHARD_COUNT, shard_index, shard_name
+from sa1b_cli.core.errors import SlurmEnvError, UsageError
+from sa1b_cli.core.manifest import SHARD_COUNT, shard_index, shard_name
 
 __all__ = ["Part", "Selection", "parse_part", "parse_selection", "part_of", "select"]
 

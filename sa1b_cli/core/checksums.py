@@ -12,7 +12,7 @@ from typing import Protocol
 
 import xxhash
 
-from sa1b_cli.errors import ChecksumFileError
+from sa1b_cli.core.errors import ChecksumFileError
 
 __all__ = [
     "ALGORITHMS",

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sa1b_cli.errors import ManifestError
-from sa1b_cli.manifest import expiry_of, object_path, parse_manifest, redact_url
+from sa1b_cli.core.errors import ManifestError
+from sa1b_cli.core.manifest import expiry_of, object_path, parse_manifest, redact_url
 
 URL = "https://scontent.xx.fbcdn.net/m1/v/t6/An_{n}.tar?_nc_gid&ccb=10-5&oh=00_SIG{n}&oe=6A1B2C3D&_nc_sid=0fdd"
 
@@ -89,7 +89,7 @@ def test_expiry_redaction_and_object_path():
 
 
 def test_redact_text_hides_queries_inside_free_text():
-    from sa1b_cli.manifest import redact_text
+    from sa1b_cli.core.manifest import redact_text
 
     message = f"Request failed for '{URL.format(n=3)}' after 3 tries"
     shown = redact_text(message)

@@ -21,15 +21,15 @@ from typing import Any
 
 import httpx
 
-from sa1b_cli.checksums import RECORD_ALGORITHM
-from sa1b_cli.claims import Claim
-from sa1b_cli.errors import DiskFullError
-from sa1b_cli.events import NullSink, ProgressSink
-from sa1b_cli.manifest import ManifestRow, object_path, redact_text
-from sa1b_cli.partfile import PartFile, is_disk_full
-from sa1b_cli.ratelimit import RateLimiter
-from sa1b_cli.results import DownloadStatus, ShardResult
-from sa1b_cli.store import Record, RecordStatus, Store
+from sa1b_cli.core.checksums import RECORD_ALGORITHM
+from sa1b_cli.core.claims import Claim
+from sa1b_cli.core.errors import DiskFullError
+from sa1b_cli.core.events import NullSink, ProgressSink
+from sa1b_cli.core.manifest import ManifestRow, object_path, redact_text
+from sa1b_cli.core.results import DownloadStatus, ShardResult
+from sa1b_cli.core.store import Record, RecordStatus, Store
+from sa1b_cli.download.partfile import PartFile, is_disk_full
+from sa1b_cli.download.ratelimit import RateLimiter
 
 __all__ = ["TransferContext", "TransferSettings", "fetch_shard", "retry_after_seconds"]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sa1b_cli.extract import ExtractConfig, extract_one, marker_path, needed_bytes
-from sa1b_cli.extraction import extract_shards
-from sa1b_cli.selection import Selection
-from sa1b_cli.store import Store
+from sa1b_cli.core.selection import Selection
+from sa1b_cli.core.store import Store
+from sa1b_cli.extract.pool import extract_shards
+from sa1b_cli.extract.shard import ExtractConfig, extract_one, marker_path, needed_bytes
 from tests.shards import good_pair, install, tar_bytes
 
 NAME = "sa_000000.tar"
@@ -190,7 +190,7 @@ def test_no_space_is_refused_before_writing_and_raised_for_the_run(store, monkey
     import shutil
     from collections import namedtuple
 
-    from sa1b_cli.errors import DiskFullError
+    from sa1b_cli.core.errors import DiskFullError
 
     install(store, NAME, shard(1, 2))
     usage = namedtuple("usage", "total used free")

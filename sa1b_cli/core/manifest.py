@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from sa1b_cli.errors import ManifestError
+from sa1b_cli.core.errors import ManifestError
 
 __all__ = [
     "SHARD_COUNT",

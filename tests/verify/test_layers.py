@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sa1b_cli.selection import Selection
-from sa1b_cli.store import Store
-from sa1b_cli.verify import VerifyConfig, VerifyResult, verify_shards
+from sa1b_cli.core.selection import Selection
+from sa1b_cli.core.store import Store
+from sa1b_cli.verify.layers import VerifyConfig, VerifyResult, verify_shards
 from tests.shards import edit_json, good_pair, install, tar_bytes
 
 NAME = "sa_000000.tar"

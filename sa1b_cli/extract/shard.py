@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sa1b_cli.archive import (
+from sa1b_cli.core.archive import (
     GZIP_MAGIC,
     ArchiveError,
     Member,
@@ -38,8 +38,8 @@ from sa1b_cli.archive import (
     member_id,
     open_shard,
 )
-from sa1b_cli.selection import Selection
-from sa1b_cli.store import Store, atomic_write_text
+from sa1b_cli.core.selection import Selection
+from sa1b_cli.core.store import Store, atomic_write_text
 
 __all__ = [
     "ExtractConfig",

@@ -15,12 +15,18 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from sa1b_cli.claims import Claim, try_claim
-from sa1b_cli.errors import DiskFullError
-from sa1b_cli.events import NullSink, ProgressSink
-from sa1b_cli.extract import ExtractConfig, ExtractResult, extract_one, stem, write_overall_index
-from sa1b_cli.procs import die_with_parent
-from sa1b_cli.store import Store
+from sa1b_cli.core.claims import Claim, try_claim
+from sa1b_cli.core.errors import DiskFullError
+from sa1b_cli.core.events import NullSink, ProgressSink
+from sa1b_cli.core.procs import die_with_parent
+from sa1b_cli.core.store import Store
+from sa1b_cli.extract.shard import (
+    ExtractConfig,
+    ExtractResult,
+    extract_one,
+    stem,
+    write_overall_index,
+)
 
 __all__ = ["ExtractReport", "Extractor", "extract_shards"]
 

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from isal import igzip_threaded
 
-from sa1b_cli.checksums import Hasher
+from sa1b_cli.core.checksums import Hasher
 
 __all__ = [
     "ArchiveError",

@@ -12,9 +12,14 @@ import httpx
 import pytest
 import xxhash
 
-from sa1b_cli.manifest import ManifestRow, expiry_of
-from sa1b_cli.store import Record, RecordStatus, Store
-from sa1b_cli.transfer import TransferContext, TransferSettings, fetch_shard, retry_after_seconds
+from sa1b_cli.core.manifest import ManifestRow, expiry_of
+from sa1b_cli.core.store import Record, RecordStatus, Store
+from sa1b_cli.download.transfer import (
+    TransferContext,
+    TransferSettings,
+    fetch_shard,
+    retry_after_seconds,
+)
 from tests.fakecdn import FakeCDN, url_for
 
 NAME = "sa_000001.tar"
@@ -245,7 +250,7 @@ def test_retry_after_parses_seconds_and_dates():
 
 
 async def test_a_lost_claim_stops_the_shard_without_touching_it(store, payload):
-    from sa1b_cli.claims import Claim, try_claim
+    from sa1b_cli.core.claims import Claim, try_claim
 
     claim = try_claim(store.claims / f"{NAME}.claim")
     assert isinstance(claim, Claim)

@@ -14,16 +14,16 @@ from typing import Any
 import httpx
 
 from sa1b_cli import __version__
-from sa1b_cli.checksums import ChecksumList, load_checksum_lists
-from sa1b_cli.claims import Claim, try_claim
-from sa1b_cli.config import SPACE_MARGIN, DownloadConfig
-from sa1b_cli.errors import NotEnoughSpaceError, Sa1bError
-from sa1b_cli.events import NullSink, ProgressSink
-from sa1b_cli.manifest import Manifest, ManifestRow, object_path, read_manifest
-from sa1b_cli.ratelimit import RateLimiter
-from sa1b_cli.results import ShardResult
-from sa1b_cli.store import Store
-from sa1b_cli.transfer import TransferContext, TransferSettings, fetch_shard
+from sa1b_cli.core.checksums import ChecksumList, load_checksum_lists
+from sa1b_cli.core.claims import Claim, try_claim
+from sa1b_cli.core.config import SPACE_MARGIN, DownloadConfig
+from sa1b_cli.core.errors import NotEnoughSpaceError, Sa1bError
+from sa1b_cli.core.events import NullSink, ProgressSink
+from sa1b_cli.core.manifest import Manifest, ManifestRow, object_path, read_manifest
+from sa1b_cli.core.results import ShardResult
+from sa1b_cli.core.store import Store
+from sa1b_cli.download.ratelimit import RateLimiter
+from sa1b_cli.download.transfer import TransferContext, TransferSettings, fetch_shard
 
 __all__ = ["DownloadReport", "check_run_space", "make_client", "run_downloads"]
 
