@@ -1,10 +1,15 @@
-"""Everything people see (with cli.py the only rich module): live progress, tables, summaries."""
+"""Everything people see (with cli.py the only rich module): live progress, tables, summaries.
+
+Units: sizes and rates are binary everywhere (KiB, MiB, GiB; MiB/s), on screen and in the
+``--json`` field names (``*_mib_s``); byte counts in JSON are plain bytes.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +25,6 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -35,7 +39,15 @@ if TYPE_CHECKING:
     from sa1b_cli.extract.pool import ExtractReport
     from sa1b_cli.verify.layers import VerifyReport
 
-__all__ = ["PlainSink", "RichSink", "format_bytes", "format_left", "render_expiry"]
+__all__ = [
+    "PlainSink",
+    "RichSink",
+    "download_json",
+    "format_bytes",
+    "format_duration",
+    "format_left",
+    "render_expiry",
+]
 
 STATUS_STYLE = {
     "downloaded": "green",
@@ -61,14 +73,21 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def format_left(seconds: float) -> str:
-    if seconds <= 0:
-        return "expired"
+def format_duration(seconds: float) -> str:
+    """``93784`` -> ``"1d 2h"``; ``150`` -> ``"0h 2m"``; ``42`` -> ``"42s"``."""
+    seconds = abs(seconds)
     if seconds < 60:
         return f"{int(seconds)}s"
     days, rest = divmod(int(seconds), 86400)
     hours, rest = divmod(rest, 3600)
     return f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m"
+
+
+def format_left(seconds: float) -> str:
+    """Time until an expiry: ``"2d 0h left"``, or ``"expired 3d 4h ago"`` once it has passed."""
+    if seconds <= 0:
+        return f"expired {format_duration(seconds)} ago"
+    return f"{format_duration(seconds)} left"
 
 
 def render_expiry(window: tuple[datetime, datetime] | None, *, now: float) -> Text:
@@ -77,7 +96,7 @@ def render_expiry(window: tuple[datetime, datetime] | None, *, now: float) -> Te
     first = window[0]
     left = first.timestamp() - now
     style = "red" if left <= 0 else "yellow" if left < 3 * 86400 else "green"
-    return Text(f"links expire {first:%Y-%m-%d %H:%M} UTC ({format_left(left)} left)", style=style)
+    return Text(f"links expire {first:%Y-%m-%d %H:%M} UTC ({format_left(left)})", style=style)
 
 
 def _titled_table(title: str, *columns: str) -> Table:
@@ -96,6 +115,16 @@ class StatusColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         return Text(str(task.fields.get("note", ""))[:48], style="dim")
+
+
+class SpeedColumn(ProgressColumn):
+    """Transfer speed in the same binary units as every other figure (rich's column is decimal)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(
+            "?" if speed is None else f"{format_bytes(speed)}/s", style="progress.data.speed"
+        )
 
 
 class _ExpiryProgress(Progress):
@@ -125,8 +154,8 @@ class RichSink:
         self.progress = _ExpiryProgress(
             TextColumn("{task.description:>16}"),
             BarColumn(bar_width=28),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            DownloadColumn(binary_units=True),
+            SpeedColumn(),
             TimeRemainingColumn(),
             StatusColumn(),
             console=console,
@@ -280,10 +309,7 @@ def print_manifest_summary(console: Console, summary: dict[str, Any]) -> None:
         style = "red" if summary["seconds_left"] <= 0 else "green"
         table.add_row(
             "expires",
-            Text(
-                f"{summary['expires_first']} ({left} left); latest {summary['expires_last']}",
-                style=style,
-            ),
+            Text(f"{summary['expires_first']} ({left}); latest {summary['expires_last']}", style),
         )
     console.print(table)
     for warning in summary["warnings"]:
@@ -298,6 +324,17 @@ def print_manifest_summary(console: Console, summary: dict[str, Any]) -> None:
 # -- download summary ----------------------------------------------------------------------
 
 
+def download_json(report: DownloadReport, code: int, elapsed: float) -> dict[str, Any]:
+    return {
+        "command": "download",
+        "exit_code": code,
+        "elapsed_seconds": round(elapsed, 3),
+        "bytes_fetched": sum(r.bytes_fetched for r in report.results),
+        "links_expire": report.expiry[0].isoformat() if report.expiry else None,
+        "shards": [{**asdict(r), "digests": dict(r.digests)} for r in report.results],
+    }
+
+
 def print_download_summary(console: Console, report: DownloadReport, *, elapsed: float) -> None:
     counts = Counter(r.status for r in report.results)
     fetched = sum(r.bytes_fetched for r in report.results)
@@ -309,10 +346,8 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
         highlight=False,
     )
     troubled = [r for r in report.results if not r.ok]
-    if troubled:
-        console.print(results_table(troubled))
     expired = [r for r in troubled if r.status == "expired"]
-    if expired:
+    if expired:  # the advice once, above the table, not in every row
         when = min((r.expired_at for r in expired if r.expired_at), default=None)
         shown = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
         console.print(
@@ -321,6 +356,8 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
             "run: [bold]sa1b download --links NEW_MANIFEST[/] with the same options.",
             highlight=False,
         )
+    if troubled:
+        console.print(results_table(troubled))
     if counts.get("interrupted"):
         console.print("[yellow]Interrupted.[/] Run the same command again to continue.")
 
@@ -329,12 +366,6 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
 
 
 def print_status(console: Console, states: list[ShardState], *, root: Path) -> None:
-    if not states:
-        console.print(
-            f"nothing here yet: {escape(str(root))} holds no shards; run sa1b download to start",
-            highlight=False,
-        )
-        return
     table = _titled_table(f"sa1b root {escape(str(root))}", "shard", "state", "have", "detail")
     for s in states:
         if s.state == "missing":
@@ -366,7 +397,7 @@ def verify_json(report: VerifyReport) -> dict[str, Any]:
         "command": "verify",
         "exit_code": report.exit_code,
         "seconds": round(report.seconds, 3),
-        "throughput_mb_s": round(read / 1e6 / report.seconds, 1) if report.seconds else None,
+        "throughput_mib_s": round(read / 2**20 / report.seconds, 1) if report.seconds else None,
         "images_per_s": round(images / report.seconds, 1) if report.seconds else None,
         "exported": str(report.exported) if report.exported else None,
         "shards": [
@@ -402,7 +433,7 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
     counts = Counter(r.status for r in report.results)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     payload = verify_json(report)
-    speed = f"{payload['throughput_mb_s']} MB/s" if payload["throughput_mb_s"] else ""
+    speed = f"{payload['throughput_mib_s']} MiB/s" if payload["throughput_mib_s"] else ""
     if deep and payload["images_per_s"]:
         speed += f", {payload['images_per_s']} images/s"
     console.print(

@@ -45,3 +45,42 @@ def test_expiry_header_and_time_left():
     assert "expired" in ui.render_expiry((when, when), now=when.timestamp() + 1).plain
     assert "2d 0h left" in ui.render_expiry((when, when), now=when.timestamp() - 2 * 86400).plain
     assert ui.format_bytes(1536) == "1.5 KiB"
+
+
+def test_an_expired_manifest_says_how_long_ago():
+    when = datetime(2026, 2, 14, 4, 3, tzinfo=UTC)
+    assert ui.format_left(-(3 * 86400 + 4 * 3600)) == "expired 3d 4h ago"
+    assert ui.format_left(90) == "0h 1m left"
+    header = ui.render_expiry((when, when), now=when.timestamp() + 2 * 86400).plain
+    assert "expired 2d 0h ago" in header and "left" not in header
+
+
+def test_expired_advice_is_said_once_above_the_table():
+    out, buffer = console()
+    when = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    results = [
+        ShardResult(
+            f"sa_00000{k}.tar",
+            "expired",
+            detail="link expired (its 'oe' time has passed); 0 bytes kept",
+            hint="Get a fresh manifest",
+            expired_at=when,
+        )
+        for k in range(3)
+    ]
+    ui.print_download_summary(out, DownloadReport(results, None), elapsed=1.0)
+    text = buffer.getvalue()
+    assert text.count("fresh manifest") == 1
+    assert text.index("fresh manifest") < text.index("sa_000000.tar")
+    assert text.count("link expired") == 3
+
+
+def test_units_are_binary_on_screen_and_in_json(tmp_path):
+    from sa1b_cli.verify import VerifyReport, VerifyResult
+
+    report = VerifyReport([VerifyResult("sa_000000.tar", "ok", size=2**30)], seconds=2.0)
+    payload = ui.verify_json(report)
+    assert payload["throughput_mib_s"] == 512.0
+    out, buffer = console()
+    ui.print_verify_report(out, report, deep=False)
+    assert "512.0 MiB/s" in buffer.getvalue() and "1.0 GiB" in buffer.getvalue()

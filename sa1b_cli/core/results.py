@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-__all__ = ["DownloadStatus", "ShardResult", "download_exit_code"]
+__all__ = ["EXPIRED_HINT", "DownloadStatus", "ShardResult", "download_exit_code"]
 
 DownloadStatus = Literal[
     "downloaded",  # fetched (or finished) in this run and checked
@@ -19,6 +19,7 @@ DownloadStatus = Literal[
     "no_link",  # selected, but the manifest has no row for it
 ]
 GOOD_DOWNLOAD = frozenset({"downloaded", "present"})
+EXPIRED_HINT = "Get a fresh manifest from Meta's SA-1B page and run again with --links NEW"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,8 @@ class ShardResult:
     size: int | None = None
     bytes_fetched: int = 0
     digests: tuple[tuple[str, str], ...] = ()
-    detail: str | None = None  # for people; never holds a signed query
+    detail: str | None = None  # what happened, for people; never holds a signed query
+    hint: str | None = None  # what to do next
     expired_at: datetime | None = None
 
     @property

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import socket
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -58,7 +57,7 @@ class Record:
 
 
 def _tmp_name(path: Path) -> Path:
-    unique = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+    unique = f"{socket.gethostname()}.{os.getpid()}.{os.urandom(4).hex()}"
     return path.with_name(f".{path.name}.{unique}")
 
 

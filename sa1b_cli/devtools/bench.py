@@ -285,7 +285,7 @@ def bench_verify(root: Path, names: list[str], deep_root: Path) -> dict[str, obj
         ).stdout
     )
     report: dict[str, object] = {
-        "sa1b_GB/s_excluding_startup": round(inside["throughput_mb_s"] / 1000, 2),
+        "sa1b_GB/s_excluding_startup": round(inside["throughput_mib_s"] * 2**20 / 1e9, 2),
         "xxhsum_GB/s": round(total / 1e9 / xxh.seconds, 2),
         "sa1b_GB/s": round(total / 1e9 / ours.seconds, 2),
         "ratio_sa1b_throughput_vs_xxhsum": round(xxh.seconds / ours.seconds, 3),
@@ -310,7 +310,7 @@ def bench_verify(root: Path, names: list[str], deep_root: Path) -> dict[str, obj
         )
         data = json.loads(out.stdout)
         report[f"deep_jobs{jobs}"] = {
-            "MB/s": data["throughput_mb_s"],
+            "MiB/s": data["throughput_mib_s"],
             "images/s": data["images_per_s"],
             "status": data["shards"][0]["status"],
         }

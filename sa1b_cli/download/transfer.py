@@ -26,7 +26,7 @@ from sa1b_cli.core.claims import Claim
 from sa1b_cli.core.errors import DiskFullError
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.manifest import ManifestRow, object_path, redact_text
-from sa1b_cli.core.results import DownloadStatus, ShardResult
+from sa1b_cli.core.results import EXPIRED_HINT, DownloadStatus, ShardResult
 from sa1b_cli.core.store import Record, RecordStatus, Store
 from sa1b_cli.download.partfile import PartFile, is_disk_full
 from sa1b_cli.download.ratelimit import RateLimiter
@@ -144,11 +144,8 @@ class _Job:
     def _expired(self, why: str) -> _Stop:
         when = self.row.expires_at
         shown = when.strftime("%Y-%m-%d %H:%M UTC") if when else "an unknown time"
-        detail = (
-            f"link expired ({why}, expiry {shown}); {self.part.size:,} bytes kept. "
-            "Get a fresh manifest from Meta's SA-1B page and run again with --links NEW"
-        )
-        return _Stop(self._result("expired", detail, expired_at=when))
+        detail = f"link expired ({why}, expiry {shown}); {self.part.size:,} bytes kept"
+        return _Stop(self._result("expired", detail, expired_at=when, hint=EXPIRED_HINT))
 
     # -- the loop ------------------------------------------------------------------------
 

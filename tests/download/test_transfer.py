@@ -155,7 +155,7 @@ async def test_403_expired_stops_at_once_and_keeps_bytes(store, payload):
     assert result.status == "expired"
     assert len(cdn.seen) == 2 and len(sleeps.calls) == 1  # no retry spent on the 403
     assert store.part_path(NAME).stat().st_size == 100000
-    assert "fresh manifest" in (result.detail or "")
+    assert "fresh manifest" in (result.hint or "")
     assert "SECRETSIG" not in (result.detail or "")
 
 

@@ -140,7 +140,7 @@ def test_expired_links_stop_then_a_fresh_manifest_continues(big_site: Site):
     )
     assert code == 1
     (shard,) = report["shards"]
-    assert shard["status"] == "expired" and "fresh manifest" in shard["detail"]
+    assert shard["status"] == "expired" and "fresh manifest" in shard["hint"]
     kept = (site.root / "tars" / f"{name}.part").stat().st_size
     assert kept > 0
     done = site.run("download", "--shards", "0", "--root", str(site.root), "--links", str(old))

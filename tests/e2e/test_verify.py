@@ -35,7 +35,7 @@ def test_corrupt_shard_fails_verify_and_is_fetched_again(site: Site):
     code, report = site.run_json("verify", "--root", root, "--deep", "--jobs", "2")
     assert code == 0, report
     assert {s["status"] for s in report["shards"]} == {"ok"}
-    assert report["images_per_s"] > 0 and report["throughput_mb_s"] > 0
+    assert report["images_per_s"] > 0 and report["throughput_mib_s"] > 0
     assert sum(s["images"] for s in report["shards"]) == 18
 
 
