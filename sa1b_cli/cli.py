@@ -23,6 +23,7 @@ import typer
 
 from sa1b_cli import __version__
 from sa1b_cli.core.config import (
+    DEFAULT_CONNECTIONS,
     DEFAULT_JOBS,
     DEFAULT_ROOT,
     DownloadConfig,
@@ -39,6 +40,7 @@ from sa1b_cli.options import (
     DEFAULT_VERIFY_JOBS,
     AlgoOpt,
     ChecksumsOpt,
+    ConnectionsOpt,
     DecodeOpt,
     DeepOpt,
     DeleteTarOpt,
@@ -49,6 +51,7 @@ from sa1b_cli.options import (
     LayoutOpt,
     LinksOpt,
     ManifestArg,
+    NoSplitOpt,
     OnlyOpt,
     OutOpt,
     PartOpt,
@@ -212,6 +215,8 @@ def download(
     shards: ShardsOpt = None,
     part: PartOpt = None,
     jobs: JobsOpt = DEFAULT_JOBS,
+    connections: ConnectionsOpt = DEFAULT_CONNECTIONS,
+    no_split: NoSplitOpt = False,
     max_rate: RateOpt = None,
     timeout: TimeoutOpt = 30.0,
     workers: WorkersOpt = 1,
@@ -239,6 +244,8 @@ def download(
         checksums=tuple(checksums or ()),
         max_rate=parse_rate(max_rate),
         timeout=timeout,
+        connections=connections,
+        split=not no_split,
     )
     xconfig = _extract_config(
         root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar

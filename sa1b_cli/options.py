@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_VERIFY_JOBS",
     "AlgoOpt",
     "ChecksumsOpt",
+    "ConnectionsOpt",
     "DecodeOpt",
     "DeepOpt",
     "DeleteTarOpt",
@@ -22,6 +23,7 @@ __all__ = [
     "LayoutOpt",
     "LinksOpt",
     "ManifestArg",
+    "NoSplitOpt",
     "OnlyOpt",
     "OutOpt",
     "PartOpt",
@@ -96,6 +98,25 @@ JobsOpt = Annotated[
         envvar="SA1B_JOBS",
         rich_help_panel=NETWORK,
         help="Shards downloaded at once.",
+    ),
+]
+ConnectionsOpt = Annotated[
+    int,
+    typer.Option(
+        "--connections",
+        min=1,
+        max=256,
+        envvar="SA1B_CONNECTIONS",
+        rich_help_panel=NETWORK,
+        help="Ceiling on connections in all. sa1b adds them while throughput still rises.",
+    ),
+]
+NoSplitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-split",
+        rich_help_panel=NETWORK,
+        help="One connection per shard: never split a shard into parallel ranges.",
     ),
 ]
 RateOpt = Annotated[

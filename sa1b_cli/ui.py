@@ -132,8 +132,11 @@ class _ExpiryProgress(Progress):
 
     expiry: datetime | None = None
     total_task: TaskID | None = None
+    connections: int | None = None
 
     def get_renderables(self) -> Iterable[RenderableType]:
+        if self.connections is not None:
+            yield Text(f"connections: {self.connections}", style="dim")
         if self.expiry is not None:
             header = render_expiry((self.expiry, self.expiry), now=time.time())
             if self.total_task is not None:
@@ -200,6 +203,9 @@ class RichSink:
         if task is not None:
             self.progress.update(task, note=text)
 
+    def connections(self, count: int) -> None:
+        self.progress.connections = count
+
     def finished(self, result: Outcome) -> None:
         task = self.tasks.pop(result.name, None)
         if task is not None:
@@ -218,6 +224,7 @@ class PlainSink:
         self.console = console
         self.every = every
         self.done = 0
+        self.links = 0
         self.started_at = time.monotonic()
         self.last = self.started_at
 
@@ -243,11 +250,16 @@ class PlainSink:
             self.last = now
             rate = self.done / max(now - self.started_at, 1e-9)
             self.console.print(
-                f"progress: {format_bytes(self.done)} at {format_bytes(rate)}/s", highlight=False
+                f"progress: {format_bytes(self.done)} at {format_bytes(rate)}/s"
+                f" over {self.links} connection(s)",
+                highlight=False,
             )
 
     def note(self, name: str, text: str) -> None:
         self.console.print(f"{name}: {text}", highlight=False, markup=False)
+
+    def connections(self, count: int) -> None:
+        self.links = count
 
     def finished(self, result: Outcome) -> None:
         detail = f" ({result.detail})" if result.detail else ""
@@ -331,6 +343,7 @@ def download_json(report: DownloadReport, code: int, elapsed: float) -> dict[str
         "elapsed_seconds": round(elapsed, 3),
         "bytes_fetched": sum(r.bytes_fetched for r in report.results),
         "links_expire": report.expiry[0].isoformat() if report.expiry else None,
+        "connections_peak": report.connections_peak,
         "shards": [{**asdict(r), "digests": dict(r.digests)} for r in report.results],
     }
 
@@ -358,6 +371,14 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
         )
     if troubled:
         console.print(results_table(troubled))
+    fell_back = [r for r in report.results if r.fallback]
+    if fell_back:
+        names = ", ".join(r.name for r in fell_back)
+        console.print(
+            f"[yellow]{len(fell_back)} shard(s) fell back to one connection[/] ({names}): "
+            f"{escape(fell_back[0].fallback or '')}",
+            highlight=False,
+        )
     if counts.get("interrupted"):
         console.print("[yellow]Interrupted.[/] Run the same command again to continue.")
 

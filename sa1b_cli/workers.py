@@ -68,6 +68,9 @@ class QueueSink:
         self._flush()
         self.events.put(("finished", result))  # results are plain dataclasses: they pickle
 
+    def connections(self, count: int) -> None:
+        self.events.put(("connections", os.getpid(), count))
+
 
 def split_selection(config: DownloadConfig, workers: int) -> list[DownloadConfig]:
     """Balanced shares of what ``config`` selects, one per worker (round robin in shard order)."""
@@ -106,10 +109,15 @@ def _work(config: DownloadConfig, xconfig: ExtractConfig | None) -> WorkerResult
     return asyncio.run(_worker_main(config, xconfig))
 
 
-def _replay(sink: ProgressSink, event: tuple[Any, ...], pids: set[int]) -> None:
+def _replay(
+    sink: ProgressSink, event: tuple[Any, ...], pids: set[int], links: dict[int, int]
+) -> None:
     kind = event[0]
     if kind == "pid":
         pids.add(event[1])
+    elif kind == "connections":  # each process counts its own; the display shows the sum
+        links[event[1]] = event[2]
+        sink.connections(sum(links.values()))
     elif kind == "planned":
         sink.planned(event[1])
     elif kind == "started":
@@ -161,6 +169,7 @@ def _pump_until_done(
     futures: list[Future[WorkerResult]], events: Any, sink: ProgressSink, stop: Callable[[], bool]
 ) -> None:
     pids: set[int] = set()
+    links: dict[int, int] = {}
     asked = False
     while not all(f.done() for f in futures) or not events.empty():
         if stop() and not asked:
@@ -169,7 +178,7 @@ def _pump_until_done(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
         try:
-            _replay(sink, events.get(timeout=0.1), pids)
+            _replay(sink, events.get(timeout=0.1), pids, links)
         except queue.Empty:
             continue
 
@@ -179,4 +188,5 @@ def _merge(reports: list[DownloadReport]) -> DownloadReport:
     windows = [r.expiry for r in reports if r.expiry is not None]
     expiry = (min(w[0] for w in windows), max(w[1] for w in windows)) if windows else None
     warnings = reports[0].warnings if reports else ()
-    return DownloadReport(results, expiry, sum(r.bytes_to_fetch for r in reports), warnings)
+    peak = sum(r.connections_peak for r in reports)  # an upper bound: peaks need not coincide
+    return DownloadReport(results, expiry, sum(r.bytes_to_fetch for r in reports), warnings, peak)

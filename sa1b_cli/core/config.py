@@ -11,6 +11,7 @@ from sa1b_cli.core.errors import ManifestError, UsageError
 from sa1b_cli.core.selection import Selection
 
 __all__ = [
+    "DEFAULT_CONNECTIONS",
     "DEFAULT_JOBS",
     "DEFAULT_LINKS",
     "DEFAULT_ROOT",
@@ -22,6 +23,7 @@ __all__ = [
 DEFAULT_ROOT = Path("sa1b")
 DEFAULT_LINKS = Path("links/segment_anything_links.txt")
 DEFAULT_JOBS = 4
+DEFAULT_CONNECTIONS = 64
 SPACE_MARGIN = 256 << 20  # leave room for records, indexes and the filesystem itself
 
 
@@ -37,6 +39,8 @@ class DownloadConfig:
     max_attempts: int = 8
     check_space: bool = True
     stale_after: float = 120.0
+    connections: int = DEFAULT_CONNECTIONS  # ceiling on connections in all
+    split: bool = True  # several Range connections per shard when the link has room
 
 
 def resolve_links(given: Path | None, root: Path) -> Path:

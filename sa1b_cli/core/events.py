@@ -28,6 +28,8 @@ class ProgressSink(Protocol):
     def advanced(self, name: str, nbytes: int) -> None: ...
     def note(self, name: str, text: str) -> None: ...
     def finished(self, result: Outcome) -> None: ...
+    def connections(self, count: int) -> None:
+        """How many connections the run holds now (downloads only)."""
 
 
 class NullSink:
@@ -46,4 +48,7 @@ class NullSink:
         pass
 
     def finished(self, result: Outcome) -> None:
+        pass
+
+    def connections(self, count: int) -> None:
         pass

@@ -35,6 +35,8 @@ class ShardResult:
     detail: str | None = None  # what happened, for people; never holds a signed query
     hint: str | None = None  # what to do next
     expired_at: datetime | None = None
+    connections: int = 0  # the most connections this shard used at once in this run
+    fallback: str | None = None  # why the server's answers forced one connection, if they did
 
     @property
     def ok(self) -> bool:

@@ -70,6 +70,8 @@ def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -
     for name in names:
         record = records.get(name)
         part = sizes.get(f"{name}.part")
+        if part is not None and record is not None and record.spans is not None:
+            part = record.kept_bytes()  # parallel ranges: the file's size is not the progress
         final = sizes.get(name)
         expected = record.expected_size if record else None
         holder = holders.get(name)

@@ -40,7 +40,8 @@ class Record:
     size: int | None = None
     digests: dict[str, str] = field(default_factory=dict)
     object_path: str | None = None
-    durable_bytes: int = 0
+    durable_bytes: int = 0  # fsync'ed bytes from byte 0 without a gap
+    spans: list[list[int]] | None = None  # every fsync'ed [start, end) range (parallel ranges)
     detail: str | None = None
     updated: float = 0.0
     host: str | None = None
@@ -48,6 +49,12 @@ class Record:
 
     def with_(self, **changes: Any) -> Record:
         return replace(self, **changes)
+
+    def kept_bytes(self) -> int:
+        """Bytes of the partial download proven durable (parallel ranges counted too)."""
+        if self.spans is None:
+            return self.durable_bytes
+        return sum(end - start for start, end in self.spans)
 
     def is_done(self, final_size: int | None) -> bool:
         """Complete and still whole on disk (or extracted and its tar deleted on purpose)."""

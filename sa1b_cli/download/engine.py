@@ -7,13 +7,12 @@ import contextlib
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import httpx
 
-from sa1b_cli import __version__
 from sa1b_cli.core.checksums import ChecksumList, load_checksum_lists
 from sa1b_cli.core.claims import Claim, try_claim
 from sa1b_cli.core.config import SPACE_MARGIN, DownloadConfig
@@ -21,11 +20,14 @@ from sa1b_cli.core.errors import NotEnoughSpaceError, Sa1bError
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.manifest import Manifest, ManifestRow, object_path, read_manifest
 from sa1b_cli.core.results import ShardResult
-from sa1b_cli.core.store import Store
+from sa1b_cli.core.store import Record, Store
+from sa1b_cli.download.client import make_client
+from sa1b_cli.download.controller import ConnectionController, ControllerSettings
+from sa1b_cli.download.ledger import kept_spans
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.transfer import TransferContext, TransferSettings, fetch_shard
 
-__all__ = ["DownloadReport", "check_run_space", "make_client", "run_downloads"]
+__all__ = ["DownloadReport", "check_run_space", "run_downloads"]
 
 HEARTBEAT_SECONDS = 10.0
 OnComplete = Callable[[ShardResult], Coroutine[Any, Any, None]]
@@ -37,20 +39,7 @@ class DownloadReport:
     expiry: tuple[datetime, datetime] | None
     bytes_to_fetch: int = 0
     warnings: tuple[str, ...] = ()
-
-
-def make_client(
-    timeout: float, *, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    # read timeout = stall timeout: a connection that delivers nothing for that long is dropped.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
-    return httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
-        limits=limits,
-        follow_redirects=True,
-        headers={"User-Agent": f"sa1b/{__version__}"},
-    )
+    connections_peak: int = 0  # the most connections the run held at once
 
 
 def _already_complete(store: Store, row: ManifestRow) -> ShardResult | None:
@@ -86,30 +75,41 @@ async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> int | None
     return None
 
 
-async def _check_space(
+def _same_object(store: Store, row: ManifestRow) -> Record | None:
+    record = store.read(row.file_name)
+    return record if record and record.object_path == object_path(row.url) else None
+
+
+async def _sizes(
     client: httpx.AsyncClient,
     store: Store,
     rows: list[ManifestRow],
     jobs: int,
     clock: Callable[[], float],
-) -> int:
-    """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit."""
+) -> dict[str, int | None]:
+    """Each file's total size, from its record or a one-byte probe (parallel ranges need it)."""
     gate = asyncio.Semaphore(max(jobs, 8))
 
-    async def remaining(row: ManifestRow) -> int:
-        record = store.read(row.file_name)
-        total = (
-            record.expected_size if record and record.object_path == object_path(row.url) else None
-        )
+    async def size(row: ManifestRow) -> int | None:
+        record = _same_object(store, row)
+        if record is not None and record.expected_size is not None:
+            return record.expected_size
         expired = row.expires_at is not None and row.expires_at.timestamp() <= clock()
-        if total is None and not expired:  # never send a request on an expired link
-            async with gate:
-                total = await _probe_size(client, row)
-        part = store.part_path(row.file_name)
-        have = part.stat().st_size if part.exists() else 0
-        return max(0, (total or 0) - have)
+        if expired:  # never send a request on an expired link
+            return None
+        async with gate:
+            return await _probe_size(client, row)
 
-    needed = sum(await asyncio.gather(*(remaining(r) for r in rows)))
+    found = await asyncio.gather(*(size(r) for r in rows))
+    return {row.file_name: total for row, total in zip(rows, found, strict=True)}
+
+
+def _check_space(store: Store, rows: list[ManifestRow], sizes: dict[str, int | None]) -> int:
+    """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit."""
+    needed = 0
+    for row in rows:
+        have = kept_spans(_same_object(store, row)).total()
+        needed += max(0, (sizes.get(row.file_name) or 0) - have)
     free = shutil.disk_usage(store.tars).free
     margin = min(SPACE_MARGIN, needed // 50)  # records, indexes, filesystem slack
     if needed + margin > free:
@@ -164,7 +164,8 @@ async def check_run_space(
     store = Store(config.root).ensure()
     plan = _plan(read_manifest(config.links), config, store)
     async with make_client(config.timeout, transport=transport) as client:
-        return await _check_space(client, store, plan.pending, config.jobs, clock)
+        sizes = await _sizes(client, store, plan.pending, config.jobs, clock)
+    return _check_space(store, plan.pending, sizes)
 
 
 async def run_downloads(
@@ -195,24 +196,20 @@ async def run_downloads(
             sink.finished(done)
     pending = plan.pending
     claims: dict[str, Claim] = {}
+    peak = [0]
     async with make_client(config.timeout, transport=transport) as client:
         try:
-            needed = (
-                await _check_space(client, store, pending, config.jobs, clock)
-                if config.check_space
-                else 0
-            )
+            sizes = await _sizes(client, store, pending, config.jobs, clock)
+            needed = _check_space(store, pending, sizes) if config.check_space else 0
             sink.planned(needed)
-            ctx = TransferContext(
-                client,
-                TransferSettings(stall_timeout=config.timeout, max_attempts=config.max_attempts),
-                sink=sink,
-                sleep=sleep,
-                wall_clock=clock,
-                limiter=RateLimiter(config.max_rate, sleep=sleep) if config.max_rate else None,
-            )
-            hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after)
-            results.extend(await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks))
+            ctx = _context(config, client, sink=sink, sleep=sleep, clock=clock)
+            hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after, sizes)
+            try:
+                results.extend(
+                    await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks)
+                )
+            finally:
+                peak[0] = ctx.controller.peak_active
         finally:
             for claim in claims.values():
                 claim.release()
@@ -220,7 +217,34 @@ async def run_downloads(
                 store.write_checksum_file()
     order = {n: i for i, n in enumerate(plan.names)}
     results.sort(key=lambda r: order.get(r.name, len(order)))
-    return DownloadReport(results, manifest.expiry_window(), needed, manifest.warnings)
+    return DownloadReport(results, manifest.expiry_window(), needed, manifest.warnings, peak[0])
+
+
+def _context(
+    config: DownloadConfig,
+    client: httpx.AsyncClient,
+    *,
+    sink: ProgressSink,
+    sleep: Callable[[float], Awaitable[None]],
+    clock: Callable[[], float],
+) -> TransferContext:
+    settings = TransferSettings(
+        stall_timeout=config.timeout, max_attempts=config.max_attempts, split=config.split
+    )
+    ceiling = config.connections
+    controller = ConnectionController(
+        ControllerSettings(ceiling=ceiling, initial=min(ceiling, max(config.jobs, 8)))
+    )
+    limiter = RateLimiter(config.max_rate, sleep=sleep) if config.max_rate else None
+    return TransferContext(
+        client,
+        settings,
+        sink=sink,
+        sleep=sleep,
+        wall_clock=clock,
+        limiter=limiter,
+        controller=controller,
+    )
 
 
 async def _run_pool(
@@ -249,7 +273,8 @@ async def _run_pool(
                 continue
             claims[row.file_name] = claim
             try:
-                result = await _fetch_claimed(ctx, store, row, checks, claim)
+                size = hooks.sizes.get(row.file_name)
+                result = await _fetch_claimed(ctx, store, row, checks, claim, size)
             except Sa1bError as exc:  # a run-level error such as a full disk
                 failures.append(exc)
                 hooks.stop.set()
@@ -266,6 +291,7 @@ async def _run_pool(
     side = [
         asyncio.create_task(_heartbeat(claims, asyncio.sleep)),  # a timer, not a retry wait
         asyncio.create_task(_cancel_when(hooks.stop, tasks)),
+        asyncio.create_task(_measure(ctx)),
     ]
     try:
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -290,14 +316,31 @@ def _claim_or_busy(store: Store, name: str, stale_after: float) -> Claim | Shard
 
 
 async def _fetch_claimed(
-    ctx: TransferContext, store: Store, row: ManifestRow, checks: ChecksumList, claim: Claim
+    ctx: TransferContext,
+    store: Store,
+    row: ManifestRow,
+    checks: ChecksumList,
+    claim: Claim,
+    size: int | None,
 ) -> ShardResult:
     # Another process may have finished it between our plan and our claim.
     done = _already_complete(store, row)
     if done is not None:
         return done
     expected = dict(checks.expected(row.file_name))
-    return await fetch_shard(row, store, ctx, expected=expected, claim=claim)
+    return await fetch_shard(row, store, ctx, expected=expected, claim=claim, size_hint=size)
+
+
+async def _measure(ctx: TransferContext) -> None:
+    """The controller's clock: one measurement a tick, and the live count to the display."""
+    controller = ctx.controller
+    shown = -1
+    while True:
+        await asyncio.sleep(controller.settings.interval)  # a timer, not a retry wait
+        controller.tick()
+        if controller.active != shown:
+            shown = controller.active
+            ctx.sink.connections(shown)
 
 
 async def _cancel_when(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
@@ -307,10 +350,12 @@ async def _cancel_when(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> 
 
 
 def _interrupted(store: Store, row: ManifestRow) -> ShardResult:
-    part = store.part_path(row.file_name)
-    size = part.stat().st_size if part.exists() else 0
-    detail = "interrupted; partial bytes kept, run the same command to continue"
-    return ShardResult(row.file_name, "interrupted", bytes_done=size, detail=detail)
+    kept = kept_spans(_same_object(store, row)).total()
+    if kept:
+        detail = "interrupted; partial bytes kept, run the same command to continue"
+    else:
+        detail = "interrupted before any byte was kept; run the same command to fetch it"
+    return ShardResult(row.file_name, "interrupted", bytes_done=kept, detail=detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,3 +363,4 @@ class _Hooks:
     stop: asyncio.Event
     after: OnComplete | None = None
     stale_after: float = 120.0
+    sizes: dict[str, int | None] = field(default_factory=dict)

@@ -1,4 +1,13 @@
-"""The ``.part`` file of one shard: append, hash while writing, checkpoint, reset."""
+"""The ``.part`` file of one shard: blocks written at their offsets, digests computed in order.
+
+Several connections may write one file at once, each at its own offset. The digests (xxh3
+and any --checksums algorithm) cannot be combined from pieces, so they advance along a
+frontier: a block that lands exactly at the frontier is hashed from memory in the same
+thread call that writes it (the one-connection case: no second read at all); blocks ahead
+of it are written only, and are hashed when the frontier reaches them, read back moments
+after they were written (from the page cache; the window is a few pieces). One hashing
+operation runs at a time, so the digests always see bytes in file order.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +19,24 @@ from pathlib import Path
 from types import TracebackType
 
 from sa1b_cli.core.checksums import ALGORITHMS, Hasher
+from sa1b_cli.download.spans import SpanSet
 
-__all__ = ["PartFile"]
+__all__ = ["PartFile", "is_disk_full"]
 
-_REHASH_BLOCK = 8 << 20
+_REHASH_BLOCK = 4 << 20
 
 
-def _update_all(hashers: Iterable[Hasher], block: bytes) -> None:
+def _update_all(hashers: Iterable[Hasher], block: bytes | memoryview) -> None:
     for hasher in hashers:
         hasher.update(block)
 
 
-def _write_and_hash(fd: int, chunks: list[bytes], hashers: Iterable[Hasher]) -> None:
-    """One writev per block (no join copy), then the digests of exactly those bytes."""
+def _write_at(fd: int, offset: int, chunks: list[bytes], hashers: Iterable[Hasher]) -> None:
+    """One pwritev per block (no join copy), then the digests of exactly those bytes."""
     pending = chunks
     while pending:
-        written = os.writev(fd, pending)
+        written = os.pwritev(fd, pending, offset)
+        offset += written
         while pending and written >= len(pending[0]):
             written -= len(pending[0])
             pending = pending[1:]
@@ -35,80 +46,142 @@ def _write_and_hash(fd: int, chunks: list[bytes], hashers: Iterable[Hasher]) -> 
         _update_all(hashers, chunk)
 
 
-class PartFile:
-    """Bytes received so far, with the digests of exactly those bytes.
+def _hash_range(fd: int, start: int, end: int, hashers: Iterable[Hasher]) -> None:
+    buffer = bytearray(min(_REHASH_BLOCK, max(1, end - start)))
+    view = memoryview(buffer)
+    pos = start
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(buffer), end - pos)]], pos)
+        if n <= 0:
+            msg = f"the part file ends at {pos:,} while bytes up to {end:,} were written"
+            raise OSError(errno.EIO, msg)
+        _update_all(hashers, view[:n])
+        pos += n
 
-    One block at a time is written (and hashed) by a worker thread while the next one
-    arrives from the network; every operation that needs the bytes on disk drains it.
-    """
+
+class PartFile:
+    """Bytes received so far, written at their offsets, with the digests of the prefix."""
 
     def __init__(self, path: Path, algorithms: Iterable[str]) -> None:
         self.path = path
         self.algorithms = tuple(dict.fromkeys(algorithms))
-        self.size = 0  # bytes written or being written
+        self.written = SpanSet()  # bytes whose write has finished
+        self.received = 0  # bytes written or being written, for progress and checkpoints
+        self.hashed = 0  # bytes [0, hashed) fed, or being fed, to the hashers
         self.hashers: dict[str, Hasher] = {}
         self._fd: int | None = None
-        self._pending: asyncio.Future[None] | None = None
+        self._writes: set[asyncio.Future[None]] = set()
+        self._hashing: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
 
-    async def open(self, *, keep: int) -> PartFile:
-        """Open, keeping the first ``keep`` bytes (the last durable checkpoint) and hashing them."""
+    async def open(self, *, keep: SpanSet) -> PartFile:
+        """Open, trusting only ``keep`` (the last durable checkpoint) and hashing its prefix."""
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         current = os.fstat(self._fd).st_size
+        self.written = keep.clipped(current)
         # Bytes past the last fsync'ed checkpoint may be garbage after a power cut.
-        self.size = min(keep, current)
-        os.ftruncate(self._fd, self.size)
-        os.lseek(self._fd, self.size, os.SEEK_SET)
-        self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
-        if self.size:
-            await asyncio.to_thread(self._rehash_prefix)
+        end = max((e for _, e in self.written), default=0)
+        os.ftruncate(self._fd, end)
+        self.received = self.written.total()
+        self._new_hashers()
+        prefix = self.written.prefix()
+        if prefix:
+            await asyncio.to_thread(_hash_range, self._fd, 0, prefix, self.hashers.values())
+        self.hashed = prefix
         return self
 
-    def _rehash_prefix(self) -> None:
-        with open(self.path, "rb") as handle:
-            remaining = self.size
-            while remaining:
-                block = handle.read(min(_REHASH_BLOCK, remaining))
-                if not block:
-                    break
-                _update_all(self.hashers.values(), block)
-                remaining -= len(block)
+    def _new_hashers(self) -> None:
+        self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
 
-    async def append(self, chunks: list[bytes]) -> None:
-        """Queue a block behind the previous one; errors surface at the next drain."""
+    def write_at(self, offset: int, chunks: list[bytes]) -> asyncio.Future[None]:
+        """Start writing a block at ``offset``; await the result before the writer's next block."""
         assert self._fd is not None
-        await self.drain()
-        hashers = list(self.hashers.values())
-        self._pending = asyncio.ensure_future(
-            asyncio.to_thread(_write_and_hash, self._fd, chunks, hashers)
+        size = sum(len(c) for c in chunks)
+        hashers: list[Hasher] = []
+        if offset == self.hashed and self._hashing is None:
+            hashers = list(self.hashers.values())  # at the frontier: hash from memory
+            self.hashed = offset + size
+        future = asyncio.ensure_future(self._write(offset, chunks, size, hashers))
+        if hashers:
+            self._hashing = future
+        self._writes.add(future)
+        future.add_done_callback(self._writes.discard)
+        self.received += size
+        return future
+
+    async def _write(
+        self, offset: int, chunks: list[bytes], size: int, hashers: list[Hasher]
+    ) -> None:
+        fd = self._fd
+        assert fd is not None
+        try:
+            await asyncio.to_thread(_write_at, fd, offset, chunks, hashers)
+        finally:
+            if hashers:
+                self._hashing = None
+        self.written.add(offset, offset + size)
+        self._advance()
+
+    def _advance(self) -> None:
+        """Hash the written bytes that now follow the frontier (one read-back at a time)."""
+        if self._hashing is not None or self._fd is None or self._error is not None:
+            return
+        start = self.hashed
+        if not self.written.covers(start, start + 1):
+            return
+        end = next(e for s, e in self.written if s <= start < e)
+        self.hashed = end
+        task = asyncio.ensure_future(
+            asyncio.to_thread(_hash_range, self._fd, start, end, list(self.hashers.values()))
         )
-        self.size += sum(len(c) for c in chunks)
+        self._hashing = task
+        task.add_done_callback(self._hashed)
+
+    def _hashed(self, task: asyncio.Future[None]) -> None:
+        self._hashing = None
+        if not task.cancelled() and task.exception() is not None:
+            self._error = task.exception()
+            return
+        self._advance()
 
     async def drain(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
+        """Wait for every block in flight; raises the first write error (ENOSPC, EIO...)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes))
 
-    async def sync(self) -> None:
+    async def _settle(self) -> None:
+        await self.drain()
+        while self._hashing is not None:
+            await asyncio.shield(self._hashing)
+        if self._error is not None:
+            raise self._error
+
+    async def sync(self) -> SpanSet:
+        """fsync, and return the spans that are now durable."""
         assert self._fd is not None
         await self.drain()
+        durable = self.written.copy()
         await asyncio.to_thread(os.fsync, self._fd)
+        return durable
 
     async def reset(self) -> None:
         """Drop every byte: the server ignored our Range or the content was wrong."""
         assert self._fd is not None
-        await self.drain()
+        await self._settle()
         os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        self.size = 0
-        self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
+        self.written = SpanSet()
+        self.received = 0
+        self.hashed = 0
+        self._new_hashers()
 
     async def digests(self) -> dict[str, str]:
-        await self.drain()
+        """The digests of the whole written prefix."""
+        await self._settle()
         return {alg: hasher.hexdigest() for alg, hasher in self.hashers.items()}
 
     async def close(self) -> None:
         try:
-            await self.drain()
+            await self._settle()
         finally:
             if self._fd is not None:
                 os.close(self._fd)

@@ -1,21 +1,22 @@
-"""One shard's transfer: the resume state machine, retries, expiry, finalise.
+"""One shard's transfer: one connection or several parallel Range segments, retries, expiry.
 
-Rules (DESIGN.md section 3): append only after a 206 whose Content-Range starts at
-our size and whose total is the expected size; a 200 starts over; a 416 is done
-only when the size matches; an expired link stops the shard at once; a final
-name holds only whole, checked bytes (fsync + rename).
+The seams: ``accept`` judges each response before a byte is written (the Range rules),
+``receive`` streams an accepted body into the part file at its offset, and ``ledger``
+makes progress durable (checkpoints, records, finalise). This module decides what to ask
+for next: with a known size and room on the link, the missing ranges are split into
+pieces fetched over several connections (``segments``); otherwise, or once a server
+answers a segment request with anything but the exact 206 asked for, one connection
+resumes from the end of the contiguous prefix (``single``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import os
+import functools
 import random
-import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,39 +26,39 @@ from sa1b_cli.core.checksums import RECORD_ALGORITHM
 from sa1b_cli.core.claims import Claim
 from sa1b_cli.core.errors import DiskFullError
 from sa1b_cli.core.events import NullSink, ProgressSink
-from sa1b_cli.core.manifest import ManifestRow, object_path, redact_text
+from sa1b_cli.core.manifest import ManifestRow, object_path
 from sa1b_cli.core.results import EXPIRED_HINT, DownloadStatus, ShardResult
-from sa1b_cli.core.store import Record, RecordStatus, Store
+from sa1b_cli.core.store import Store
+from sa1b_cli.download.accept import Ask, Verdict, judge, retry_after_seconds
+from sa1b_cli.download.controller import ConnectionController, ControllerSettings
+from sa1b_cli.download.ledger import ClaimLost, Ledger, kept_spans
 from sa1b_cli.download.partfile import PartFile, is_disk_full
+from sa1b_cli.download.pieces import Pieces
 from sa1b_cli.download.ratelimit import RateLimiter
+from sa1b_cli.download.receive import Receiver
 
 __all__ = ["TransferContext", "TransferSettings", "fetch_shard", "retry_after_seconds"]
-
-_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_UNSATISFIED_RE = re.compile(r"bytes\s+\*/(\d+)")
-PROGRESS_EVERY = 256 << 10
-_RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_REJECT_HINTS = {
-    403: "the CDN rejected the link; get a fresh manifest from Meta's SA-1B page",
-    404: "the CDN has no such file; get a fresh manifest",
-}
 
 
 @dataclass(frozen=True, slots=True)
 class TransferSettings:
     stall_timeout: float = 30.0
-    max_attempts: int = 8  # consecutive attempts that deliver no byte
+    max_attempts: int = 8  # consecutive attempts that deliver no byte, per shard
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     retry_after_cap: float = 900.0
     block_size: int = 1 << 20
     checkpoint_bytes: int = 64 << 20
     checkpoint_seconds: float = 2.0
+    split: bool = True  # parallel Range segments when the size is known
+    per_shard: int = 32  # connections one shard may hold at most
+    min_piece: int = 8 << 20
+    max_piece: int = 256 << 20
 
 
 @dataclass(slots=True)
 class TransferContext:
-    """The seams of a transfer: network, clocks, sleep, randomness, progress."""
+    """The seams of a transfer: network, clocks, sleep, randomness, progress, connections."""
 
     client: httpx.AsyncClient
     settings: TransferSettings = field(default_factory=TransferSettings)
@@ -67,17 +68,21 @@ class TransferContext:
     monotonic: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
     limiter: RateLimiter | None = None
+    controller: ConnectionController = field(
+        default_factory=lambda: ConnectionController(ControllerSettings(initial=64))
+    )
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, push: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.push = push  # the server pushed back: fewer connections
 
 
-class _AlreadyWhole(Exception):
-    """A 416 confirmed that every byte is already here."""
+class _Fallback(Exception):
+    """A segment request got something other than the exact 206 asked for."""
 
 
 class _Stop(Exception):
@@ -86,17 +91,7 @@ class _Stop(Exception):
         self.result = result
 
 
-def retry_after_seconds(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - now)
-    return None
+_PUSHBACK_STATUS = frozenset({429, 503})
 
 
 class _Job:
@@ -110,21 +105,29 @@ class _Job:
         *,
         expected: dict[str, str],
         claim: Claim | None,
+        size_hint: int | None,
     ) -> None:
-        self.row = row
-        self.name = row.file_name
-        self.store = store
-        self.ctx = ctx
+        self.row, self.name, self.store, self.ctx = row, row.file_name, store, ctx
         self.expected = expected
-        self.claim = claim
+        self.size_hint = size_hint
+        settings = ctx.settings
         self.part = PartFile(store.part_path(self.name), [RECORD_ALGORITHM, *sorted(expected)])
-        self.expected_size: int | None = None
+        self.ledger = Ledger(
+            store,
+            row,
+            self.part,
+            claim=claim,
+            monotonic=ctx.monotonic,
+            wall_clock=ctx.wall_clock,
+            every_bytes=settings.checkpoint_bytes,
+            every_seconds=settings.checkpoint_seconds,
+        )
+        self.split = settings.split
         self.fetched = 0
-        self.got_bytes = False
-        self._chunks: list[bytes] = []
-        self._unreported = 0
-        self._buffered = 0
-        self._last_checkpoint = (0, 0.0)
+        self.failures = 0
+        self.connections = 0  # the most this shard held at once
+        self.fallback: str | None = None
+        self._holding = 0
 
     # -- results -------------------------------------------------------------------------
 
@@ -134,83 +137,108 @@ class _Job:
         return ShardResult(
             self.name,
             status,
-            bytes_done=self.part.size,
-            size=self.expected_size,
+            bytes_done=self.part.written.total(),
+            size=self.ledger.expected_size,
             bytes_fetched=self.fetched,
             detail=detail,
+            connections=self.connections,
+            fallback=self.fallback,
             **extra,
         )
 
     def _expired(self, why: str) -> _Stop:
         when = self.row.expires_at
         shown = when.strftime("%Y-%m-%d %H:%M UTC") if when else "an unknown time"
-        detail = f"link expired ({why}, expiry {shown}); {self.part.size:,} bytes kept"
+        kept = self.part.written.total()
+        detail = f"link expired ({why}, expiry {shown}); {kept:,} bytes kept"
         return _Stop(self._result("expired", detail, expired_at=when, hint=EXPIRED_HINT))
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- the shard -------------------------------------------------------------------------
 
     async def run(self) -> ShardResult:
         previous = self.store.read(self.name)
-        keep = 0
+        kept = None
         resumable = previous and previous.status in ("partial", "expired", "failed")
         if previous and resumable and previous.object_path == object_path(self.row.url):
-            keep = previous.durable_bytes
-            self.expected_size = previous.expected_size
-        async with await self.part.open(keep=keep):
-            self._last_checkpoint = (self.part.size, self.ctx.monotonic())
+            kept = kept_spans(previous)
+            self.ledger.expected_size = previous.expected_size
+        if self.ledger.expected_size is None:
+            self.ledger.expected_size = self.size_hint
+        async with await self.part.open(keep=kept or kept_spans(None)):
+            self.ledger.begin(self.part.written)
             try:
                 return await self._loop()
+            except ClaimLost:
+                return self._busy()  # the shard is someone else's now: touch nothing
             except _Stop as stop:
-                if stop.result.status == "busy":
-                    return stop.result  # the shard is someone else's now: touch nothing
-                await self._flush()
-                try:
-                    await self._checkpoint(force=True)
-                except _Stop as lost:  # the claim went while we stopped: leave it alone
-                    return lost.result
-                if stop.result.status in ("expired", "failed"):
-                    durable = self._last_checkpoint[0]
-                    self._record(stop.result.status, durable=durable, detail=stop.result.detail)
-                return stop.result
+                return await self._stopped(stop.result)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
-                    await self._flush()  # bytes received but not yet written are good
-                    await self._checkpoint(force=True)
+                    await self.ledger.checkpoint(force=True)  # bytes received are good
                 raise
             except OSError as exc:
                 if is_disk_full(exc):
-                    msg = f"the disk is full while writing {self.part.path.name}"
-                    hint = (
-                        f"{self.part.size:,} bytes of {self.name} were kept up to the last "
-                        "checkpoint. Free some space (or use another --root) and run again."
-                    )
-                    raise DiskFullError(msg, hint=hint) from exc
+                    raise self._disk_full() from exc
                 raise
 
+    def _busy(self) -> ShardResult:
+        return self._result("busy", "another process took over this shard's claim")
+
+    async def _stopped(self, result: ShardResult) -> ShardResult:
+        try:
+            await self.ledger.checkpoint(force=True)
+        except ClaimLost:  # the claim went while we stopped: leave it alone
+            return self._busy()
+        if result.status in ("expired", "failed"):
+            self.ledger.record(result.status, detail=result.detail)
+        return result
+
+    def _disk_full(self) -> DiskFullError:
+        msg = f"the disk is full while writing {self.part.path.name}"
+        hint = (
+            f"{self.ledger.durable.total():,} bytes of {self.name} were kept up to the last "
+            "checkpoint. Free some space (or use another --root) and run again."
+        )
+        return DiskFullError(msg, hint=hint)
+
     async def _loop(self) -> ShardResult:
-        failures, mismatches = 0, 0
+        mismatches = 0
         while True:
-            self._check_expiry()
-            self.got_bytes = False
-            try:
-                await self._attempt()
-            except _AlreadyWhole:
-                pass
-            except _Retry as retry:
-                failures = 1 if self.got_bytes else failures + 1
-                if failures > self.ctx.settings.max_attempts:
-                    detail = f"gave up after {failures - 1} retries: {retry.reason}"
-                    raise _Stop(self._result("failed", detail)) from retry
-                await self._wait_before_retry(failures, retry)
-                continue
-            problem = await self._finalise()
+            await self._fetch_all()
+            problem = await self.ledger.finalise(self.expected)
             if problem is None:
                 digests = tuple(sorted((await self.part.digests()).items()))
                 return self._result("downloaded", digests=digests)
             mismatches += 1
             if mismatches >= 2:
                 raise _Stop(self._result("failed", problem))
-            await self._start_over(f"{problem}; fetching again from scratch")
+            self.ctx.sink.note(self.name, f"{problem}; fetching again from scratch")
+            await self.ledger.start_over()
+
+    async def _fetch_all(self) -> None:
+        """Until every byte is here: segments while the server honours them, else one stream."""
+        size = self.ledger.expected_size
+        if self.split and size is not None and self.part.written.prefix() < size:
+            try:
+                await self._segments(size)
+                return
+            except _Fallback as fallback:
+                self.split = False
+                self.fallback = f"{fallback}; fetched over one connection"
+                self.ctx.sink.note(self.name, self.fallback)
+        async with self._slot() as slot:
+            await self._retrying(self._single, slot)
+
+    # -- connections, retries and expiry --------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, *, acquired: bool = False) -> AsyncIterator[_Slot]:
+        slot = _Slot(self)
+        await slot.take(acquired=acquired)
+        try:
+            yield slot
+        finally:
+            slot.give()
 
     def _check_expiry(self) -> None:
         when = self.row.expires_at
@@ -218,274 +246,228 @@ class _Job:
             msg = "its 'oe' time has passed"
             raise self._expired(msg)
 
-    async def _wait_before_retry(self, failures: int, retry: _Retry) -> None:
+    async def _retrying(self, attempt: Callable[[], Awaitable[None]], slot: _Slot) -> None:
+        """Run ``attempt`` until it succeeds; failures count against the shard's one budget.
+
+        When the server pushes back and the run holds more connections than it now allows,
+        this connection gives its slot up while it waits, and that wait is not a failure.
+        """
+        controller = self.ctx.controller
+        while True:
+            self._check_expiry()
+            before = self.fetched
+            try:
+                await attempt()
+                return
+            except _Retry as retry:
+                if retry.push:
+                    controller.pushback(retry.retry_after)
+                    if controller.over_limit():
+                        slot.give()
+                        await self._wait_before_retry(retry)
+                        await slot.take()
+                        continue
+                # Bytes arriving on any connection renew the shard's budget.
+                self.failures = 1 if self.fetched > before else self.failures + 1
+                if self.failures > self.ctx.settings.max_attempts:
+                    detail = f"gave up after {self.failures - 1} retries: {retry.reason}"
+                    raise _Stop(self._result("failed", detail)) from retry
+                await self._wait_before_retry(retry)
+
+    async def _wait_before_retry(self, retry: _Retry) -> None:
         settings = self.ctx.settings
         if retry.retry_after is not None:
             delay = min(retry.retry_after, settings.retry_after_cap)
         else:
-            ceiling = min(settings.backoff_cap, settings.backoff_base * 2 ** (failures - 1))
+            ceiling = min(settings.backoff_cap, settings.backoff_base * 2 ** (self.failures - 1))
             delay = ceiling * self.ctx.rng.uniform(0.5, 1.0)
-        self.ctx.sink.note(self.name, f"{retry.reason}; retry {failures} in {delay:.1f}s")
-        await self._checkpoint(force=True)
+        self.ctx.sink.note(self.name, f"{retry.reason}; retry {self.failures} in {delay:.1f}s")
+        await self.ledger.checkpoint(force=True)
         await self.ctx.sleep(delay)
 
-    # -- one request -----------------------------------------------------------------------
-
-    async def _attempt(self) -> None:
-        await self.part.drain()  # the resume offset must be on disk (or its error raised)
-        offset = self.part.size
+    @contextlib.asynccontextmanager
+    async def _request(self, ask: Ask) -> AsyncIterator[tuple[httpx.Response, Verdict]]:
+        """Send one GET for ``ask`` and judge the answer; transport errors become retries."""
         headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
+        if (wanted := ask.range_header()) is not None:
+            headers["Range"] = wanted
+        client = self.ctx.client
         try:
             async with asyncio.timeout(self.ctx.settings.stall_timeout):
-                request = self.ctx.client.build_request("GET", self.row.url, headers=headers)
-                response = await self.ctx.client.send(request, stream=True)
+                request = client.build_request("GET", self.row.url, headers=headers)
+                response = await client.send(request, stream=True)
         except TimeoutError as exc:
             msg = "no answer from the server"
             raise _Retry(msg) from exc
         except httpx.TransportError as exc:
             msg = f"network error ({type(exc).__name__})"
-            raise _Retry(msg) from exc
+            raise _Retry(msg, push=isinstance(exc, httpx.ConnectError)) from exc
         try:
-            await self._accept(response, offset)
-            self.ctx.sink.started(self.name, self.expected_size, self.part.size)
-            await self._receive(response)
+            verdict = await judge(response, ask, now=self.ctx.wall_clock())
+            if verdict.kind == "expired":
+                raise self._expired(verdict.reason)
+            if verdict.kind == "retry":
+                push = response.status_code in _PUSHBACK_STATUS
+                raise _Retry(verdict.reason, retry_after=verdict.retry_after, push=push)
+            if verdict.kind == "reject":
+                kept = self.part.written.total()
+                raise _Stop(self._result("failed", f"{verdict.reason}; {kept:,} bytes kept"))
+            yield response, verdict
         finally:
             await response.aclose()
 
-    async def _accept(self, response: httpx.Response, offset: int) -> None:
-        code = response.status_code
-        if code == 206:
-            await self._accept_partial(response, offset)
-        elif code == 200:
-            self._learn_size(_int_header(response, "Content-Length"))
-            if offset:
-                await self._start_over("server ignored the Range request; starting over")
-        elif code == 416:
-            await self._accept_unsatisfiable(response)
-        else:
-            await self._reject(response)
-
-    async def _accept_partial(self, response: httpx.Response, offset: int) -> None:
-        match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", "").strip())
-        total = int(match.group(3)) if match and match.group(3) != "*" else None
-        if match is None or total is None or int(match.group(1)) != offset:
-            shown = response.headers.get("Content-Range", "none")
-            msg = f"unusable Content-Range {shown!r} for a resume at byte {offset}"
-            raise _Retry(msg)
-        if self.expected_size is not None and total != self.expected_size:
-            self.expected_size = None  # a different object: keep nothing of the old one
-            await self._start_over()  # the retry says why
-            msg = f"the file size changed to {total:,} bytes; starting over"
-            raise _Retry(msg)
-        self._learn_size(total)
-
-    async def _accept_unsatisfiable(self, response: httpx.Response) -> None:
-        match = _UNSATISFIED_RE.fullmatch(response.headers.get("Content-Range", "").strip())
-        total = int(match.group(1)) if match else None
-        if total is not None and total == self.part.size:
-            self._learn_size(total)
-            raise _AlreadyWhole
-        await self._start_over()  # the retry says why
-        msg = "server refused the resume point (416); starting over"
-        raise _Retry(msg)
-
-    async def _reject(self, response: httpx.Response) -> None:
-        code = response.status_code
-        body = redact_text((await _read_small(response)).strip())  # a body may echo the URL
-        if code == 403 and "expired" in body.lower():
-            msg = "the CDN answered 403 'URL signature expired'"
-            raise self._expired(msg)
-        if code in _RETRYABLE_STATUS:
-            now = self.ctx.wall_clock()
-            wait = retry_after_seconds(response.headers.get("Retry-After"), now=now)
-            msg = f"HTTP {code}"
-            raise _Retry(msg, retry_after=wait)
-        reason = f"HTTP {code}" + (f" '{body[:80]}'" if body else "")
-        hint = _REJECT_HINTS.get(code, "check the link and the manifest")
-        raise _Stop(self._result("failed", f"{reason}: {hint}; {self.part.size:,} bytes kept"))
-
-    def _learn_size(self, total: int | None) -> None:
-        if total is not None and total != self.expected_size:
-            self.expected_size = total
-            self._record("partial", durable=self._last_checkpoint[0])
-
-    async def _receive(self, response: httpx.Response) -> None:
+    async def _receive(self, response: httpx.Response, pos: int, *, upto: int | None) -> int:
+        """Stream the body into the part file from ``pos``; returns where it stopped."""
         settings = self.ctx.settings
+        controller = self.ctx.controller
+        receiver = Receiver(
+            self.part,
+            name=self.name,
+            pos=pos,
+            sink=self.ctx.sink,
+            block_size=settings.block_size,
+            limiter=self.ctx.limiter,
+            counted=controller.counted,
+            checkpoint=self.ledger.checkpoint,
+            checkpoint_due=self.ledger.due,
+        )
+        controller.streaming += 1
         try:
-            with StallWatchdog(settings.stall_timeout) as watchdog:
-                await self._stream_into_part(response, watchdog)
+            await receiver.run(response, settings.stall_timeout)
         except TimeoutError as exc:
-            await self._flush()
             msg = f"no data for {settings.stall_timeout:g}s"
             raise _Retry(msg) from exc
         except httpx.TransportError as exc:
-            await self._flush()  # bytes before the drop are good
             msg = f"connection dropped ({type(exc).__name__})"
-            raise _Retry(msg) from exc
-        await self._flush()
-        if self.expected_size is not None and self.part.size < self.expected_size:
-            msg = f"connection closed at {self.part.size:,} of {self.expected_size:,} bytes"
-            raise _Retry(msg)
-
-    async def _stream_into_part(self, response: httpx.Response, watchdog: StallWatchdog) -> None:
-        block_size = self.ctx.settings.block_size
-        limiter = self.ctx.limiter
-        async for chunk in response.aiter_raw():
-            watchdog.fed()
-            self._chunks.append(chunk)
-            self._buffered += len(chunk)
-            self.fetched += len(chunk)
-            self.got_bytes = True
-            self._unreported += len(chunk)
-            if self._unreported >= PROGRESS_EVERY:  # not per chunk: rich takes a lock
-                self._report()
-            if limiter is not None:
-                await limiter.acquire(len(chunk))
-            if self._buffered >= block_size or self._checkpoint_due():
-                await self._flush()
-                await self._checkpoint()
-                watchdog.fed()  # a slow disk is not a stalled connection
-
-    def _report(self) -> None:
-        if self._unreported:
-            self.ctx.sink.advanced(self.name, self._unreported)
-            self._unreported = 0
-
-    async def _flush(self) -> None:
-        self._report()
-        if self._chunks:
-            block, self._chunks = self._chunks, []  # written with one writev, never joined
-            self._buffered = 0
-            await self.part.append(block)
-
-    # -- durability ------------------------------------------------------------------------
-
-    async def _start_over(self, why: str | None = None) -> None:
-        """Drop every byte kept so far, on disk and in the record (``why`` is shown, if given)."""
-        if why is not None:
-            self.ctx.sink.note(self.name, why)
-        await self.part.reset()
-        self._last_checkpoint = (0, self.ctx.monotonic())
-        self._record("partial", durable=0)
-
-    def _ensure_claim(self) -> None:
-        if self.claim is not None and not self.claim.heartbeat():
-            raise _Stop(self._result("busy", "another process took over this shard's claim"))
-
-    def _checkpoint_due(self) -> bool:
-        settings = self.ctx.settings
-        done, when = self._last_checkpoint
-        if self.part.size - done >= settings.checkpoint_bytes:
-            return True
-        return self.ctx.monotonic() - when >= settings.checkpoint_seconds
-
-    async def _checkpoint(self, *, force: bool = False) -> None:
-        done, _ = self._last_checkpoint
-        now = self.ctx.monotonic()
-        if not (force or self._checkpoint_due()) or self.part.size == done:
-            return
-        await self.part.sync()
-        self._last_checkpoint = (self.part.size, now)
-        self._record("partial", durable=self.part.size)
-        self._ensure_claim()
-
-    def _record(self, status: RecordStatus, *, durable: int, **extra: Any) -> None:
-        record = Record(
-            self.name,
-            status,
-            expected_size=self.expected_size,
-            object_path=object_path(self.row.url),
-            durable_bytes=durable,
-            **extra,
-        )
-        self.store.write(record.with_(updated=self.ctx.wall_clock()))
-
-    async def _finalise(self) -> str | None:
-        """Check size and digests, then fsync + rename. Returns a problem, or None."""
-        size = self.part.size
-        if self.expected_size is not None and size != self.expected_size:
-            return f"size {size:,} differs from the {self.expected_size:,} bytes announced"
-        digests = await self.part.digests()
-        for alg, want in sorted(self.expected.items()):
-            if digests.get(alg) != want:
-                return f"{alg} mismatch: expected {want}, got {digests.get(alg)}"
-        await self.part.sync()
-        self._ensure_claim()
-        os.replace(self.part.path, self.store.final_path(self.name))
-        _fsync_dir(self.store.tars)
-        self._record("complete", durable=size, size=size, digests=digests)
-        return None
-
-
-class StallWatchdog:
-    """Cancels the current task when nothing arrived for ``limit`` seconds.
-
-    One timer per period, re-armed from the time of the last byte, instead of an
-    ``asyncio.timeout`` per chunk (tens of thousands of timers a GiB).
-    """
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.loop = asyncio.get_running_loop()
-        self.last = self.loop.time()
-        self.fired = False
-
-    def fed(self) -> None:
-        self.last = self.loop.time()
-
-    def _check(self) -> None:
-        if self.loop.time() - self.last >= self.limit:
-            self.fired = True
-            self.task.cancel()
-        else:
-            self.handle = self.loop.call_at(self.last + self.limit, self._check)
-
-    def __enter__(self) -> StallWatchdog:
-        task = asyncio.current_task()
-        assert task is not None
-        self.task = task
-        self._cancelling = task.cancelling()
-        self.handle = self.loop.call_at(self.last + self.limit, self._check)
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        self.handle.cancel()
-        if (
-            self.fired
-            and kind is asyncio.CancelledError
-            and self.task.uncancel() <= self._cancelling
-        ):
-            raise TimeoutError from exc
-
-
-def _fsync_dir(path: os.PathLike[str]) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
+            raise _Retry(msg, push=self.split) from exc
         finally:
-            os.close(fd)
+            controller.streaming -= 1
+            self.fetched += receiver.fetched
+        if upto is not None and receiver.pos < upto:
+            msg = f"connection closed at {receiver.pos:,} of {upto:,} bytes"
+            raise _Retry(msg)
+        return receiver.pos
+
+    # -- one connection --------------------------------------------------------------------------
+
+    async def _single(self) -> None:
+        """One request from the end of the contiguous prefix to the end of the file."""
+        await self.part.drain()  # the resume offset must be on disk (or its error raised)
+        offset = self.part.written.prefix()
+        ask = Ask(offset, None, self.ledger.expected_size, held=offset)
+        async with self._request(ask) as (response, verdict):
+            if verdict.kind == "whole":
+                self.ledger.learn_size(verdict.total)
+                return
+            if verdict.kind in ("size_changed", "refused"):
+                self.ledger.expected_size = None  # another object: keep nothing of the old one
+                await self.ledger.start_over()
+                msg = f"{verdict.reason}; starting over"
+                raise _Retry(msg)
+            if verdict.kind == "mismatch":
+                raise _Retry(verdict.reason)
+            if verdict.kind == "restart":
+                self.ctx.sink.note(self.name, f"{verdict.reason}; starting over")
+                await self.ledger.start_over()
+                offset = 0
+            self.ledger.learn_size(verdict.total)
+            self.ctx.sink.started(self.name, self.ledger.expected_size, self.part.written.total())
+            await self._receive(response, offset, upto=self.ledger.expected_size)
+
+    # -- parallel segments -------------------------------------------------------------------------
+
+    async def _segments(self, size: int) -> None:
+        """Fetch the missing ranges over as many connections as the controller allows."""
+        settings = self.ctx.settings
+        await self.part.drain()
+        pieces = Pieces(
+            self.part.written, size, min_piece=settings.min_piece, max_piece=settings.max_piece
+        )
+        self.ctx.sink.started(self.name, size, self.part.written.total())
+        workers: set[asyncio.Task[None]] = set()
+        try:
+            while pieces or workers:
+                room = bool(pieces) and len(workers) < settings.per_shard
+                if room and not workers:
+                    await self.ctx.controller.acquire()  # every shard gets one connection
+                elif not (room and self.ctx.controller.try_acquire()):
+                    await self._wait_for_change(workers, room=room)
+                    continue
+                workers.add(asyncio.create_task(self._worker(pieces, workers)))
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _wait_for_change(self, workers: set[asyncio.Task[None]], *, room: bool) -> None:
+        """Until a worker ends (its error is raised here) or, with work left, a slot frees up."""
+        waiters: set[asyncio.Future[Any]] = set(workers)
+        room_wait = asyncio.ensure_future(self.ctx.controller.wait_for_room()) if room else None
+        if room_wait is not None:
+            waiters.add(room_wait)
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if room_wait is not None:
+                room_wait.cancel()
+        for task in done & workers:
+            workers.discard(task)
+            task.result()  # a fallback, a stop or a disk error ends the whole shard
+
+    async def _worker(self, pieces: Pieces, workers: set[asyncio.Task[None]]) -> None:
+        """One connection: takes pieces lowest first until none is left (holds a slot)."""
+        async with self._slot(acquired=True) as slot:
+            while (piece := pieces.take(len(workers))) is not None:
+                start, end = piece
+                progress = [start]
+                try:
+                    await self._retrying(functools.partial(self._piece, progress, end), slot)
+                except BaseException:
+                    pieces.give_back(progress[0], end)
+                    raise
+                if self.ctx.controller.over_limit():
+                    return  # the controller wants fewer connections: give the slot back
+
+    async def _piece(self, progress: list[int], end: int) -> None:
+        """One request for exactly ``[progress[0], end)``; ``progress[0]`` moves as bytes land."""
+        ask = Ask(progress[0], end, self.ledger.expected_size)
+        async with self._request(ask) as (response, verdict):
+            if verdict.kind != "append":
+                # Anything but the exact 206 asked for never writes into the file.
+                raise _Fallback(verdict.reason or f"HTTP {response.status_code} to a range request")
+            try:
+                progress[0] = await self._receive(response, progress[0], upto=end)
+            except _Retry:
+                progress[0] = max(progress[0], self._written_from(progress[0], end))
+                raise
+
+    def _written_from(self, start: int, end: int) -> int:
+        """How far ``[start, end)`` is written without a gap (after a drop mid-piece)."""
+        for span_start, span_end in self.part.written:
+            if span_start <= start < span_end:
+                return min(end, span_end)
+        return start
 
 
-def _int_header(response: httpx.Response, name: str) -> int | None:
-    value = response.headers.get(name, "").strip()
-    return int(value) if value.isdigit() else None
+class _Slot:
+    """One connection's place under the controller's limit; given up while it waits."""
 
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.held = False
 
-async def _read_small(response: httpx.Response, limit: int = 4096) -> str:
-    with contextlib.suppress(httpx.ResponseNotRead):
-        return response.content[:limit].decode("utf-8", "replace")  # already in memory
-    data = bytearray()
-    with contextlib.suppress(httpx.HTTPError):
-        async for chunk in response.aiter_raw():
-            data += chunk
-            if len(data) >= limit:
-                break
-    return data[:limit].decode("utf-8", "replace")
+    async def take(self, *, acquired: bool = False) -> None:
+        if not acquired:
+            await self.job.ctx.controller.acquire()
+        self.held = True
+        self.job._holding += 1
+        self.job.connections = max(self.job.connections, self.job._holding)
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.job._holding -= 1
+            self.job.ctx.controller.release()
 
 
 async def fetch_shard(
@@ -495,6 +477,8 @@ async def fetch_shard(
     *,
     expected: dict[str, str] | None = None,
     claim: Claim | None = None,
+    size_hint: int | None = None,
 ) -> ShardResult:
     """Download one file into the store, resuming what is there; never raises for the shard."""
-    return await _Job(row, store, ctx, expected=expected or {}, claim=claim).run()
+    job = _Job(row, store, ctx, expected=expected or {}, claim=claim, size_hint=size_hint)
+    return await job.run()

@@ -100,7 +100,8 @@ def _presence(store: Store, name: str) -> VerifyResult | None:
     if part.is_file():
         record = store.read(name)
         total = record.expected_size if record else None
-        pct = f" ({100 * part.stat().st_size / total:.1f}%)" if total else ""
+        have = record.kept_bytes() if record and record.spans is not None else part.stat().st_size
+        pct = f" ({100 * have / total:.1f}%)" if total else ""
         return VerifyResult(
             name, "partial", detail=f"download not finished{pct}; run sa1b download"
         )

@@ -1,4 +1,6 @@
-"""The resume state machine against every server behaviour, through httpx.MockTransport."""
+"""The one-connection resume state machine against every server behaviour (MockTransport).
+
+Parallel segments have their own tests in test_segments.py."""
 
 from __future__ import annotations
 
@@ -50,7 +52,9 @@ async def fetch(
     attempts: int = 8,
     claim=None,
 ):
-    settings = TransferSettings(stall_timeout=stall, max_attempts=attempts, block_size=50_000)
+    settings = TransferSettings(
+        stall_timeout=stall, max_attempts=attempts, block_size=50_000, split=False
+    )
     async with httpx.AsyncClient(transport=cdn.transport()) as client:
         ctx = TransferContext(
             client, settings, sleep=sleeps or Sleeps(), wall_clock=lambda: NOW, rng=random.Random(1)

@@ -1,0 +1,129 @@
+"""How many connections the run holds, found by measurement, under a user's ceiling.
+
+A far CDN caps each TCP connection (window / round-trip time), so filling a link takes
+several. Nobody can say in advance how many: the controller grows the number while the
+total throughput still rises, holds it when a step brings nothing, and shrinks it when
+the server pushes back (429/503, resets), honouring Retry-After before it grows again.
+
+Every connection of every shard takes a slot first; a shard's first connection waits
+for one, further ones are only taken when a slot is free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+__all__ = ["ConnectionController", "ControllerSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    ceiling: int = 64  # connections in all, whatever the measurements say
+    initial: int = 8
+    interval: float = 0.3  # seconds between two measurements
+    growth: float = 1.5  # each step multiplies the limit by this
+    gain: float = 1.10  # a step must raise throughput by this factor to count
+    hold_seconds: float = 8.0  # after a step that brought nothing, probe again this much later
+    pushback_hold: float = 5.0  # no growth for this long after the server pushes back
+
+
+class ConnectionController:
+    """Slots for connections; the limit moves with measured throughput and server pushback."""
+
+    def __init__(
+        self,
+        settings: ControllerSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings or ControllerSettings()
+        self.clock = clock
+        self.limit = max(1, min(self.settings.initial, self.settings.ceiling))
+        self.active = 0
+        self.streaming = 0  # connections currently receiving a body
+        self.peak_limit = self.limit
+        self.peak_active = 0
+        self._bytes = 0
+        self._mark = (clock(), 0)  # (time, bytes) at the last measurement
+        self._before: float | None = None  # throughput before the last growth step
+        self._previous_limit = self.limit
+        self._hold_until = 0.0
+        self._wake = asyncio.Event()
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        return True
+
+    async def acquire(self) -> None:
+        while not self.try_acquire():
+            self._wake.clear()
+            await self._wake.wait()
+
+    def release(self) -> None:
+        self.active -= 1
+        self._wake.set()
+
+    def has_room(self) -> bool:
+        return self.active < self.limit
+
+    def over_limit(self) -> bool:
+        """True when a connection should give its slot back after its current piece."""
+        return self.active > self.limit
+
+    async def wait_for_room(self) -> None:
+        self._wake.clear()
+        await self._wake.wait()
+
+    # -- measurement -----------------------------------------------------------------------
+
+    def counted(self, nbytes: int) -> None:
+        self._bytes += nbytes
+
+    def tick(self) -> None:
+        """One measurement: grow while throughput rises, hold when it stops."""
+        now = self.clock()
+        then, before_bytes = self._mark
+        if now - then <= 0:
+            return
+        rate = (self._bytes - before_bytes) / (now - then)
+        self._mark = (now, self._bytes)
+        if now < self._hold_until or self.active < self.limit:
+            return  # held, or the slots we have are not all in use: more would not help
+        if self._before is not None and rate < self._before * self.settings.gain:
+            self._set_limit(self._previous_limit)  # the last step brought nothing: undo it
+            self._before = None
+            self._hold_until = now + self.settings.hold_seconds
+            return
+        grown = min(self.settings.ceiling, math.ceil(self.limit * self.settings.growth))
+        if grown > self.limit:
+            self._before, self._previous_limit = rate, self.limit
+            self._set_limit(grown)
+
+    def pushback(self, retry_after: float | None = None) -> None:
+        """The server said no (429/503, a reset): keep only the connections it serves."""
+        now = self.clock()
+        keep = self.streaming if self.streaming else self.limit // 2
+        self._set_limit(max(1, min(self.limit, keep)))
+        self._before = None
+        wait = max(retry_after or 0.0, self.settings.pushback_hold)
+        self._hold_until = max(self._hold_until, now + wait)
+
+    def _set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self.peak_limit = max(self.peak_limit, limit)
+        self._wake.set()
+
+    async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Measure every ``interval`` until cancelled."""
+        while True:
+            await sleep(self.settings.interval)
+            self.tick()

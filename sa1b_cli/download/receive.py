@@ -1,0 +1,143 @@
+"""Streaming one accepted response body into the part file, at the offset it was asked for.
+
+The hot path of sa1b: per chunk it only appends to a list and counts. Blocks are written
+(and, at the frontier, hashed) by a worker thread while the next block arrives; progress
+goes to the sink every 256 KiB; a stall watchdog drops a silent connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from sa1b_cli.core.events import ProgressSink
+from sa1b_cli.download.partfile import PartFile
+from sa1b_cli.download.ratelimit import RateLimiter
+
+__all__ = ["Receiver", "StallWatchdog"]
+
+PROGRESS_EVERY = 256 << 10
+
+
+class Receiver:
+    """Writes one body from ``pos`` on; ``stop_at`` ends it early at a byte offset."""
+
+    def __init__(
+        self,
+        part: PartFile,
+        *,
+        name: str,
+        pos: int,
+        sink: ProgressSink,
+        block_size: int,
+        limiter: RateLimiter | None,
+        counted: Callable[[int], None],
+        checkpoint: Callable[[], Awaitable[None]],
+        checkpoint_due: Callable[[], bool],
+    ) -> None:
+        self.part, self.name, self.pos = part, name, pos
+        self.sink, self.block_size, self.limiter = sink, block_size, limiter
+        self.counted = counted  # every byte, as it arrives (the connection controller)
+        self.checkpoint, self.checkpoint_due = checkpoint, checkpoint_due
+        self.fetched = 0
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._unreported = 0
+        self._pending: asyncio.Future[None] | None = None
+
+    async def run(self, response: httpx.Response, stall_timeout: float) -> None:
+        """Stream the body; on a drop or stall the bytes received so far are still written."""
+        try:
+            with StallWatchdog(stall_timeout) as watchdog:
+                await self._stream(response, watchdog)
+        finally:
+            await self.flush()
+
+    async def _stream(self, response: httpx.Response, watchdog: StallWatchdog) -> None:
+        limiter = self.limiter
+        async for chunk in response.aiter_raw():
+            watchdog.fed()
+            size = len(chunk)
+            self._chunks.append(chunk)
+            self._buffered += size
+            self.fetched += size
+            self._unreported += size
+            self.counted(size)
+            if self._unreported >= PROGRESS_EVERY:  # not per chunk: rich takes a lock
+                self._report()
+            if limiter is not None:
+                await limiter.acquire(size)
+            if self._buffered >= self.block_size or self.checkpoint_due():
+                await self._write_block()
+                if self.checkpoint_due():
+                    await self.flush()
+                    await self.checkpoint()
+                watchdog.fed()  # a slow disk is not a stalled connection
+
+    def _report(self) -> None:
+        if self._unreported:
+            self.sink.advanced(self.name, self._unreported)
+            self._unreported = 0
+
+    async def _write_block(self) -> None:
+        if self._pending is not None:  # one block in flight per connection
+            pending, self._pending = self._pending, None
+            await pending
+        if self._chunks:
+            block, self._chunks = self._chunks, []  # written with one pwritev, never joined
+            self._pending = self.part.write_at(self.pos, block)
+            self.pos += self._buffered
+            self._buffered = 0
+
+    async def flush(self) -> None:
+        """Write what is buffered and wait until it is written (errors surface here)."""
+        self._report()
+        await self._write_block()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+
+class StallWatchdog:
+    """Cancels the current task when nothing arrived for ``limit`` seconds.
+
+    One timer per period, re-armed from the time of the last byte, instead of an
+    ``asyncio.timeout`` per chunk (tens of thousands of timers a GiB).
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.fired = False
+
+    def fed(self) -> None:
+        self.last = self.loop.time()
+
+    def _check(self) -> None:
+        if self.loop.time() - self.last >= self.limit:
+            self.fired = True
+            self.task.cancel()
+        else:
+            self.handle = self.loop.call_at(self.last + self.limit, self._check)
+
+    def __enter__(self) -> StallWatchdog:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self._cancelling = task.cancelling()
+        self.handle = self.loop.call_at(self.last + self.limit, self._check)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self.handle.cancel()
+        if (
+            self.fired
+            and kind is asyncio.CancelledError
+            and self.task.uncancel() <= self._cancelling
+        ):
+            raise TimeoutError from exc
