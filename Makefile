@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# byte-compile once: start-up matters, and PYTHONDONTWRITEBYTECODE may be set
+	$(BIN)/python -m compileall -q -j 0 sa1b_cli $(VENV)/lib >/dev/null
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,5 +1,6 @@
-"""The HTTP client of a download run: httpx, tuned for large bodies.
+"""The HTTP client of a download run: httpx, over the wire transport (see wire.py).
 
+When httpcore carries the bodies (behind a proxy):
 httpcore reads 64 KiB per event-loop turn (``AsyncHTTP11Connection.READ_NUM_BYTES``), and
 each turn costs the same Python overhead whatever its size. Reading up to 1 MiB per turn
 was measured here (a bare httpx stream of 4 x 512 MiB from loopback nginx) to go from
@@ -14,6 +15,7 @@ import httpx
 from httpcore._async.http11 import AsyncHTTP11Connection
 
 from sa1b_cli import __version__
+from sa1b_cli.download.wire import make_transport
 
 __all__ = ["READ_NUM_BYTES", "make_client"]
 
@@ -23,8 +25,14 @@ READ_NUM_BYTES = 1 << 20
 def make_client(
     timeout: float, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
-    """A client whose read timeout is the stall timeout: a silent connection is dropped."""
+    """A client whose read timeout is the stall timeout: a silent connection is dropped.
+
+    The wire transport carries the bodies unless a test injects its own, or a proxy is set
+    (then httpcore does, reading 1 MiB per turn).
+    """
     AsyncHTTP11Connection.READ_NUM_BYTES = READ_NUM_BYTES
+    if transport is None:
+        transport = make_transport()
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
     return httpx.AsyncClient(
         transport=transport,

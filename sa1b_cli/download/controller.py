@@ -23,9 +23,9 @@ __all__ = ["ConnectionController", "ControllerSettings"]
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
     ceiling: int = 64  # connections in all, whatever the measurements say
-    initial: int = 8
-    interval: float = 0.3  # seconds between two measurements
-    growth: float = 1.5  # each step multiplies the limit by this
+    initial: int = 16
+    interval: float = 0.25  # seconds between two measurements
+    growth: float = 2.0  # each step multiplies the limit by this
     gain: float = 1.10  # a step must raise throughput by this factor to count
     hold_seconds: float = 8.0  # after a step that brought nothing, probe again this much later
     pushback_hold: float = 5.0  # no growth for this long after the server pushes back

@@ -233,7 +233,7 @@ def _context(
     )
     ceiling = config.connections
     controller = ConnectionController(
-        ControllerSettings(ceiling=ceiling, initial=min(ceiling, max(config.jobs, 8)))
+        ControllerSettings(ceiling=ceiling, initial=min(ceiling, max(config.jobs, 16)))
     )
     limiter = RateLimiter(config.max_rate, sleep=sleep) if config.max_rate else None
     return TransferContext(

@@ -105,7 +105,6 @@ class PartFile:
         if hashers:
             self._hashing = future
         self._writes.add(future)
-        future.add_done_callback(self._writes.discard)
         self.received += size
         return future
 
@@ -117,6 +116,9 @@ class PartFile:
         try:
             await asyncio.to_thread(_write_at, fd, offset, chunks, hashers)
         finally:
+            # Cleared here, not in a done callback: a waiter must never see a finished
+            # future still registered (awaiting a done future does not yield to the loop).
+            self._writes.discard(asyncio.current_task())
             if hashers:
                 self._hashing = None
         self.written.add(offset, offset + size)
@@ -131,17 +133,16 @@ class PartFile:
             return
         end = next(e for s, e in self.written if s <= start < e)
         self.hashed = end
-        task = asyncio.ensure_future(
-            asyncio.to_thread(_hash_range, self._fd, start, end, list(self.hashers.values()))
-        )
-        self._hashing = task
-        task.add_done_callback(self._hashed)
+        self._hashing = asyncio.ensure_future(self._read_back(self._fd, start, end))
 
-    def _hashed(self, task: asyncio.Future[None]) -> None:
-        self._hashing = None
-        if not task.cancelled() and task.exception() is not None:
-            self._error = task.exception()
+    async def _read_back(self, fd: int, start: int, end: int) -> None:
+        try:
+            await asyncio.to_thread(_hash_range, fd, start, end, list(self.hashers.values()))
+        except Exception as exc:  # raised to whoever asks for the digests
+            self._error = exc
             return
+        finally:
+            self._hashing = None
         self._advance()
 
     async def drain(self) -> None:
@@ -151,8 +152,8 @@ class PartFile:
 
     async def _settle(self) -> None:
         await self.drain()
-        while self._hashing is not None:
-            await asyncio.shield(self._hashing)
+        while (hashing := self._hashing) is not None:
+            await asyncio.shield(hashing)  # each one clears itself before it finishes
         if self._error is not None:
             raise self._error
 
