@@ -44,6 +44,8 @@ class Faults:
     fail_status: dict[str, list[int]] = field(
         default_factory=dict
     )  # name -> statuses to send first
+    ignore_range_past_zero: bool = False  # answer 200 (whole file) to a Range not at byte 0
+    max_bodies: int | None = None  # more bodies at once get 503 + Retry-After: 1
 
 
 class Mirror:
@@ -58,6 +60,7 @@ class Mirror:
         self.log_path = log
         self.requests: list[dict[str, object]] = []
         self._lock = threading.Lock()
+        self.bodies = 0  # bodies being sent right now
         self.names = {_opaque(p.name): p.name for p in folder.iterdir() if p.is_file()}
         handler = type("Handler", (_Handler,), {"mirror": self})
         self.server = _QuietServer((host, port), handler)
@@ -143,9 +146,26 @@ class _Handler(BaseHTTPRequestHandler):
         statuses = self.mirror.faults.fail_status.get(name)
         if statuses:
             code = statuses.pop(0)
+            entry["status"] = code
             self._send(code, b"try later", [("Retry-After", "1")] if code == 429 else [])
             return
-        self._serve_file(name)
+        if not self._take_body_slot():
+            entry["status"] = 503
+            self._send(503, b"too many connections", [("Retry-After", "1")])
+            return
+        try:
+            self._serve_file(name)
+        finally:
+            with self.mirror._lock:
+                self.mirror.bodies -= 1
+
+    def _take_body_slot(self) -> bool:
+        limit = self.mirror.faults.max_bodies
+        with self.mirror._lock:
+            if limit is not None and self.mirror.bodies >= limit:
+                return False
+            self.mirror.bodies += 1
+            return True
 
     def _check_signature(self, path: str, params: dict[str, str]) -> str | None:
         oe = params.get("oe", "")
@@ -166,7 +186,10 @@ class _Handler(BaseHTTPRequestHandler):
         wanted = self.headers.get("Range")
         headers = [("Accept-Ranges", "bytes"), ("Content-Type", "application/x-tar")]
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted or "")
-        if match and name not in self.mirror.faults.ignore_range:
+        faults = self.mirror.faults
+        if match and int(match.group(1)) > 0 and faults.ignore_range_past_zero:
+            match = None
+        if match and name not in faults.ignore_range:
             start = int(match.group(1))
             end = int(match.group(2)) if match.group(2) else size - 1
             if start >= size:

@@ -255,7 +255,6 @@ class _Job:
         controller = self.ctx.controller
         while True:
             self._check_expiry()
-            before = self.fetched
             try:
                 await attempt()
                 return
@@ -267,8 +266,7 @@ class _Job:
                         await self._wait_before_retry(retry)
                         await slot.take()
                         continue
-                # Bytes arriving on any connection renew the shard's budget.
-                self.failures = 1 if self.fetched > before else self.failures + 1
+                self.failures += 1  # bytes arriving on any connection reset it (_receive)
                 if self.failures > self.ctx.settings.max_attempts:
                     detail = f"gave up after {self.failures - 1} retries: {retry.reason}"
                     raise _Stop(self._result("failed", detail)) from retry
@@ -343,6 +341,8 @@ class _Job:
         finally:
             controller.streaming -= 1
             self.fetched += receiver.fetched
+            if receiver.fetched:
+                self.failures = 0  # the budget is renewed while bytes keep arriving
         if upto is not None and receiver.pos < upto:
             msg = f"connection closed at {receiver.pos:,} of {upto:,} bytes"
             raise _Retry(msg)

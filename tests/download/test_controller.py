@@ -1,0 +1,107 @@
+"""The connection controller with an injected clock: grow, hold, shrink, honour Retry-After."""
+
+from __future__ import annotations
+
+import pytest
+
+from sa1b_cli.download.controller import ConnectionController, ControllerSettings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def busy(controller: ConnectionController) -> None:
+    while controller.try_acquire():  # every slot in use, as when the link has work for all
+        pass
+
+
+def step(controller: ConnectionController, clock: Clock, rate: float) -> None:
+    busy(controller)
+    clock.now += 1.0
+    controller.counted(int(rate))
+    controller.tick()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make(clock: Clock, **kw) -> ConnectionController:
+    settings = ControllerSettings(**{"initial": 4, "ceiling": 64, **kw})
+    return ConnectionController(settings, clock=clock)
+
+
+def test_it_grows_while_throughput_rises(clock):
+    controller = make(clock)
+    limits = []
+    for rate in (100, 200, 400, 800):  # each doubling of connections doubles throughput
+        step(controller, clock, rate)
+        limits.append(controller.limit)
+    assert limits == [8, 16, 32, 64]
+    step(controller, clock, 1600)
+    assert controller.limit == 64  # the user's ceiling
+
+
+def test_it_holds_when_a_step_brings_nothing(clock):
+    controller = make(clock, hold_seconds=5.0)
+    step(controller, clock, 100)
+    step(controller, clock, 200)
+    assert controller.limit == 16
+    step(controller, clock, 205)  # 16 connections carry no more than 8 did
+    assert controller.limit == 8
+    for _ in range(4):
+        step(controller, clock, 200)
+        assert controller.limit == 8  # held
+    step(controller, clock, 200)  # the hold is over: probe again
+    assert controller.limit == 16
+
+
+def test_it_does_not_grow_when_the_slots_it_has_are_not_all_used(clock):
+    controller = make(clock)
+    controller.try_acquire()
+    clock.now += 1.0
+    controller.counted(1000)
+    controller.tick()
+    assert controller.limit == 4
+
+
+def test_503_shrinks_to_what_the_server_serves_and_honours_retry_after(clock):
+    controller = make(clock, pushback_hold=1.0)
+    step(controller, clock, 100)
+    assert controller.limit == 8
+    controller.streaming = 3  # the server serves three bodies; the others got 503
+    controller.pushback(retry_after=30.0)
+    assert controller.limit == 3 and controller.over_limit()
+    for _ in range(29):
+        step(controller, clock, 100_000)  # however fast it goes, no growth before Retry-After
+        assert controller.limit == 3
+    clock.now += 2.0
+    step(controller, clock, 100_000)
+    assert controller.limit == 6
+
+
+def test_pushback_with_nothing_streaming_halves_and_never_reaches_zero(clock):
+    controller = make(clock, initial=2)
+    controller.pushback()
+    assert controller.limit == 1
+    controller.pushback()
+    assert controller.limit == 1
+
+
+async def test_acquire_waits_for_a_release(clock):
+    import asyncio
+
+    controller = make(clock, initial=1)
+    assert controller.try_acquire() and not controller.try_acquire()
+    waiter = asyncio.create_task(controller.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    controller.release()
+    await asyncio.wait_for(waiter, 1)
+    assert controller.active == 1 and controller.peak_active == 1

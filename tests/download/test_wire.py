@@ -1,0 +1,134 @@
+"""The wire transport against a real socket on 127.0.0.1: bodies, reuse, chunked, drops, stalls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from sa1b_cli.download.wire import WireTransport, make_transport
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Callable[[Serve], Awaitable[str]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(serve: Serve) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await serve(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+BODY = bytes(range(256)) * 4000  # ~1 MiB, bigger than one receive buffer
+
+
+async def requests(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return
+        yield head
+
+
+async def test_bodies_arrive_whole_on_one_reused_connection(server):
+    connections: list[int] = []
+    targets: list[bytes] = []
+
+    async def serve(reader, writer):
+        connections.append(1)
+        async for head in requests(reader):
+            targets.append(head.split(b" ")[1])
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+            await writer.drain()
+
+    base = await server(serve)
+    async with httpx.AsyncClient(transport=WireTransport()) as client:
+        for _ in range(3):
+            async with client.stream("GET", f"{base}/x.tar?_nc_gid&oh=00_a%2Fb&oe=1") as r:
+                got = b"".join([bytes(c) async for c in r.aiter_raw()])
+            assert r.status_code == 200 and got == BODY
+    assert len(connections) == 1  # keep-alive
+    assert targets == [b"/x.tar?_nc_gid&oh=00_a%2Fb&oe=1"] * 3  # byte for byte
+
+
+async def test_chunked_bodies_are_decoded(server):
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"4\r\nURL \r\n11;ext=1\r\nsignature expired\r\n0\r\n\r\n")
+            await writer.drain()
+
+    base = await server(serve)
+    async with httpx.AsyncClient(transport=WireTransport()) as client:
+        for _ in range(2):
+            response = await client.get(f"{base}/y")
+            assert response.status_code == 403 and response.text == "URL signature expired"
+
+
+async def test_a_drop_mid_body_is_a_transport_error(server):
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 5000)
+            await writer.drain()
+            return  # the connection closes with 95,000 bytes missing
+
+    base = await server(serve)
+    got: list[int] = []
+
+    async def read_all(client: httpx.AsyncClient) -> None:
+        async with client.stream("GET", f"{base}/z") as r:
+            async for chunk in r.aiter_raw():
+                got.append(len(chunk))
+
+    async with httpx.AsyncClient(transport=WireTransport()) as client:
+        with pytest.raises(httpx.TransportError):
+            await read_all(client)
+    assert sum(got) == 5000
+
+
+async def test_a_silent_server_raises_read_timeout(server):
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+            await writer.drain()
+            await asyncio.sleep(5)
+
+    base = await server(serve)
+
+    async def read_all(client: httpx.AsyncClient) -> None:
+        async with client.stream("GET", f"{base}/slow") as r:
+            async for _ in r.aiter_raw():
+                pass
+
+    async with httpx.AsyncClient(transport=WireTransport(), timeout=0.3) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await read_all(client)
+
+
+async def test_refused_connection_is_a_connect_error():
+    async with httpx.AsyncClient(transport=WireTransport()) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://127.0.0.1:9/")
+
+
+def test_a_proxy_in_the_environment_uses_httpx_s_own_transport(monkeypatch):
+    assert isinstance(make_transport(), WireTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert make_transport() is None
