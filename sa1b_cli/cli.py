@@ -234,8 +234,6 @@ def download(
     Run it again at any time: finished shards are kept, partial ones continue.
     A fresh manifest (--links NEW) continues the same partial files.
     """
-    from sa1b_cli import ui
-
     config = DownloadConfig(
         root=root,
         links=resolve_links(links, root),
@@ -247,17 +245,24 @@ def download(
         connections=connections,
         split=not no_split,
     )
-    xconfig = _extract_config(
-        root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
+    _check_layout(layout, only)
+    xconfig = (
+        _extract_config(
+            root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
+        )
+        if extract
+        else None
     )
     expiry = read_manifest(config.links).expiry_window()
     started = time.monotonic()
     with _progress(as_json, quiet, expiry[0] if expiry else None) as sink:
-        report, extraction = _run_download(config, xconfig if extract else None, workers, sink)
+        report, extraction = _run_download(config, xconfig, workers, sink)
     code = download_exit_code(report.results)
     if extraction is not None and code == 0:
         code = extraction.exit_code
     elapsed = time.monotonic() - started
+    if as_json or not quiet or code:
+        from sa1b_cli import ui  # rich loads only when something is shown
     if as_json:
         payload = ui.download_json(report, code, elapsed)
         if extraction is not None:
@@ -265,7 +270,7 @@ def download(
         _emit_json(payload)
     elif not quiet or code:
         ui.print_download_summary(_err(), report, elapsed=elapsed)
-        if extraction is not None:
+        if extraction is not None and xconfig is not None:
             ui.print_extract_report(_err(), extraction, out=xconfig.out_dir)
     raise typer.Exit(code)
 
@@ -275,11 +280,12 @@ def _run_download(
 ) -> tuple[DownloadReport, ExtractReport | None]:
     """One process with an event loop, or several; extraction pipelined when asked for."""
     from sa1b_cli.download import run_downloads
-    from sa1b_cli.pipeline import download_and_extract
 
     if workers > 1:
         return _run_workers(config, xconfig, workers, sink)
     if xconfig is not None:
+        from sa1b_cli.pipeline import download_and_extract
+
         return _run_interruptible(
             lambda stop: download_and_extract(config, xconfig, sink=sink, stop=stop)
         )
@@ -375,6 +381,15 @@ _LAYOUTS = ("shard", "split")
 _ONLY = (None, "images", "annotations")
 
 
+def _check_layout(layout: str, only: str | None) -> None:
+    if layout not in _LAYOUTS:
+        msg = f"--layout {layout!r}: use shard or split"
+        raise UsageError(msg)
+    if only not in _ONLY:
+        msg = f"--only {only!r}: use images or annotations"
+        raise UsageError(msg)
+
+
 def _extract_config(
     root: Path,
     selection: Selection,
@@ -386,12 +401,7 @@ def _extract_config(
 ) -> ExtractConfig:
     from sa1b_cli.extract import ExtractConfig
 
-    if layout not in _LAYOUTS:
-        msg = f"--layout {layout!r}: use shard or split"
-        raise UsageError(msg)
-    if only not in _ONLY:
-        msg = f"--only {only!r}: use images or annotations"
-        raise UsageError(msg)
+    _check_layout(layout, only)
     return ExtractConfig(
         root=root,
         selection=selection,

@@ -10,67 +10,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from sa1b_cli.devtools.synth import IMAGES_PER_SHARD, ShardSpec, jpeg_bytes, make_shard
+from sa1b_cli.devtools.timing import GIB, REPEAT, measure, repeat
 
 __all__ = ["main"]
 
-GIB = 1 << 30
 SA1B = str(Path(sys.executable).with_name("sa1b"))
-REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 SHARDS = int(os.environ.get("BENCH_SHARDS", "4"))
 SHARD_MIB = int(os.environ.get("BENCH_SHARD_MIB", "512"))
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    seconds: float
-    cpu: float  # user + system seconds of the command and its children
-    rss_mb: float  # peak resident set of the largest process
-
-
-def measure(
-    cmd: list[str], *, cwd: Path | None = None, before: Callable[[], None] | None = None
-) -> Run:
-    """Run cmd in a fresh helper so getrusage(RUSAGE_CHILDREN) covers it alone."""
-    if before is not None:
-        before()
-    probe = (
-        "import resource,subprocess,sys,time,json;t=time.perf_counter();"
-        "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE);"
-        "w=time.perf_counter()-t;u=resource.getrusage(resource.RUSAGE_CHILDREN);"
-        "print(json.dumps([r.returncode,w,u.ru_utime+u.ru_stime,u.ru_maxrss/1024,r.stderr.decode()[-400:]]))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe, *cmd], cwd=cwd, capture_output=True, text=True, check=True
-    )
-    code, wall, cpu, rss, err = json.loads(out.stdout)
-    if code != 0:
-        msg = f"{cmd[0]} exited {code}: {err}"
-        raise RuntimeError(msg)
-    return Run(wall, cpu, rss)
-
-
-def median_run(runs: list[Run]) -> Run:
-    return Run(
-        statistics.median(r.seconds for r in runs),
-        statistics.median(r.cpu for r in runs),
-        max(r.rss_mb for r in runs),
-    )
-
-
-def repeat(
-    cmd: list[str], before: Callable[[], None], *, cwd: Path | None = None, n: int = REPEAT
-) -> Run:
-    return median_run([measure(cmd, cwd=cwd, before=before) for _ in range(n)])
 
 
 # -- data --------------------------------------------------------------------------------
@@ -439,9 +393,34 @@ def _install_as_downloaded(root: Path, paths: list[Path]) -> None:
     )
 
 
+def far_cases(work: Path) -> dict[str, object]:
+    """Per-connection caps (a far CDN) and a connection-limited server; see bench_far."""
+    from sa1b_cli.devtools.bench_far import (
+        CappedNginx,
+        bench_connection_limited,
+        bench_far_cdn,
+        far_files,
+    )
+
+    files = far_files(work / "far")
+    server = CappedNginx(work / "far", work)
+    try:
+        return {
+            "far_cdn": bench_far_cdn(SA1B, files),
+            "connection_limited": bench_connection_limited(SA1B, files["10x96MiB"], server.log),
+        }
+    finally:
+        server.stop()
+
+
 def main() -> None:
     work = Path(os.environ.get("BENCH_DIR", "bench-out")).resolve()
     work.mkdir(exist_ok=True)
+    if os.environ.get("BENCH_ONLY") == "far":  # the far-CDN cases alone, for a quick look
+        text = json.dumps(far_cases(work), indent=2)
+        (work / "results-far.json").write_text(text)
+        print(text)
+        return
     print(f"generating {SHARDS} shards of ~{SHARD_MIB} MiB and 2 SA-1B-like shards in {work} ...")
     big = make_big_shards(work / "shards")
     deep_src = work / "deep-src"
@@ -477,6 +456,7 @@ def main() -> None:
     results["verify_10GiB"] = bench_verify_10gib(work, big)
     results["extract"] = bench_extract(deep_root, work)
     results["status"] = bench_status(work)
+    results.update(far_cases(work))
     text = json.dumps(results, indent=2)
     (work / "results.json").write_text(text)
     print(text)

@@ -27,7 +27,7 @@ class ControllerSettings:
     interval: float = 0.25  # seconds between two measurements
     growth: float = 2.0  # each step multiplies the limit by this
     gain: float = 1.10  # a step must raise throughput by this factor to count
-    hold_seconds: float = 8.0  # after a step that brought nothing, probe again this much later
+    hold_seconds: float = 3.0  # after a step that brought nothing, probe again this much later
     pushback_hold: float = 5.0  # no growth for this long after the server pushes back
 
 
@@ -49,9 +49,11 @@ class ConnectionController:
         self.peak_active = 0
         self._bytes = 0
         self._mark = (clock(), 0)  # (time, bytes) at the last measurement
+        self.per_connection: float | None = None  # bytes/s one connection carried, measured
         self._before: float | None = None  # throughput before the last growth step
         self._previous_limit = self.limit
         self._hold_until = 0.0
+        self._settling = False
         self._wake = asyncio.Event()
 
     # -- slots ---------------------------------------------------------------------------
@@ -96,17 +98,24 @@ class ConnectionController:
             return
         rate = (self._bytes - before_bytes) / (now - then)
         self._mark = (now, self._bytes)
+        if self.streaming and rate:
+            self.per_connection = rate / self.streaming
+        if self._settling:  # new connections need a moment: judge a step on the interval after
+            self._settling = False
+            return
+        if self._before is not None:  # judge the last step; if it paid, go on growing
+            before, self._before = self._before, None
+            if rate < before * self.settings.gain:
+                self._set_limit(self._previous_limit)  # it brought nothing: undo it, and hold
+                self._hold_until = now + self.settings.hold_seconds
+                return
         if now < self._hold_until or self.active < self.limit:
             return  # held, or the slots we have are not all in use: more would not help
-        if self._before is not None and rate < self._before * self.settings.gain:
-            self._set_limit(self._previous_limit)  # the last step brought nothing: undo it
-            self._before = None
-            self._hold_until = now + self.settings.hold_seconds
-            return
         grown = min(self.settings.ceiling, math.ceil(self.limit * self.settings.growth))
         if grown > self.limit:
             self._before, self._previous_limit = rate, self.limit
             self._set_limit(grown)
+            self._settling = True
 
     def pushback(self, retry_after: float | None = None) -> None:
         """The server said no (429/503, a reset): keep only the connections it serves."""
@@ -114,6 +123,7 @@ class ConnectionController:
         keep = self.streaming if self.streaming else self.limit // 2
         self._set_limit(max(1, min(self.limit, keep)))
         self._before = None
+        self._settling = False
         wait = max(retry_after or 0.0, self.settings.pushback_hold)
         self._hold_until = max(self._hold_until, now + wait)
 

@@ -256,25 +256,26 @@ async def _run_pool(
     jobs: int,
     hooks: _Hooks,
 ) -> list[ShardResult]:
-    queue: asyncio.Queue[ManifestRow] = asyncio.Queue()
-    for row in rows:
-        queue.put_nowait(row)
+    # A shard holds one of ``jobs`` turns while it still has bytes nobody fetches yet; in its
+    # tail (every range handed out) it gives the turn to the next shard, so the connections
+    # its last pieces free up find work.
+    turns = asyncio.Semaphore(jobs)
     results: dict[str, ShardResult] = {}
     failures: list[BaseException] = []
     followers: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = []
 
-    async def worker() -> None:
-        while not queue.empty() and not hooks.stop.is_set():
-            row = queue.get_nowait()
+    async def shard(row: ManifestRow, release: Callable[[], None]) -> None:
+        try:
             claim = _claim_or_busy(store, row.file_name, hooks.stale_after)
             if not isinstance(claim, Claim):
                 results[row.file_name] = claim
                 ctx.sink.finished(claim)
-                continue
+                return
             claims[row.file_name] = claim
             try:
                 size = hooks.sizes.get(row.file_name)
-                result = await _fetch_claimed(ctx, store, row, checks, claim, size)
+                result = await _fetch_claimed(ctx, store, row, checks, claim, size, release)
             except Sa1bError as exc:  # a run-level error such as a full disk
                 failures.append(exc)
                 hooks.stop.set()
@@ -286,15 +287,26 @@ async def _run_pool(
             ctx.sink.finished(result)
             if hooks.after is not None and result.ok:
                 followers.append(asyncio.create_task(hooks.after(result)))
+        finally:
+            release()
 
-    tasks = [asyncio.create_task(worker()) for _ in range(min(jobs, len(rows)))]
+    async def dispatch() -> None:
+        for row in rows:
+            await turns.acquire()
+            if hooks.stop.is_set():
+                turns.release()
+                return
+            tasks.append(asyncio.create_task(shard(row, _once(turns.release))))
+
+    tasks.append(asyncio.create_task(dispatch()))
     side = [
         asyncio.create_task(_heartbeat(claims, asyncio.sleep)),  # a timer, not a retry wait
         asyncio.create_task(_cancel_when(hooks.stop, tasks)),
         asyncio.create_task(_measure(ctx)),
     ]
     try:
-        await asyncio.gather(*tasks, return_exceptions=True)
+        while not all(task.done() for task in tasks):  # the dispatcher adds tasks as it goes
+            await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*followers)
     finally:
         for task in side:
@@ -322,13 +334,28 @@ async def _fetch_claimed(
     checks: ChecksumList,
     claim: Claim,
     size: int | None,
+    on_tail: Callable[[], None],
 ) -> ShardResult:
     # Another process may have finished it between our plan and our claim.
     done = _already_complete(store, row)
     if done is not None:
         return done
     expected = dict(checks.expected(row.file_name))
-    return await fetch_shard(row, store, ctx, expected=expected, claim=claim, size_hint=size)
+    return await fetch_shard(
+        row, store, ctx, expected=expected, claim=claim, size_hint=size, on_tail=on_tail
+    )
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+
+    return call
 
 
 async def _measure(ctx: TransferContext) -> None:

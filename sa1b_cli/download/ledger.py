@@ -7,6 +7,7 @@ checked bytes (digests compared, fsync, rename, then the record says "complete")
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable
@@ -76,17 +77,18 @@ class Ledger:
             received = self.part.received
             self.durable = await self.part.sync()
             self._last = (received, self.monotonic())
-            self.record("partial")
+            await self.record("partial")
             self.ensure_claim()
         finally:
             self._busy = False
 
-    def learn_size(self, total: int | None) -> None:
+    async def learn_size(self, total: int | None) -> None:
         if total is not None and total != self.expected_size:
             self.expected_size = total
-            self.record("partial")
+            await self.record("partial")
 
-    def record(self, status: RecordStatus, **extra: Any) -> None:
+    async def record(self, status: RecordStatus, **extra: Any) -> None:
+        """Write the record from a worker thread: its fsync must not stall every connection."""
         record = Record(
             self.row.file_name,
             status,
@@ -96,14 +98,14 @@ class Ledger:
             spans=self.durable.as_list(),
             **extra,
         )
-        self.store.write(record.with_(updated=self.wall_clock()))
+        await asyncio.to_thread(self.store.write, record.with_(updated=self.wall_clock()))
 
     async def start_over(self) -> None:
         """Drop every byte kept so far, on disk and in the record."""
         await self.part.reset()
         self.durable = SpanSet()
         self._last = (0, self.monotonic())
-        self.record("partial")
+        await self.record("partial")
 
     def ensure_claim(self) -> None:
         if self.claim is not None and not self.claim.heartbeat():
@@ -120,11 +122,13 @@ class Ledger:
                 return f"{alg} mismatch: expected {want}, got {digests.get(alg)}"
         self.durable = await self.part.sync()
         self.ensure_claim()
-        name = self.row.file_name
-        os.replace(self.part.path, self.store.final_path(name))
-        _fsync_dir(self.store.tars)
-        self.record("complete", size=size, digests=digests)
+        await asyncio.to_thread(self._move_into_place)
+        await self.record("complete", size=size, digests=digests)
         return None
+
+    def _move_into_place(self) -> None:
+        os.replace(self.part.path, self.store.final_path(self.row.file_name))
+        _fsync_dir(self.store.tars)
 
 
 def _fsync_dir(path: os.PathLike[str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import mmap
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +25,7 @@ from sa1b_cli.download.spans import SpanSet
 __all__ = ["PartFile", "is_disk_full"]
 
 _REHASH_BLOCK = 4 << 20
+_MAP_AT_LEAST = 1 << 20
 
 
 def _update_all(hashers: Iterable[Hasher], block: bytes | memoryview) -> None:
@@ -46,8 +48,12 @@ def _write_at(fd: int, offset: int, chunks: list[bytes], hashers: Iterable[Hashe
         _update_all(hashers, chunk)
 
 
-def _hash_range(fd: int, start: int, end: int, hashers: Iterable[Hasher]) -> None:
-    buffer = bytearray(min(_REHASH_BLOCK, max(1, end - start)))
+def _hash_range(
+    fd: int, start: int, end: int, hashers: Iterable[Hasher], buffer: bytearray
+) -> None:
+    if end - start >= _MAP_AT_LEAST:
+        _hash_mapped(fd, start, end, hashers)
+        return
     view = memoryview(buffer)
     pos = start
     while pos < end:
@@ -57,6 +63,25 @@ def _hash_range(fd: int, start: int, end: int, hashers: Iterable[Hasher]) -> Non
             raise OSError(errno.EIO, msg)
         _update_all(hashers, view[:n])
         pos += n
+
+
+def _hash_mapped(fd: int, start: int, end: int, hashers: Iterable[Hasher]) -> None:
+    """Hash straight from the page cache through a mapping: no copy into a buffer.
+
+    Measured against preadv into a reused buffer, this saves the copy of every byte that
+    was written ahead of the frontier (most of them, with many connections).
+    """
+    pos = start
+    while pos < end:  # one small window at a time: mapped pages count as resident memory
+        base = pos - pos % mmap.ALLOCATIONGRANULARITY
+        stop = min(end, base + _REHASH_BLOCK)
+        with mmap.mmap(fd, stop - base, offset=base, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                _update_all(hashers, view[pos - base :])
+            finally:
+                view.release()
+        pos = stop
 
 
 class PartFile:
@@ -73,6 +98,7 @@ class PartFile:
         self._writes: set[asyncio.Future[None]] = set()
         self._hashing: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
+        self._buffer: bytearray | None = None
 
     async def open(self, *, keep: SpanSet) -> PartFile:
         """Open, trusting only ``keep`` (the last durable checkpoint) and hashing its prefix."""
@@ -86,9 +112,18 @@ class PartFile:
         self._new_hashers()
         prefix = self.written.prefix()
         if prefix:
-            await asyncio.to_thread(_hash_range, self._fd, 0, prefix, self.hashers.values())
+            await asyncio.to_thread(
+                _hash_range, self._fd, 0, prefix, self.hashers.values(), self._read_buffer()
+            )
         self.hashed = prefix
         return self
+
+    def _read_buffer(self) -> bytearray:
+        # One per file, allocated once: read-backs run one at a time, and a fresh buffer
+        # for each would cost a zero-fill and page faults every time.
+        if self._buffer is None:
+            self._buffer = bytearray(_REHASH_BLOCK)
+        return self._buffer
 
     def _new_hashers(self) -> None:
         self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
@@ -137,7 +172,8 @@ class PartFile:
 
     async def _read_back(self, fd: int, start: int, end: int) -> None:
         try:
-            await asyncio.to_thread(_hash_range, fd, start, end, list(self.hashers.values()))
+            hashers = list(self.hashers.values())
+            await asyncio.to_thread(_hash_range, fd, start, end, hashers, self._read_buffer())
         except Exception as exc:  # raised to whoever asks for the digests
             self._error = exc
             return

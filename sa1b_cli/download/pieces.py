@@ -1,25 +1,43 @@
 """Which byte ranges of a shard the next connection should fetch (pure, no I/O).
 
 Pieces are handed out lowest offset first, so every connection works close to the digest
-frontier (the reorder window stays a few pieces wide). Their size shrinks as the work
-left shrinks (guided self-scheduling): large pieces early keep requests few, small ones
-at the end keep every connection busy until the last byte.
+frontier (the reorder window stays a few pieces wide). A piece is the smaller of a share
+of the work left (guided self-scheduling: pieces shrink toward the end, so every
+connection stays busy until the last byte) and what one connection carries in about a
+second at the measured rate (a capped connection must not sit on a long piece alone).
 """
 
 from __future__ import annotations
 
 from bisect import insort
+from dataclasses import dataclass
 
 from sa1b_cli.download.spans import Span, SpanSet
 
-__all__ = ["Pieces"]
+__all__ = ["Piece", "Pieces"]
+
+SECONDS_PER_PIECE = 2.0
+UNMEASURED_PIECE = 8 << 20  # before the first measurement, a piece any link carries quickly
+
+
+@dataclass(eq=False, slots=True)
+class Piece:
+    """One connection's range: ``pos`` moves as bytes land, ``end`` shrinks when split."""
+
+    pos: int
+    end: int
+
+    @property
+    def left(self) -> int:
+        return self.end - self.pos
 
 
 class Pieces:
-    """The unassigned ranges of one file."""
+    """The unassigned ranges of one file, and the ones connections are working on."""
 
     def __init__(self, have: SpanSet, size: int, *, min_piece: int, max_piece: int) -> None:
         self.todo: list[Span] = list(have.missing(size))
+        self.active: set[Piece] = set()
         self.min_piece = min_piece
         self.max_piece = max_piece
 
@@ -27,14 +45,20 @@ class Pieces:
         return sum(end - start for start, end in self.todo)
 
     def __bool__(self) -> bool:
+        """Whether some range is not handed out yet."""
         return bool(self.todo)
 
-    def take(self, workers: int) -> Span | None:
-        """The next piece for one of ``workers`` connections, or None when all are assigned."""
+    def take(self, workers: int, per_connection: float | None = None) -> Piece | None:
+        """The next piece for one of ``workers`` connections; in the tail, half of another's.
+
+        ``per_connection`` is the measured bytes per second of one connection, if known.
+        """
         if not self.todo:
-            return None
+            return self._split()
         start, end = self.todo[0]
         share = self.left() // (2 * max(1, workers))
+        rate_cap = UNMEASURED_PIECE if per_connection is None else per_connection
+        share = min(share, int(rate_cap * SECONDS_PER_PIECE))
         size = max(self.min_piece, min(self.max_piece, share))
         stop = min(end, start + size)
         if end - stop < self.min_piece:  # never leave a sliver behind
@@ -43,9 +67,32 @@ class Pieces:
             self.todo.pop(0)
         else:
             self.todo[0] = (stop, end)
-        return (start, stop)
+        return self._start(start, stop)
 
-    def give_back(self, start: int, end: int) -> None:
+    def _start(self, start: int, end: int) -> Piece:
+        piece = Piece(start, end)
+        self.active.add(piece)
+        return piece
+
+    def _split(self) -> Piece | None:
+        """The tail: take the second half of the piece with the most left (work stealing).
+
+        Its connection stops at the new end; without this, the last pieces of a file run
+        on a few capped connections while the others idle.
+        """
+        biggest = max(self.active, key=lambda p: p.left, default=None)
+        if biggest is None or biggest.left < 2 * self.min_piece:
+            return None
+        middle = biggest.pos + biggest.left // 2
+        new = self._start(middle, biggest.end)
+        biggest.end = middle
+        return new
+
+    def finished(self, piece: Piece) -> None:
+        self.active.discard(piece)
+
+    def give_back(self, piece: Piece) -> None:
         """A connection failed or stopped: its unfinished range is up for grabs again."""
-        if end > start:
-            insort(self.todo, (start, end))
+        self.active.discard(piece)
+        if piece.end > piece.pos:
+            insort(self.todo, (piece.pos, piece.end))

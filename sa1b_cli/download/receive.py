@@ -14,6 +14,7 @@ import httpx
 
 from sa1b_cli.core.events import ProgressSink
 from sa1b_cli.download.partfile import PartFile
+from sa1b_cli.download.pieces import Piece
 from sa1b_cli.download.ratelimit import RateLimiter
 
 __all__ = ["Receiver", "StallWatchdog"]
@@ -36,11 +37,13 @@ class Receiver:
         counted: Callable[[int], None],
         checkpoint: Callable[[], Awaitable[None]],
         checkpoint_due: Callable[[], bool],
+        piece: Piece | None = None,
     ) -> None:
         self.part, self.name, self.pos = part, name, pos
         self.sink, self.block_size, self.limiter = sink, block_size, limiter
         self.counted = counted  # every byte, as it arrives (the connection controller)
         self.checkpoint, self.checkpoint_due = checkpoint, checkpoint_due
+        self.piece = piece  # when set, never write past piece.end (another connection's now)
         self.fetched = 0
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -57,16 +60,15 @@ class Receiver:
 
     async def _stream(self, response: httpx.Response, watchdog: StallWatchdog) -> None:
         limiter = self.limiter
+        piece = self.piece
         async for chunk in response.aiter_raw():
             watchdog.fed()
             size = len(chunk)
-            self._chunks.append(chunk)
-            self._buffered += size
-            self.fetched += size
-            self._unreported += size
-            self.counted(size)
-            if self._unreported >= PROGRESS_EVERY:  # not per chunk: rich takes a lock
-                self._report()
+            if piece is not None and size >= (room := piece.end - self.pos - self._buffered):
+                if room > 0:
+                    self._take(chunk[:room], room)
+                return  # the rest of this range belongs to another connection now
+            self._take(chunk, size)
             if limiter is not None:
                 await limiter.acquire(size)
             if self._buffered >= self.block_size or self.checkpoint_due():
@@ -75,6 +77,15 @@ class Receiver:
                     await self.flush()
                     await self.checkpoint()
                 watchdog.fed()  # a slow disk is not a stalled connection
+
+    def _take(self, chunk: bytes, size: int) -> None:
+        self._chunks.append(chunk)
+        self._buffered += size
+        self.fetched += size
+        self._unreported += size
+        self.counted(size)
+        if self._unreported >= PROGRESS_EVERY:  # not per chunk: rich takes a lock
+            self._report()
 
     def _report(self) -> None:
         if self._unreported:
@@ -90,6 +101,8 @@ class Receiver:
             self._pending = self.part.write_at(self.pos, block)
             self.pos += self._buffered
             self._buffered = 0
+            if self.piece is not None:
+                self.piece.pos = self.pos  # where a split of this piece may start from
 
     async def flush(self) -> None:
         """Write what is buffered and wait until it is written (errors surface here)."""

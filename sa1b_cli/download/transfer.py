@@ -33,7 +33,7 @@ from sa1b_cli.download.accept import Ask, Verdict, judge, retry_after_seconds
 from sa1b_cli.download.controller import ConnectionController, ControllerSettings
 from sa1b_cli.download.ledger import ClaimLost, Ledger, kept_spans
 from sa1b_cli.download.partfile import PartFile, is_disk_full
-from sa1b_cli.download.pieces import Pieces
+from sa1b_cli.download.pieces import Piece, Pieces
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.receive import Receiver
 
@@ -52,7 +52,7 @@ class TransferSettings:
     checkpoint_seconds: float = 2.0
     split: bool = True  # parallel Range segments when the size is known
     per_shard: int = 32  # connections one shard may hold at most
-    min_piece: int = 8 << 20
+    min_piece: int = 4 << 20  # each request costs ~1 ms of Python: no smaller pieces
     max_piece: int = 256 << 20
 
 
@@ -106,10 +106,12 @@ class _Job:
         expected: dict[str, str],
         claim: Claim | None,
         size_hint: int | None,
+        on_tail: Callable[[], None] | None,
     ) -> None:
         self.row, self.name, self.store, self.ctx = row, row.file_name, store, ctx
         self.expected = expected
         self.size_hint = size_hint
+        self.on_tail = on_tail  # told once every range is handed out (the engine starts another)
         settings = ctx.settings
         self.part = PartFile(store.part_path(self.name), [RECORD_ALGORITHM, *sorted(expected)])
         self.ledger = Ledger(
@@ -190,7 +192,7 @@ class _Job:
         except ClaimLost:  # the claim went while we stopped: leave it alone
             return self._busy()
         if result.status in ("expired", "failed"):
-            self.ledger.record(result.status, detail=result.detail)
+            await self.ledger.record(result.status, detail=result.detail)
         return result
 
     def _disk_full(self) -> DiskFullError:
@@ -314,20 +316,30 @@ class _Job:
         finally:
             await response.aclose()
 
-    async def _receive(self, response: httpx.Response, pos: int, *, upto: int | None) -> int:
-        """Stream the body into the part file from ``pos``; returns where it stopped."""
+    async def _receive(
+        self, response: httpx.Response, pos: int, *, upto: int | None, piece: Piece | None = None
+    ) -> int:
+        """Stream the body into the part file from ``pos``; returns where it stopped.
+
+        With ``piece``, it stops at ``piece.end`` (which may shrink while it runs).
+        """
         settings = self.ctx.settings
         controller = self.ctx.controller
+        # Many slow connections: smaller blocks, so the buffers held stay within ~32 MiB.
+        block_size = max(
+            256 << 10, min(settings.block_size, (32 << 20) // max(1, controller.active))
+        )
         receiver = Receiver(
             self.part,
             name=self.name,
             pos=pos,
             sink=self.ctx.sink,
-            block_size=settings.block_size,
+            block_size=block_size,
             limiter=self.ctx.limiter,
             counted=controller.counted,
             checkpoint=self.ledger.checkpoint,
             checkpoint_due=self.ledger.due,
+            piece=piece,
         )
         controller.streaming += 1
         try:
@@ -357,7 +369,7 @@ class _Job:
         ask = Ask(offset, None, self.ledger.expected_size, held=offset)
         async with self._request(ask) as (response, verdict):
             if verdict.kind == "whole":
-                self.ledger.learn_size(verdict.total)
+                await self.ledger.learn_size(verdict.total)
                 return
             if verdict.kind in ("size_changed", "refused"):
                 self.ledger.expected_size = None  # another object: keep nothing of the old one
@@ -370,7 +382,7 @@ class _Job:
                 self.ctx.sink.note(self.name, f"{verdict.reason}; starting over")
                 await self.ledger.start_over()
                 offset = 0
-            self.ledger.learn_size(verdict.total)
+            await self.ledger.learn_size(verdict.total)
             self.ctx.sink.started(self.name, self.ledger.expected_size, self.part.written.total())
             await self._receive(response, offset, upto=self.ledger.expected_size)
 
@@ -387,6 +399,9 @@ class _Job:
         workers: set[asyncio.Task[None]] = set()
         try:
             while pieces or workers:
+                if not pieces and self.on_tail is not None:
+                    self.on_tail()
+                    self.on_tail = None
                 room = bool(pieces) and len(workers) < settings.per_shard
                 if room and not workers:
                     await self.ctx.controller.acquire()  # every shard gets one connection
@@ -417,29 +432,31 @@ class _Job:
     async def _worker(self, pieces: Pieces, workers: set[asyncio.Task[None]]) -> None:
         """One connection: takes pieces lowest first until none is left (holds a slot)."""
         async with self._slot(acquired=True) as slot:
-            while (piece := pieces.take(len(workers))) is not None:
-                start, end = piece
-                progress = [start]
+            controller = self.ctx.controller
+            while (piece := pieces.take(len(workers), controller.per_connection)) is not None:
                 try:
-                    await self._retrying(functools.partial(self._piece, progress, end), slot)
+                    await self._retrying(functools.partial(self._piece, piece), slot)
                 except BaseException:
-                    pieces.give_back(progress[0], end)
+                    pieces.give_back(piece)
                     raise
-                if self.ctx.controller.over_limit():
+                pieces.finished(piece)
+                if controller.over_limit():
                     return  # the controller wants fewer connections: give the slot back
 
-    async def _piece(self, progress: list[int], end: int) -> None:
-        """One request for exactly ``[progress[0], end)``; ``progress[0]`` moves as bytes land."""
-        ask = Ask(progress[0], end, self.ledger.expected_size)
+    async def _piece(self, piece: Piece) -> None:
+        """One request for ``[piece.pos, piece.end)``; stops early if the piece is split."""
+        ask = Ask(piece.pos, piece.end, self.ledger.expected_size)
         async with self._request(ask) as (response, verdict):
             if verdict.kind != "append":
                 # Anything but the exact 206 asked for never writes into the file.
                 raise _Fallback(verdict.reason or f"HTTP {response.status_code} to a range request")
             try:
-                progress[0] = await self._receive(response, progress[0], upto=end)
-            except _Retry:
-                progress[0] = max(progress[0], self._written_from(progress[0], end))
-                raise
+                await self._receive(response, piece.pos, upto=None, piece=piece)
+            finally:
+                piece.pos = max(piece.pos, self._written_from(piece.pos, piece.end))
+            if piece.pos < piece.end:
+                msg = f"connection closed at {piece.pos:,} of {piece.end:,} bytes"
+                raise _Retry(msg)
 
     def _written_from(self, start: int, end: int) -> int:
         """How far ``[start, end)`` is written without a gap (after a drop mid-piece)."""
@@ -478,7 +495,13 @@ async def fetch_shard(
     expected: dict[str, str] | None = None,
     claim: Claim | None = None,
     size_hint: int | None = None,
+    on_tail: Callable[[], None] | None = None,
 ) -> ShardResult:
-    """Download one file into the store, resuming what is there; never raises for the shard."""
-    job = _Job(row, store, ctx, expected=expected or {}, claim=claim, size_hint=size_hint)
+    """Download one file into the store, resuming what is there; never raises for the shard.
+
+    ``on_tail`` is called once every byte range has been handed to a connection.
+    """
+    job = _Job(
+        row, store, ctx, expected=expected or {}, claim=claim, size_hint=size_hint, on_tail=on_tail
+    )
     return await job.run()

@@ -21,7 +21,13 @@ def busy(controller: ConnectionController) -> None:
 
 
 def step(controller: ConnectionController, clock: Clock, rate: float) -> None:
+    """One measured interval at ``rate``; after a growth step, the settling interval first."""
     busy(controller)
+    if controller._settling:
+        clock.now += 1.0
+        controller.counted(int(rate))
+        controller.tick()
+        assert not controller._settling
     clock.now += 1.0
     controller.counted(int(rate))
     controller.tick()
@@ -49,7 +55,7 @@ def test_it_grows_while_throughput_rises(clock):
 
 
 def test_it_holds_when_a_step_brings_nothing(clock):
-    controller = make(clock, hold_seconds=5.0)
+    controller = make(clock, hold_seconds=4.5)
     step(controller, clock, 100)
     step(controller, clock, 200)
     assert controller.limit == 16
@@ -57,7 +63,7 @@ def test_it_holds_when_a_step_brings_nothing(clock):
     assert controller.limit == 8
     for _ in range(4):
         step(controller, clock, 200)
-        assert controller.limit == 8  # held
+        assert controller.limit == 8  # held for 4.5 s
     step(controller, clock, 200)  # the hold is over: probe again
     assert controller.limit == 16
 

@@ -23,19 +23,42 @@ def test_spans_merge_and_report_gaps():
 def test_pieces_go_lowest_first_and_shrink_toward_the_end():
     pieces = Pieces(SpanSet([(0, 100)]), 1100, min_piece=50, max_piece=400)
     taken = []
-    while (piece := pieces.take(workers=2)) is not None:
-        taken.append(piece)
+    while pieces:
+        piece = pieces.take(workers=2, per_connection=10_000.0)
+        assert piece is not None
+        taken.append((piece.pos, piece.end))
+        pieces.finished(piece)
     assert taken[0][0] == 100 and taken[-1][1] == 1100
     assert all(a[1] == b[0] for a, b in itertools.pairwise(taken))  # no gap, no overlap
     sizes = [end - start for start, end in taken]
-    assert sizes == sorted(sizes, reverse=True) or sizes[-1] >= 50
-    assert all(size >= 50 for size in sizes)
+    assert sizes[0] == max(sizes) > sizes[-1] and all(size >= 50 for size in sizes)
+
+
+def test_a_piece_is_what_one_connection_carries_in_about_a_second():
+    pieces = Pieces(SpanSet(), 10_000_000, min_piece=1000, max_piece=10**9)
+    first = pieces.take(workers=1, per_connection=250_000.0)
+    assert first is not None and first.left == 500_000  # two seconds of it
 
 
 def test_a_piece_given_back_is_taken_again_first():
     pieces = Pieces(SpanSet(), 1000, min_piece=100, max_piece=100)
     first = pieces.take(1)
     second = pieces.take(1)
-    assert first == (0, 100) and second == (100, 200)
-    pieces.give_back(40, 100)
-    assert pieces.take(1) == (40, 100)
+    assert first is not None and second is not None
+    assert (first.pos, first.end, second.pos, second.end) == (0, 100, 100, 200)
+    first.pos = 40
+    pieces.give_back(first)
+    again = pieces.take(1)
+    assert again is not None and (again.pos, again.end) == (40, 100)
+
+
+def test_in_the_tail_an_idle_connection_takes_half_of_the_biggest_piece():
+    pieces = Pieces(SpanSet([(0, 1000)]), 1000, min_piece=100, max_piece=1000)
+    assert not pieces and pieces.take(1) is None  # nothing to hand out, nobody to help
+    slow = pieces._start(0, 1000)  # one connection holds the whole file
+    slow.pos = 200
+    helper = pieces.take(2)
+    assert helper is not None and (helper.pos, helper.end) == (600, 1000)
+    assert slow.end == 600  # its connection stops there
+    slow.pos, helper.pos = 450, 850
+    assert pieces.take(3) is None  # 150 bytes left in each: not worth a split

@@ -1,0 +1,181 @@
+"""The far-CDN cases of `make bench`: every connection capped, as a distant CDN caps it.
+
+A far CDN gives each TCP connection window/RTT of the link; nginx's ``limit_rate`` models
+that cap on loopback, ``limit_conn`` (answering 503) a server that counts connections.
+sa1b on its defaults is compared, side by side in the same run, with ``aria2c -x16 -s16
+-k4M -j<shards>`` (what power users run) and ``aria2c -x1`` (one connection per file),
+downloading into tmpfs. Files are random bytes: a download does not look inside.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure
+
+__all__ = ["bench_connection_limited", "bench_far_cdn", "far_files"]
+
+CAPS_MIB = (8, 24)
+CASES = {"1x768MiB": (1, 768), "2x384MiB": (2, 384), "10x96MiB": (10, 96)}
+BASE_PORT = 18490
+LIMITED_PORT = 18499
+ARIA2_X1 = os.environ.get("BENCH_ARIA2_X1", "1") == "1"  # one-connection baseline: slow, once
+
+
+def far_files(folder: Path) -> dict[str, list[Path]]:
+    """Random files for each case (made once, reused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(11)
+    made: dict[str, list[Path]] = {}
+    for case, (count, mib) in CASES.items():
+        paths = []
+        for k in range(count):
+            path = folder / f"{case}-{k}.bin"
+            if not path.exists() or path.stat().st_size != mib << 20:
+                with path.open("wb") as out:
+                    for _ in range(mib):
+                        out.write(rng.randbytes(1 << 20))
+            paths.append(path)
+        made[case] = paths
+    return made
+
+
+class CappedNginx:
+    """nginx on loopback: one server per cap, plus one allowing 3 connections (503 past that)."""
+
+    def __init__(self, folder: Path, work: Path) -> None:
+        servers = "".join(
+            f"server {{ listen 127.0.0.1:{BASE_PORT + i}; root {folder}; limit_rate {cap}m; "
+            "location / { } }\n"
+            for i, cap in enumerate(CAPS_MIB)
+        )
+        servers += (
+            f"server {{ listen 127.0.0.1:{LIMITED_PORT}; root {folder}; limit_rate 24m; "
+            f"access_log {work}/limited.log status; "
+            "limit_conn perserver 3; limit_conn_status 503; location / { } }\n"
+        )
+        conf = work / "nginx-far.conf"
+        conf.write_text(f"""
+user root; worker_processes 2; pid {work}/nginx-far.pid; error_log {work}/error-far.log;
+events {{ worker_connections 2048; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_timeout 30;
+  log_format status '$status';
+  limit_conn_zone $server_addr zone=perserver:1m;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  {servers}
+}}""")
+        self.log = work / "limited.log"
+        self.log.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
+        time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def _write_lists(base: Path, port: int, files: list[Path]) -> tuple[Path, Path]:
+    query = "_nc_gid&ccb=10-5&oh=00_x&oe=7FFFFFFF&_nc_sid=1"
+    links = base / "far-links.txt"
+    rows = [
+        f"sa_{k:06d}.tar\thttp://127.0.0.1:{port}/{p.name}?{query}" for k, p in enumerate(files)
+    ]
+    links.write_text("file_name\tcdn_link\n" + "\n".join(rows))
+    urls = base / "far-urls.txt"
+    urls.write_text("".join(f"http://127.0.0.1:{port}/{p.name}\n" for p in files))
+    return links, urls
+
+
+def _commands(sa1b: str, links: Path, urls: Path, target: Path, count: int) -> dict[str, list[str]]:
+    aria = ["aria2c", "-q", "--file-allocation=none", "-d", str(target), "-i", str(urls)]
+    return {
+        "sa1b": [sa1b, "download", "--links", str(links), "--root", str(target / "r"), "--quiet"],
+        "aria2c_x16": [*aria, "-x16", "-s16", "-k4M", f"-j{count}"],
+        "aria2c_x1": [*aria, "-x1", f"-j{count}"],
+    }
+
+
+def _summary(run: Run, total: int) -> dict[str, float]:
+    return {
+        "seconds": round(run.seconds, 3),
+        "MiB/s": round(total / 2**20 / run.seconds, 1),
+        "cpu_s_per_GiB": round(run.cpu / (total / GIB), 3),
+        "peak_rss_MB": round(run.rss_mb, 1),
+    }
+
+
+def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
+    """Each cap x case: sa1b and aria2c -x16 alternated REPEAT times, aria2c -x1 once."""
+    report: dict[str, object] = {}
+    target = Path(tempfile.mkdtemp(dir="/dev/shm"))
+
+    def wipe() -> None:
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+
+    try:
+        for i, cap in enumerate(CAPS_MIB):
+            for case, paths in files.items():
+                links, urls = _write_lists(target.parent, BASE_PORT + i, paths)
+                cmds = _commands(sa1b, links, urls, target, len(paths))
+                total = sum(p.stat().st_size for p in paths)
+                runs: dict[str, list[Run]] = {"sa1b": [], "aria2c_x16": []}
+                for _ in range(REPEAT):  # interleaved, so drift hits both alike
+                    for tool in runs:
+                        runs[tool].append(measure(cmds[tool], before=wipe))
+                row: dict[str, object] = {}
+                for tool, measured in runs.items():
+                    row[tool] = _summary(_median(measured), total)
+                ratios = [s.seconds / a.seconds for s, a in zip(*runs.values(), strict=True)]
+                row["ratio_sa1b_vs_aria2c_x16"] = round(statistics.median(ratios), 3)
+                if ARIA2_X1:
+                    row["aria2c_x1"] = _summary(measure(cmds["aria2c_x1"], before=wipe), total)
+                report[f"{cap}MiB/s_{case}"] = row
+                print(f"far CDN {cap} MiB/s {case}: {row}", flush=True)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    return report
+
+
+def _median(runs: list[Run]) -> Run:
+    return Run(
+        statistics.median(r.seconds for r in runs),
+        statistics.median(r.cpu for r in runs),
+        max(r.rss_mb for r in runs),
+    )
+
+
+def bench_connection_limited(sa1b: str, files: list[Path], log: Path) -> dict[str, object]:
+    """nginx serving 3 connections at most (503 past that): sa1b on defaults must get it all."""
+    target = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        links, urls = _write_lists(target.parent, LIMITED_PORT, files)
+        cmd = [*_commands(sa1b, links, urls, target, len(files))["sa1b"][:-1], "--json"]
+        started = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        seconds = time.monotonic() - started
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    import json
+
+    report = json.loads(done.stdout) if done.stdout else {}
+    statuses = [s["status"] for s in report.get("shards", [])]
+    codes = log.read_text().split() if log.exists() else []
+    return {
+        "exit_code": done.returncode,
+        "shards": len(statuses),
+        "failed": sum(1 for s in statuses if s != "downloaded"),
+        "responses_503": codes.count("503"),
+        "responses_ok": sum(1 for c in codes if c in ("200", "206")),
+        "seconds": round(seconds, 2),
+        "connections_peak": report.get("connections_peak"),
+    }
