@@ -23,9 +23,11 @@ __all__ = ["ConnectionController", "ControllerSettings"]
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
     ceiling: int = 64  # connections in all, whatever the measurements say
-    initial: int = 16
-    interval: float = 0.25  # seconds between two measurements
-    growth: float = 2.0  # each step multiplies the limit by this
+    initial: int = 4
+    interval: float = 0.2  # seconds between two measurements
+    growth: float = 2.0  # each step multiplies the limit by this...
+    capped_growth: float = 4.0  # ...or by this while each connection is clearly capped
+    capped_below: float = 64 * 2**20  # bytes/s per connection that says "capped"
     gain: float = 1.10  # a step must raise throughput by this factor to count
     hold_seconds: float = 3.0  # after a step that brought nothing, probe again this much later
     pushback_hold: float = 5.0  # no growth for this long after the server pushes back
@@ -54,6 +56,7 @@ class ConnectionController:
         self._previous_limit = self.limit
         self._hold_until = 0.0
         self._settling = False
+        self._fruitless = 0  # steps in a row that brought nothing
         self._wake = asyncio.Event()
 
     # -- slots ---------------------------------------------------------------------------
@@ -107,11 +110,17 @@ class ConnectionController:
             before, self._before = self._before, None
             if rate < before * self.settings.gain:
                 self._set_limit(self._previous_limit)  # it brought nothing: undo it, and hold
-                self._hold_until = now + self.settings.hold_seconds
+                self._hold_until = now + self.settings.hold_seconds * 2**self._fruitless
+                self._fruitless = min(self._fruitless + 1, 5)  # probe less and less often
                 return
+            self._fruitless = 0
         if now < self._hold_until or self.active < self.limit:
             return  # held, or the slots we have are not all in use: more would not help
-        grown = min(self.settings.ceiling, math.ceil(self.limit * self.settings.growth))
+        capped = (
+            self.per_connection is not None and self.per_connection < self.settings.capped_below
+        )
+        factor = self.settings.capped_growth if capped else self.settings.growth
+        grown = min(self.settings.ceiling, math.ceil(self.limit * factor))
         if grown > self.limit:
             self._before, self._previous_limit = rate, self.limit
             self._set_limit(grown)

@@ -233,7 +233,7 @@ def _context(
     )
     ceiling = config.connections
     controller = ConnectionController(
-        ControllerSettings(ceiling=ceiling, initial=min(ceiling, max(config.jobs, 16)))
+        ControllerSettings(ceiling=ceiling, initial=min(ceiling, config.jobs))
     )
     limiter = RateLimiter(config.max_rate, sleep=sleep) if config.max_rate else None
     return TransferContext(
@@ -256,9 +256,9 @@ async def _run_pool(
     jobs: int,
     hooks: _Hooks,
 ) -> list[ShardResult]:
-    # A shard holds one of ``jobs`` turns while it still has bytes nobody fetches yet; in its
-    # tail (every range handed out) it gives the turn to the next shard, so the connections
-    # its last pieces free up find work.
+    # A shard holds one of ``jobs`` turns until its tail starts freeing connections (a
+    # connection finds nothing left to fetch or split); then the next shard starts, so the
+    # connections freed find work.
     turns = asyncio.Semaphore(jobs)
     results: dict[str, ShardResult] = {}
     failures: list[BaseException] = []

@@ -63,6 +63,8 @@ class Ledger:
         self._last = (self.part.received, self.monotonic())
 
     def due(self) -> bool:
+        if self._busy:  # one is under way: asking again would only cut blocks short
+            return False
         done, when = self._last
         if self.part.received - done >= self.every_bytes:
             return True

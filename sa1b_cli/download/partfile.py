@@ -194,9 +194,14 @@ class PartFile:
             raise self._error
 
     async def sync(self) -> SpanSet:
-        """fsync, and return the spans that are now durable."""
+        """fsync, and return the spans that are now durable.
+
+        Waits only for the blocks in flight when it is called: other connections keep
+        writing meanwhile, and waiting for the set to be empty could take a whole piece.
+        """
         assert self._fd is not None
-        await self.drain()
+        if self._writes:
+            await asyncio.gather(*list(self._writes))
         durable = self.written.copy()
         await asyncio.to_thread(os.fsync, self._fd)
         return durable

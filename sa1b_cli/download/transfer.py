@@ -111,7 +111,7 @@ class _Job:
         self.row, self.name, self.store, self.ctx = row, row.file_name, store, ctx
         self.expected = expected
         self.size_hint = size_hint
-        self.on_tail = on_tail  # told once every range is handed out (the engine starts another)
+        self.on_tail = on_tail  # told once the tail frees connections (the engine starts another)
         settings = ctx.settings
         self.part = PartFile(store.part_path(self.name), [RECORD_ALGORITHM, *sorted(expected)])
         self.ledger = Ledger(
@@ -325,10 +325,9 @@ class _Job:
         """
         settings = self.ctx.settings
         controller = self.ctx.controller
-        # Many slow connections: smaller blocks, so the buffers held stay within ~32 MiB.
-        block_size = max(
-            256 << 10, min(settings.block_size, (32 << 20) // max(1, controller.active))
-        )
+        # Many slow connections: smaller blocks, so the buffers held stay within ~16 MiB.
+        share = (16 << 20) // max(1, controller.active)
+        block_size = max(256 << 10, min(settings.block_size, share))
         receiver = Receiver(
             self.part,
             name=self.name,
@@ -399,9 +398,6 @@ class _Job:
         workers: set[asyncio.Task[None]] = set()
         try:
             while pieces or workers:
-                if not pieces and self.on_tail is not None:
-                    self.on_tail()
-                    self.on_tail = None
                 room = bool(pieces) and len(workers) < settings.per_shard
                 if room and not workers:
                     await self.ctx.controller.acquire()  # every shard gets one connection
@@ -442,6 +438,9 @@ class _Job:
                 pieces.finished(piece)
                 if controller.over_limit():
                     return  # the controller wants fewer connections: give the slot back
+            if len(workers) > 1 and self.on_tail is not None:
+                self.on_tail()  # connections are freeing up in this shard's tail: start another
+                self.on_tail = None
 
     async def _piece(self, piece: Piece) -> None:
         """One request for ``[piece.pos, piece.end)``; stops early if the piece is split."""
@@ -499,7 +498,8 @@ async def fetch_shard(
 ) -> ShardResult:
     """Download one file into the store, resuming what is there; never raises for the shard.
 
-    ``on_tail`` is called once every byte range has been handed to a connection.
+    ``on_tail`` is called once, when a connection finds nothing left to fetch in this shard
+    while others still work on it.
     """
     job = _Job(
         row, store, ctx, expected=expected or {}, claim=claim, size_hint=size_hint, on_tail=on_tail

@@ -27,7 +27,7 @@ __all__ = ["WireTransport", "make_transport"]
 
 BUFFER = 256 << 10
 MIN_ROOM = 32 << 10
-PAUSE_ABOVE = 512 << 10  # bytes queued for the reader before the socket is paused
+PAUSE_ABOVE = 256 << 10  # bytes queued for the reader before the socket is paused
 _HEAD_LIMIT = 64 << 10
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 

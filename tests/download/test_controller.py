@@ -78,7 +78,7 @@ def test_it_does_not_grow_when_the_slots_it_has_are_not_all_used(clock):
 
 
 def test_503_shrinks_to_what_the_server_serves_and_honours_retry_after(clock):
-    controller = make(clock, pushback_hold=1.0)
+    controller = make(clock, pushback_hold=1.0, capped_growth=2.0)
     step(controller, clock, 100)
     assert controller.limit == 8
     controller.streaming = 3  # the server serves three bodies; the others got 503
@@ -111,3 +111,18 @@ async def test_acquire_waits_for_a_release(clock):
     controller.release()
     await asyncio.wait_for(waiter, 1)
     assert controller.active == 1 and controller.peak_active == 1
+
+
+def test_capped_connections_grow_faster_and_fruitless_probes_get_rarer(clock):
+    controller = make(clock, hold_seconds=1.0)
+    controller.streaming = 4  # four connections at 25 bytes/s each: clearly capped
+    step(controller, clock, 100)
+    assert controller.limit == 16  # x4 while each connection is capped
+    step(controller, clock, 100)  # sixteen carried no more than four: undo, hold 1 s
+    assert controller.limit == 4
+    step(controller, clock, 100)
+    assert controller.limit == 16  # probed again after 1 s
+    step(controller, clock, 100)
+    assert controller.limit == 4
+    step(controller, clock, 100)
+    assert controller.limit == 4  # the next probe waits 2 s: fruitless probes get rarer
