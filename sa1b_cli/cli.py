@@ -384,10 +384,10 @@ _ONLY = (None, "images", "annotations")
 def _check_layout(layout: str, only: str | None) -> None:
     if layout not in _LAYOUTS:
         msg = f"--layout {layout!r}: use shard or split"
-        raise UsageError(msg)
+        raise UsageError(msg, hint="shard: <out>/sa_000000/; split: <out>/images/, annotations/.")
     if only not in _ONLY:
         msg = f"--only {only!r}: use images or annotations"
-        raise UsageError(msg)
+        raise UsageError(msg, hint="Leave --only out to extract both.")
 
 
 def _extract_config(
@@ -496,26 +496,30 @@ def main() -> None:
     except Sa1bError as exc:
         if os.environ.get("SA1B_DEBUG"):
             raise
-        _print_error("error", exc.message, exc.hint)
+        _print_error("error", exc.message, exc.hint, code=exc.exit_code)
         sys.exit(exc.exit_code)
     except OSError as exc:  # permissions, a vanished folder: the system's words, no traceback
         if os.environ.get("SA1B_DEBUG"):
             raise
         where = f": {exc.filename}" if exc.filename else ""
         hint = "Check the path and its permissions; progress so far is kept. --debug shows more."
-        _print_error("error", f"{exc.strerror or exc}{where}", hint)
+        _print_error("error", f"{exc.strerror or exc}{where}", hint, code=1)
         sys.exit(1)
     except Exception as exc:  # the one place that renders the unexpected
         if os.environ.get("SA1B_DEBUG"):
             raise
         hint = "Progress so far is kept; rerun with --debug for the traceback and report it."
-        _print_error("unexpected error", f"{type(exc).__name__}: {exc}", hint)
+        _print_error("unexpected error", f"{type(exc).__name__}: {exc}", hint, code=1)
         sys.exit(1)
 
 
-def _print_error(label: str, message: str, hint: str | None) -> None:
+def _print_error(label: str, message: str, hint: str | None, *, code: int) -> None:
+    """The one place errors are rendered: redacted, on stderr, and as JSON with --json."""
     from rich.text import Text
 
+    if "--json" in sys.argv[1:]:  # scripts read one object on stdout, success or not
+        error = {"error": redact_text(message), "hint": redact_text(hint or ""), "exit_code": code}
+        _emit_json(error)
     text = Text(f"{label}: ", style="bold red").append(redact_text(message), style="")
     _err().print(text, highlight=False)
     if hint:

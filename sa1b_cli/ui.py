@@ -457,8 +457,9 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
     speed = f"{payload['throughput_mib_s']} MiB/s" if payload["throughput_mib_s"] else ""
     if deep and payload["images_per_s"]:
         speed += f", {payload['images_per_s']} images/s"
+    shown = f" ({speed})" if speed else ""
     console.print(
-        f"[bold]{len(report.results)} shards:[/] {summary} in {report.seconds:.1f}s ({speed})",
+        f"[bold]{len(report.results)} shards:[/] {summary} in {report.seconds:.1f}s{shown}",
         highlight=False,
     )
     warnings: Counter[str] = Counter()
@@ -469,7 +470,15 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
             Text("note: ", style="yellow").append(f"{n} x {text} (unusual, not corrupt)"),
             highlight=False,
         )
-    bad = [r.name for r in report.results if not r.ok]
+    unfinished = [r.name for r in report.results if r.status in ("partial", "missing")]
+    bad = [r.name for r in report.results if not r.ok and r.name not in unfinished]
+    if unfinished:  # incomplete, not corrupt: nothing failed there
+        console.print(
+            f"[yellow]{len(unfinished)} shard(s) not fully downloaded yet:[/] "
+            f"{', '.join(unfinished)}. Run [bold]sa1b download[/] with the same selection "
+            "to finish them, then verify again.",
+            highlight=False,
+        )
     if bad:
         console.print(
             f"[red]{len(bad)} shard(s) failed:[/] {', '.join(bad)}. Run [bold]sa1b download"

@@ -84,3 +84,18 @@ def test_units_are_binary_on_screen_and_in_json(tmp_path):
     out, buffer = console()
     ui.print_verify_report(out, report, deep=False)
     assert "512.0 MiB/s" in buffer.getvalue() and "1.0 GiB" in buffer.getvalue()
+
+
+def test_verify_of_partial_downloads_says_incomplete_not_failed():
+    from sa1b_cli.verify import VerifyReport, VerifyResult
+
+    results = [
+        VerifyResult(f"sa_00000{k}.tar", "partial", detail="download not finished")
+        for k in range(4)
+    ]
+    out, buffer = console()
+    ui.print_verify_report(out, VerifyReport(results, seconds=0.01), deep=False)
+    text = buffer.getvalue()
+    assert "4 partial in 0.0s\n" in text and "()" not in text
+    assert "not fully downloaded yet" in text and "failed" not in text
+    assert "sa1b download" in text

@@ -66,6 +66,6 @@ def parse_rate(value: str | None) -> float | None:
     match = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgG]i?)?[bB]?(?:/s)?\s*", value)
     if not match:
         msg = f"--max-rate {value!r}: use a rate such as 200M, 1.5G or 50MiB (bytes per second)"
-        raise UsageError(msg)
+        raise UsageError(msg, hint="Leave --max-rate out (or give 0) for no cap.")
     rate = float(match.group(1)) * _RATE_UNITS[(match.group(2) or "").lower()]
     return rate or None

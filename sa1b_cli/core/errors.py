@@ -32,11 +32,12 @@ class Sa1bError(Exception):
     """Base of every error sa1b reports to a user."""
 
     exit_code = 1
+    default_hint: str | None = None  # what to do next, when the raise site has nothing better
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = hint if hint is not None else self.default_hint
 
     def __reduce__(self) -> tuple[object, ...]:
         # Errors cross process boundaries (--workers, extraction pools) with their hint.
@@ -53,6 +54,7 @@ class UsageError(Sa1bError):
     """An option value that cannot be used."""
 
     exit_code = 2
+    default_hint = "Every command explains its options with --help (sa1b download --help)."
 
 
 class ManifestError(Sa1bError):
@@ -78,6 +80,10 @@ class ChecksumFileError(Sa1bError):
     """A --checksums file that cannot be read or parsed."""
 
     exit_code = 2
+    default_hint = (
+        "Pass a readable list in md5sum, sha256sum, xxhsum or BSD-tag format "
+        "(prefix it with md5: or xxh128: when its name does not say which)."
+    )
 
 
 class NotEnoughSpaceError(Sa1bError):

@@ -194,13 +194,32 @@ def parse_manifest(text: str, *, path: Path | None = None) -> Manifest:
     return Manifest(path, builder.rows, tuple(builder.warnings), tuple(builder.duplicates))
 
 
+def _not_text(data: bytes) -> str | None:
+    """What a file that is no manifest looks like, judged by its first bytes."""
+    if data.startswith(b"\x1f\x8b"):
+        return "a gzip stream (an SA-1B shard, perhaps)"
+    if data[257:262] == b"ustar":
+        return "a tar archive (an SA-1B shard, perhaps)"
+    if b"\0" in data[:4096]:
+        return "a binary file"
+    return None
+
+
 def read_manifest(path: Path) -> Manifest:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         msg = "file not found"
         raise ManifestError(msg, path=path) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"cannot read it ({exc.__class__.__name__}: {exc})"
+    except OSError as exc:
+        msg = f"cannot read it ({exc.strerror or exc})"
         raise ManifestError(msg, path=path) from exc
+    kind = _not_text(data)
+    try:
+        text = data.decode("utf-8") if kind is None else ""
+    except UnicodeDecodeError:
+        kind = "not UTF-8 text"
+    if kind is not None:
+        msg = f"this is {kind}, not a link manifest"
+        raise ManifestError(msg, path=path)
     return parse_manifest(text, path=path)

@@ -49,7 +49,8 @@ def _subset_names(value: str) -> tuple[str, ...]:
                 raise ValueError
     except ValueError:
         msg = f"--subset {value!r}: use a share such as 1% (0-100%] or a count from 1 to 1000"
-        raise UsageError(msg) from None
+        hint = "--subset 1% is shards 0-9; --subset 25 is shards 0-24."
+        raise UsageError(msg, hint=hint) from None
     return tuple(shard_name(i) for i in range(count))
 
 
@@ -66,11 +67,17 @@ def _shards_names(value: str) -> tuple[str, ...]:
             names.extend(shard_name(i) for i in range(low, high + 1))
         elif token.isdigit() and int(token) < SHARD_COUNT:
             names.append(shard_name(int(token)))
-        elif re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", token):
-            names.append(token if "." in token else f"{token}.tar")
+        elif re.fullmatch(r"sa_\d{6}", token):
+            names.append(f"{token}.tar")
+        elif re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)+", token):
+            names.append(token)  # a file name as the manifest spells it
         else:
-            msg = f"--shards: cannot read {token!r}; use numbers, ranges (0-9) or file names"
-            raise UsageError(msg)
+            msg = f"--shards: cannot read {token!r}"
+            hint = (
+                "--shards takes shard numbers (0-999), ranges (0-9), shard names "
+                "(sa_000031) and manifest file names (sa_images_ids.txt), comma-separated."
+            )
+            raise UsageError(msg, hint=hint)
     return tuple(dict.fromkeys(names))
 
 
@@ -80,7 +87,8 @@ def parse_selection(
     """Build a Selection from the command-line values (at most one of subset/shards)."""
     if subset and shards:
         msg = "use --subset or --shards, not both"
-        raise UsageError(msg)
+        hint = "--subset picks the lowest-numbered shards; --shards names them (0-9,20)."
+        raise UsageError(msg, hint=hint)
     names = _subset_names(subset) if subset else _shards_names(shards) if shards else None
     return Selection(names, parse_part(part, env=env) if part else None)
 
@@ -92,7 +100,8 @@ def parse_part(value: str, *, env: Mapping[str, str]) -> Part:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
         msg = f"--part {value!r}: use I/N with 0 <= I < N (for example 0/4), or auto"
-        raise UsageError(msg)
+        hint = "Parts count from 0: the four parts of a job are 0/4, 1/4, 2/4 and 3/4."
+        raise UsageError(msg, hint=hint)
     return Part(int(match.group(1)), int(match.group(2)))
 
 

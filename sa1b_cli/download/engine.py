@@ -313,7 +313,7 @@ async def _run_pool(
             task.cancel()
     for row in rows:
         if row.file_name not in results:
-            results[row.file_name] = _interrupted(store, row)
+            results[row.file_name] = _interrupted(store, row, ctx.fetched.get(row.file_name, 0))
     if failures:
         raise failures[0]
     return list(results.values())
@@ -376,13 +376,17 @@ async def _cancel_when(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> 
         task.cancel()
 
 
-def _interrupted(store: Store, row: ManifestRow) -> ShardResult:
+def _interrupted(store: Store, row: ManifestRow, fetched: int) -> ShardResult:
     kept = kept_spans(_same_object(store, row)).total()
     if kept:
         detail = "interrupted; partial bytes kept, run the same command to continue"
+    elif fetched:
+        detail = "interrupted before its first checkpoint; run the same command to fetch it"
     else:
-        detail = "interrupted before any byte was kept; run the same command to fetch it"
-    return ShardResult(row.file_name, "interrupted", bytes_done=kept, detail=detail)
+        detail = "not started; run the same command to fetch it"
+    return ShardResult(
+        row.file_name, "interrupted", bytes_done=kept, bytes_fetched=fetched, detail=detail
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,7 @@ class TransferContext:
     controller: ConnectionController = field(
         default_factory=lambda: ConnectionController(ControllerSettings(initial=64))
     )
+    fetched: dict[str, int] = field(default_factory=dict)  # bytes received, by shard, so far
 
 
 class _Retry(Exception):
@@ -352,6 +353,7 @@ class _Job:
         finally:
             controller.streaming -= 1
             self.fetched += receiver.fetched
+            self.ctx.fetched[self.name] = self.fetched  # an interrupted run still counts them
             if receiver.fetched:
                 self.failures = 0  # the budget is renewed while bytes keep arriving
         if upto is not None and receiver.pos < upto:

@@ -7,7 +7,13 @@ from datetime import UTC, datetime
 import pytest
 
 from sa1b_cli.core.errors import ManifestError
-from sa1b_cli.core.manifest import expiry_of, object_path, parse_manifest, redact_url
+from sa1b_cli.core.manifest import (
+    expiry_of,
+    object_path,
+    parse_manifest,
+    read_manifest,
+    redact_url,
+)
 
 URL = "https://scontent.xx.fbcdn.net/m1/v/t6/An_{n}.tar?_nc_gid&ccb=10-5&oh=00_SIG{n}&oe=6A1B2C3D&_nc_sid=0fdd"
 
@@ -98,3 +104,19 @@ def test_redact_text_hides_queries_inside_free_text():
     assert (
         redact_text("quoted: oh=00_SIG9&oe=6A1B2C3D, ok") == "quoted: oh=<hidden>&oe=<hidden>, ok"
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"\x1f\x8b\x08\x00" + bytes(100), "gzip stream"),
+        (bytes(257) + b"ustar\x0000" + bytes(200), "tar archive"),
+        (b"file_name\tcdn_link\n\x00\x01", "binary file"),
+        (b"file_name\tcdn_link\n" + b"\xff\xfe bad", "not UTF-8 text"),
+    ],
+)
+def test_a_file_that_is_no_manifest_says_what_it_is(tmp_path, data, said):
+    path = tmp_path / "sa_000000.tar"
+    path.write_bytes(data)
+    with pytest.raises(ManifestError, match=f"this is (a |an )?{said}.*not a link manifest"):
+        read_manifest(path)

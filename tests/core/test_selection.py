@@ -50,6 +50,9 @@ def test_default_is_every_shard_but_not_aux_rows():
         (None, "5-2"),
         (None, "0-1000"),
         (None, "../x"),
+        (None, "abc"),
+        (None, "sa_1"),
+        (None, "1000"),
         ("1%", "1"),
     ],
 )

@@ -110,6 +110,7 @@ async def test_stop_event_interrupts_and_keeps_bytes(tmp_path, payload):
     report = await asyncio.wait_for(task, 10)
     (result,) = report.results
     assert result.status == "interrupted"
+    assert result.bytes_fetched == 120_000  # the summary counts what arrived before the stop
     assert part.stat().st_size == 120_000
     record = Store(tmp_path / "root").read(NAMES[0])
     assert record is not None and record.durable_bytes == 120_000

@@ -1,0 +1,124 @@
+"""Bad input, checked from the outside: exit code, one clear message, a hint, no traceback,
+no signature, and with --json one error object on stdout. A new case is one row."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.site import SA1B, env
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    args: Callable[[Path], list[str]]  # given a scratch folder with files made below
+    code: int
+    says: str  # a piece of the message on stderr
+
+
+def scratch(tmp: Path) -> Path:
+    (tmp / "empty.txt").write_text("")
+    (tmp / "header.txt").write_text("file_name\tcdn_link\n")
+    (tmp / "shard.tar").write_bytes(b"\x1f\x8b\x08\x00" + bytes(512))
+    good = "file_name\tcdn_link\nsa_000000.tar\thttps://cdn.example/m1/v/t6/a.tar?oh=00_SECRET&oe=7FFFFFFF\n"
+    (tmp / "links.txt").write_text(good)
+    (tmp / "rootfile").write_text("not a folder")
+    return tmp
+
+
+def links(tmp: Path) -> list[str]:
+    return ["--links", str(tmp / "links.txt"), "--root", str(tmp / "root")]
+
+
+CASES = [
+    Case("links: missing manifest", lambda t: ["links", str(t / "nope.txt")], 2, "not found"),
+    Case("links: empty manifest", lambda t: ["links", str(t / "empty.txt")], 2, "header"),
+    Case("links: header only", lambda t: ["links", str(t / "header.txt")], 2, "no rows"),
+    Case(
+        "links: a shard given as manifest",
+        lambda t: ["links", str(t / "shard.tar")],
+        2,
+        "not a link manifest",
+    ),
+    Case(
+        "download: --shards abc",
+        lambda t: ["download", *links(t), "--shards", "abc"],
+        2,
+        "--shards",
+    ),
+    Case(
+        "download: --subset 0%", lambda t: ["download", *links(t), "--subset", "0%"], 2, "--subset"
+    ),
+    Case(
+        "download: --subset with --shards",
+        lambda t: ["download", *links(t), "--subset", "1%", "--shards", "1"],
+        2,
+        "not both",
+    ),
+    Case("download: --part 3/3", lambda t: ["download", *links(t), "--part", "3/3"], 2, "--part"),
+    Case(
+        "download: --part auto outside SLURM",
+        lambda t: ["download", *links(t), "--part", "auto"],
+        2,
+        "SLURM_ARRAY_TASK_ID",
+    ),
+    Case(
+        "download: --max-rate fast",
+        lambda t: ["download", *links(t), "--max-rate", "fast"],
+        2,
+        "rate",
+    ),
+    Case(
+        "download: --layout odd",
+        lambda t: ["download", *links(t), "--extract", "--layout", "odd"],
+        2,
+        "--layout",
+    ),
+    Case(
+        "download: the root is a file",
+        lambda t: ["download", "--links", str(t / "links.txt"), "--root", str(t / "rootfile")],
+        1,
+        "root",
+    ),
+    Case("verify: --algo crc", lambda t: ["verify", "--export", "x", "--algo", "crc"], 2, "--algo"),
+    Case(
+        "verify: unreadable --checksums",
+        lambda t: ["verify", "--root", str(t / "root"), "--checksums", str(t / "none.md5")],
+        2,
+        "cannot read checksum list",
+    ),
+    Case("status: --shards 5-2", lambda t: ["status", "--shards", "5-2"], 2, "--shards"),
+    Case("extract: --only both", lambda t: ["extract", "--only", "both"], 2, "--only"),
+]
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SA1B, *args], capture_output=True, text=True, cwd=cwd, env=env(), timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_said_once_with_a_hint_and_as_json(tmp_path: Path, case: Case):
+    tmp = scratch(tmp_path)
+    before = sorted(p.name for p in tmp.iterdir())
+    done = run(case.args(tmp), tmp)
+    assert done.returncode == case.code, done.stderr
+    assert case.says in done.stderr
+    assert done.stderr.count("error:") == 1 and "hint:" in done.stderr
+    assert "Traceback" not in done.stderr and "SECRET" not in done.stderr + done.stdout
+
+    with_json = run([*case.args(tmp), "--json"], tmp)
+    assert with_json.returncode == case.code
+    error = json.loads(with_json.stdout)
+    assert error["exit_code"] == case.code and case.says in error["error"] and error["hint"]
+    after = sorted(p.name for p in tmp.iterdir() if p.name != "root")
+    assert after == [n for n in before if n != "root"]  # nothing written beside the root
