@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -132,3 +137,41 @@ def test_a_proxy_in_the_environment_uses_httpx_s_own_transport(monkeypatch):
     assert isinstance(make_transport(), WireTransport)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert make_transport() is None
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1, made with the openssl tool."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate for the TLS test")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
+    command += ["-out", str(cert), "-days", "1", "-subj", "/CN=localhost"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(command, capture_output=True, check=True)
+    return cert, key
+
+
+async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            async for _ in requests(reader):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+                await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    port = srv.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert))
+    try:
+        async with httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client:
+            for _ in range(2):
+                async with client.stream("GET", f"https://127.0.0.1:{port}/t?_nc_gid&oe=1") as r:
+                    got = b"".join([bytes(c) async for c in r.aiter_raw()])
+                assert r.status_code == 200 and got == BODY
+    finally:
+        srv.close()
