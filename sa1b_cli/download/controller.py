@@ -80,6 +80,16 @@ class ConnectionController:
     def has_room(self) -> bool:
         return self.active < self.limit
 
+    def splitting_pays(self) -> bool:
+        """Whether a shard should open more connections: unmeasured yet, or each one capped.
+
+        Before the first measurement only spare slots are used (the limit starts at
+        --jobs). On a link where one connection per shard already runs fast, more would
+        only cost CPU (and the read-back of bytes written ahead of the digest frontier).
+        """
+        per_connection = self.per_connection
+        return per_connection is None or per_connection < self.settings.capped_below
+
     def over_limit(self) -> bool:
         """True when a connection should give its slot back after its current piece."""
         return self.active > self.limit
@@ -103,6 +113,7 @@ class ConnectionController:
         self._mark = (now, self._bytes)
         if self.streaming and rate:
             self.per_connection = rate / self.streaming
+            self._wake.set()  # shards waiting to split look again at the new measurement
         if self._settling:  # new connections need a moment: judge a step on the interval after
             self._settling = False
             return
@@ -116,9 +127,7 @@ class ConnectionController:
             self._fruitless = 0
         if now < self._hold_until or self.active < self.limit:
             return  # held, or the slots we have are not all in use: more would not help
-        capped = (
-            self.per_connection is not None and self.per_connection < self.settings.capped_below
-        )
+        capped = self.per_connection is not None and self.splitting_pays()
         factor = self.settings.capped_growth if capped else self.settings.growth
         grown = min(self.settings.ceiling, math.ceil(self.limit * factor))
         if grown > self.limit:

@@ -26,6 +26,7 @@ __all__ = ["PartFile", "is_disk_full"]
 
 _REHASH_BLOCK = 4 << 20
 _MAP_AT_LEAST = 1 << 20
+_MAP_WINDOW = 1 << 20  # mapped pages count as resident: a small window keeps RSS honest
 
 
 def _update_all(hashers: Iterable[Hasher], block: bytes | memoryview) -> None:
@@ -48,12 +49,11 @@ def _write_at(fd: int, offset: int, chunks: list[bytes], hashers: Iterable[Hashe
         _update_all(hashers, chunk)
 
 
-def _hash_range(
-    fd: int, start: int, end: int, hashers: Iterable[Hasher], buffer: bytearray
-) -> None:
+def _hash_range(fd: int, start: int, end: int, hashers: Iterable[Hasher]) -> None:
     if end - start >= _MAP_AT_LEAST:
         _hash_mapped(fd, start, end, hashers)
         return
+    buffer = bytearray(end - start)  # under 1 MiB: a short-lived buffer costs little
     view = memoryview(buffer)
     pos = start
     while pos < end:
@@ -74,7 +74,7 @@ def _hash_mapped(fd: int, start: int, end: int, hashers: Iterable[Hasher]) -> No
     pos = start
     while pos < end:  # one small window at a time: mapped pages count as resident memory
         base = pos - pos % mmap.ALLOCATIONGRANULARITY
-        stop = min(end, base + _REHASH_BLOCK)
+        stop = min(end, base + _MAP_WINDOW)
         with mmap.mmap(fd, stop - base, offset=base, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             try:
@@ -98,7 +98,6 @@ class PartFile:
         self._writes: set[asyncio.Future[None]] = set()
         self._hashing: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
-        self._buffer: bytearray | None = None
 
     async def open(self, *, keep: SpanSet) -> PartFile:
         """Open, trusting only ``keep`` (the last durable checkpoint) and hashing its prefix."""
@@ -112,18 +111,9 @@ class PartFile:
         self._new_hashers()
         prefix = self.written.prefix()
         if prefix:
-            await asyncio.to_thread(
-                _hash_range, self._fd, 0, prefix, self.hashers.values(), self._read_buffer()
-            )
+            await asyncio.to_thread(_hash_range, self._fd, 0, prefix, self.hashers.values())
         self.hashed = prefix
         return self
-
-    def _read_buffer(self) -> bytearray:
-        # One per file, allocated once: read-backs run one at a time, and a fresh buffer
-        # for each would cost a zero-fill and page faults every time.
-        if self._buffer is None:
-            self._buffer = bytearray(_REHASH_BLOCK)
-        return self._buffer
 
     def _new_hashers(self) -> None:
         self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
@@ -173,7 +163,7 @@ class PartFile:
     async def _read_back(self, fd: int, start: int, end: int) -> None:
         try:
             hashers = list(self.hashers.values())
-            await asyncio.to_thread(_hash_range, fd, start, end, hashers, self._read_buffer())
+            await asyncio.to_thread(_hash_range, fd, start, end, hashers)
         except Exception as exc:  # raised to whoever asks for the digests
             self._error = exc
             return

@@ -326,8 +326,8 @@ class _Job:
         """
         settings = self.ctx.settings
         controller = self.ctx.controller
-        # Many slow connections: smaller blocks, so the buffers held stay within ~16 MiB.
-        share = (16 << 20) // max(1, controller.active)
+        # Many slow connections: smaller blocks, so the buffers held stay within ~8 MiB.
+        share = (8 << 20) // max(1, controller.active)
         block_size = max(256 << 10, min(settings.block_size, share))
         receiver = Receiver(
             self.part,
@@ -399,12 +399,16 @@ class _Job:
         self.ctx.sink.started(self.name, size, self.part.written.total())
         workers: set[asyncio.Task[None]] = set()
         try:
+            controller = self.ctx.controller
             while pieces or workers:
                 room = bool(pieces) and len(workers) < settings.per_shard
+                if workers and not controller.splitting_pays():
+                    room = False  # measured: one connection already runs fast
                 if room and not workers:
-                    await self.ctx.controller.acquire()  # every shard gets one connection
-                elif not (room and self.ctx.controller.try_acquire()):
-                    await self._wait_for_change(workers, room=room)
+                    await controller.acquire()  # every shard gets one connection
+                elif not (room and controller.try_acquire()):
+                    # With work left, a freed slot or a new measurement may let it split.
+                    await self._wait_for_change(workers, room=bool(pieces))
                     continue
                 workers.add(asyncio.create_task(self._worker(pieces, workers)))
         finally:

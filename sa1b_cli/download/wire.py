@@ -40,7 +40,7 @@ class BufferPool:
     refuses to resize a bytearray while a view of it exists, which is the test used here.
     """
 
-    def __init__(self, keep: int = 64) -> None:
+    def __init__(self, keep: int = 32) -> None:
         self.keep = keep
         self.spare: deque[bytearray] = deque()
 

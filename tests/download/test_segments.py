@@ -77,6 +77,7 @@ async def fetch(cdn: SegmentCDN, store: Store, *, sleeps: Sleeps | None = None, 
         stall_timeout=5, block_size=8192, min_piece=20_000, max_piece=100_000, max_attempts=4
     )
     controller = ConnectionController(ControllerSettings(ceiling=connections, initial=connections))
+    controller.per_connection = 1000.0  # as measured on a link that caps each connection
     async with httpx.AsyncClient(transport=httpx.MockTransport(cdn.handle)) as client:
         ctx = TransferContext(
             client,
@@ -106,6 +107,18 @@ async def test_a_shard_is_split_across_connections_and_hashed_in_order(store, da
     assert len(cdn.ranges) > 2 and all(r and re.fullmatch(r"bytes=\d+-\d*", r) for r in cdn.ranges)
     record = store.read(NAME)
     assert record is not None and record.digests["xxh128"] == xxhash.xxh3_128(data).hexdigest()
+
+
+async def test_one_connection_when_one_connection_is_measured_fast(store, data):
+    cdn = SegmentCDN(data)
+    controller = ConnectionController(ControllerSettings(ceiling=4, initial=4))
+    controller.per_connection = 500 * 2**20  # measured: each connection runs at 500 MiB/s
+    settings = TransferSettings(block_size=8192, min_piece=20_000, max_piece=100_000)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(cdn.handle)) as client:
+        ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
+        result = await fetch_shard(row_for(), store, ctx, size_hint=len(data))
+    assert result.status == "downloaded" and whole(store) == data
+    assert result.connections == 1  # a fast single connection: splitting would only cost
 
 
 async def test_one_connection_when_split_is_off(store, data):
