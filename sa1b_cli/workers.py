@@ -73,10 +73,14 @@ class QueueSink:
 
 
 def split_selection(config: DownloadConfig, workers: int) -> list[DownloadConfig]:
-    """Balanced shares of what ``config`` selects, one per worker (round robin in shard order)."""
+    """Balanced shares of what ``config`` selects, one per worker (round robin in shard order).
+
+    The --connections ceiling is the run's, so each process gets its share of it.
+    """
     names = config.selection.apply(read_manifest(config.links).rows)
+    connections = max(1, config.connections // workers)
     return [
-        replace(config, selection=Selection(tuple(names[k::workers])))
+        replace(config, selection=Selection(tuple(names[k::workers])), connections=connections)
         for k in range(workers)
         if names[k::workers]
     ]
