@@ -46,6 +46,7 @@ from sa1b_cli.options import (
     DeleteTarOpt,
     ExportOpt,
     ExtractFlagOpt,
+    ExtractJobsOpt,
     JobsOpt,
     JsonOpt,
     LayoutOpt,
@@ -61,6 +62,7 @@ from sa1b_cli.options import (
     ShardsOpt,
     SubsetOpt,
     TimeoutOpt,
+    VerifyJobsOpt,
     WorkersOpt,
 )
 
@@ -329,17 +331,7 @@ def verify(
     checksums: ChecksumsOpt = None,
     deep: DeepOpt = False,
     decode_masks: DecodeOpt = False,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            "--jobs",
-            "-j",
-            min=1,
-            max=64,
-            rich_help_panel="Integrity",
-            help="Processes for --deep, files hashed at once otherwise.",
-        ),
-    ] = DEFAULT_VERIFY_JOBS,
+    jobs: VerifyJobsOpt = DEFAULT_VERIFY_JOBS,
     export: ExportOpt = None,
     algo: AlgoOpt = "xxh128",
     as_json: JsonOpt = False,
@@ -422,17 +414,7 @@ def extract(
     out_dir: OutOpt = None,
     layout: LayoutOpt = "shard",
     only: OnlyOpt = None,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            "--jobs",
-            "-j",
-            min=1,
-            max=64,
-            rich_help_panel="Extraction",
-            help="Shards extracted at once (one process each).",
-        ),
-    ] = DEFAULT_VERIFY_JOBS,
+    jobs: ExtractJobsOpt = DEFAULT_VERIFY_JOBS,
     delete_tar: DeleteTarOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +18,7 @@ __all__ = [
     "DeleteTarOpt",
     "ExportOpt",
     "ExtractFlagOpt",
+    "ExtractJobsOpt",
     "JobsOpt",
     "JsonOpt",
     "LayoutOpt",
@@ -33,6 +34,7 @@ __all__ = [
     "ShardsOpt",
     "SubsetOpt",
     "TimeoutOpt",
+    "VerifyJobsOpt",
     "WorkersOpt",
 ]
 
@@ -88,18 +90,20 @@ PartOpt = Annotated[
         help="Take part I/N of the selection. 'auto' reads SLURM_ARRAY_TASK_*.",
     ),
 ]
-JobsOpt = Annotated[
-    int,
-    typer.Option(
-        "--jobs",
-        "-j",
-        min=1,
-        max=64,
-        envvar="SA1B_JOBS",
-        rich_help_panel=NETWORK,
-        help="Shards downloaded at once.",
-    ),
+
+
+def _jobs(panel: str, help_text: str, envvar: str | None = None) -> Any:
+    """--jobs means shards at once for download and extract, processes for verify --deep."""
+    return typer.Option(
+        "--jobs", "-j", min=1, max=64, envvar=envvar, rich_help_panel=panel, help=help_text
+    )
+
+
+VerifyJobsOpt = Annotated[
+    int, _jobs("Integrity", "Processes for --deep, files hashed at once otherwise.")
 ]
+ExtractJobsOpt = Annotated[int, _jobs("Extraction", "Shards extracted at once (one process each).")]
+JobsOpt = Annotated[int, _jobs(NETWORK, "Shards downloaded at once.", "SA1B_JOBS")]
 ConnectionsOpt = Annotated[
     int,
     typer.Option(
