@@ -474,7 +474,7 @@ def status(
 def main() -> None:
     """Console entry point: renders every error once, redacted, and picks the exit code."""
     try:
-        app()
+        code = app(standalone_mode=False)  # typer's usage errors reach us, one style for all
     except Sa1bError as exc:
         if os.environ.get("SA1B_DEBUG"):
             raise
@@ -488,11 +488,33 @@ def main() -> None:
         _print_error("error", f"{exc.strerror or exc}{where}", hint, code=1)
         sys.exit(1)
     except Exception as exc:  # the one place that renders the unexpected
+        _exit_for_usage_error(exc)
         if os.environ.get("SA1B_DEBUG"):
             raise
         hint = "Progress so far is kept; rerun with --debug for the traceback and report it."
         _print_error("unexpected error", f"{type(exc).__name__}: {exc}", hint, code=1)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_for_usage_error(exc: Exception) -> None:
+    """Typer's own usage errors (``--jobs 0``), told in sa1b's style; returns for any other.
+
+    They are recognised by their interface (``format_message``, ``exit_code``, ``ctx``)
+    rather than by class: typer vendors click, and its classes are not public API.
+    """
+    message = getattr(exc, "format_message", None)
+    code = getattr(exc, "exit_code", None)
+    if not callable(message) or not isinstance(code, int):
+        return
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `sa1b download` alone: show the help
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(code)
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", "sa1b")
+    hint = f"Run `{command} --help` to see what each option accepts."
+    _print_error("error", str(message()), hint, code=code)
+    sys.exit(code)
 
 
 def _print_error(label: str, message: str, hint: str | None, *, code: int) -> None:

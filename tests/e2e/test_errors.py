@@ -97,6 +97,16 @@ CASES = [
     ),
     Case("status: --shards 5-2", lambda t: ["status", "--shards", "5-2"], 2, "--shards"),
     Case("extract: --only both", lambda t: ["extract", "--only", "both"], 2, "--only"),
+    Case(
+        "download: --jobs 0 (typer's own check)", lambda t: ["download", "--jobs", "0"], 2, "--jobs"
+    ),
+    Case("verify: an unknown option", lambda t: ["verify", "--bogus"], 2, "No such option"),
+    Case(
+        "links: an unreadable manifest",
+        lambda t: ["links", str(t / "links.txt" / "x")],
+        2,
+        "links.txt",
+    ),
 ]
 
 
