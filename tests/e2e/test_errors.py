@@ -4,6 +4,7 @@ no signature, and with --json one error object on stdout. A new case is one row.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.site import SA1B, env
+from tests.site import SA1B, build_site, env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +23,7 @@ class Case:
     args: Callable[[Path], list[str]]  # given a scratch folder with files made below
     code: int
     says: str  # a piece of the message on stderr
+    env: tuple[tuple[str, str], ...] = ()  # extra environment, SLURM's for instance
 
 
 def scratch(tmp: Path) -> Path:
@@ -96,6 +98,17 @@ CASES = [
         "cannot read checksum list",
     ),
     Case("status: --shards 5-2", lambda t: ["status", "--shards", "5-2"], 2, "--shards"),
+    Case(
+        "verify: --part auto with inconsistent SLURM variables",
+        lambda t: ["verify", "--root", str(t / "root"), "--part", "auto"],
+        2,
+        "outside",
+        (
+            ("SLURM_ARRAY_TASK_ID", "9"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ),
+    ),
     Case("extract: --only both", lambda t: ["extract", "--only", "both"], 2, "--only"),
     Case(
         "download: --jobs 0 (typer's own check)", lambda t: ["download", "--jobs", "0"], 2, "--jobs"
@@ -110,9 +123,17 @@ CASES = [
 ]
 
 
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], cwd: Path, extra: tuple[tuple[str, str], ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [SA1B, *args], capture_output=True, text=True, cwd=cwd, env=env(), timeout=60, check=False
+        [SA1B, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**env(), **dict(extra)},
+        timeout=60,
+        check=False,
     )
 
 
@@ -120,15 +141,74 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_bad_input_is_said_once_with_a_hint_and_as_json(tmp_path: Path, case: Case):
     tmp = scratch(tmp_path)
     before = sorted(p.name for p in tmp.iterdir())
-    done = run(case.args(tmp), tmp)
+    done = run(case.args(tmp), tmp, case.env)
     assert done.returncode == case.code, done.stderr
     assert case.says in done.stderr
     assert done.stderr.count("error:") == 1 and "hint:" in done.stderr
     assert "Traceback" not in done.stderr and "SECRET" not in done.stderr + done.stdout
 
-    with_json = run([*case.args(tmp), "--json"], tmp)
+    with_json = run([*case.args(tmp), "--json"], tmp, case.env)
     assert with_json.returncode == case.code
     error = json.loads(with_json.stdout)
     assert error["exit_code"] == case.code and case.says in error["error"] and error["hint"]
     after = sorted(p.name for p in tmp.iterdir() if p.name != "root")
     assert after == [n for n in before if n != "root"]  # nothing written beside the root
+
+
+def test_ctrl_c_before_any_byte_exits_130_and_says_nothing_was_kept(big_site):
+    site = big_site
+    site.mirror.faults.fail_status["sa_000000.tar"] = [429] * 20  # Retry-After: 1, each time
+    proc = site.popen(
+        "download", "--links", str(site.manifest()), "--root", str(site.root), "--shards", "0"
+    )
+    wait_for(lambda: any(r.get("status") == 429 for r in site.mirror.requests), what="a 429")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "oh=" not in stderr
+    assert "interrupted" in stderr and "run the same command" in stderr
+    assert "partial bytes kept" not in stderr  # nothing was kept: it never got a byte
+
+
+def test_ctrl_c_during_extraction_exits_130_and_marks_nothing_half_done(tmp_path):
+    site = build_site(tmp_path, shards=2, images=250)
+    try:
+        root = str(site.root)
+        assert site.run("download", "--links", str(site.manifest()), "--root", root).returncode == 0
+    finally:
+        site.mirror.stop()
+    proc = site.popen("extract", "--root", root, "--jobs", "1")
+    out = site.root / "extracted"
+    wait_for(lambda: out.is_dir() and any(out.glob(".tmp-*")), what="extraction under way")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    done = {p.stem for p in (out / ".done").glob("*.json")} if (out / ".done").is_dir() else set()
+    assert "sa_000001" not in done or len(list((out / "sa_000001").iterdir())) == 500
+    again = site.run("extract", "--root", root, "--jobs", "1")
+    assert again.returncode == 0, again.stderr
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_a_read_only_root_says_so_and_what_to_do(tmp_path: Path):
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        tmp = scratch(tmp_path)
+        args = ["download", "--links", str(tmp / "links.txt"), "--root", str(readonly / "root")]
+        for extra in ([], ["--json"]):
+            done = run([*args, *extra], tmp)
+            assert done.returncode == 1, done.stderr
+            assert "error:" in done.stderr and "hint:" in done.stderr
+            assert "Traceback" not in done.stderr and "SECRET" not in done.stderr
+        assert json.loads(done.stdout)["exit_code"] == 1
+    finally:
+        subprocess.run(["umount", "-l", str(readonly)], check=False)
