@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from sa1b_cli.devtools.mirror import Mirror, write_manifest
 from sa1b_cli.devtools.synth import ShardSpec, make_shard
@@ -71,6 +75,23 @@ def build_site(tmp: Path, *, shards: int = 3, images: int = 6, pad: int = 0) -> 
     (folder / "sa_images_ids.txt").write_text("".join(f"{i}\n" for i in range(1, 20)))
     names.append("sa_images_ids.txt")
     return Site(tmp, Mirror(folder).start(), names)
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str, *, why: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` for the test (skipped, saying ``why``, where mount fails)."""
+    mount.mkdir(exist_ok=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount {why} here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def wait_for(predicate: Any, *, timeout: float = 30.0, what: str = "condition") -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.site import Site, wait_for
+from tests.site import Site, tmpfs, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -208,17 +208,8 @@ def test_usage_errors_exit_2(site: Site):
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "tiny", "size=1600k", why="a small tmpfs") as mount:
+        yield mount
 
 
 def test_not_enough_space_is_refused_up_front(big_site: Site, tiny_disk: Path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.site import SA1B, build_site, env, wait_for
+from tests.site import SA1B, build_site, env, tmpfs, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -192,17 +192,8 @@ def test_ctrl_c_during_extraction_exits_130_and_marks_nothing_half_done(tmp_path
 
 
 def test_a_read_only_root_says_so_and_what_to_do(tmp_path: Path):
-    readonly = tmp_path / "ro"
-    readonly.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
-        capture_output=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {made.stderr.decode().strip()}")
-    try:
-        tmp = scratch(tmp_path)
+    tmp = scratch(tmp_path)
+    with tmpfs(tmp_path / "ro", "ro,size=1m", why="a read-only tmpfs") as readonly:
         args = ["download", "--links", str(tmp / "links.txt"), "--root", str(readonly / "root")]
         for extra in ([], ["--json"]):
             done = run([*args, *extra], tmp)
@@ -210,5 +201,3 @@ def test_a_read_only_root_says_so_and_what_to_do(tmp_path: Path):
             assert "error:" in done.stderr and "hint:" in done.stderr
             assert "Traceback" not in done.stderr and "SECRET" not in done.stderr
         assert json.loads(done.stdout)["exit_code"] == 1
-    finally:
-        subprocess.run(["umount", "-l", str(readonly)], check=False)
