@@ -3,8 +3,9 @@
 Pieces are handed out lowest offset first, so every connection works close to the digest
 frontier (the reorder window stays a few pieces wide). A piece is the smaller of a share
 of the work left (guided self-scheduling: pieces shrink toward the end, so every
-connection stays busy until the last byte) and what one connection carries in about a
-second at the measured rate (a capped connection must not sit on a long piece alone).
+connection stays busy until the last byte) and what one connection carries in about two
+seconds at the measured rate (a capped connection must not sit on a long piece alone).
+In the tail an idle connection takes half of the piece with the most left.
 """
 
 from __future__ import annotations

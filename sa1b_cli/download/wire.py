@@ -4,7 +4,7 @@ httpx stays the client API (requests, redirects, timeouts, exceptions); only the
 the wire go another way. httpcore hands every read through anyio, h11's receive buffer
 (two copies) and several generator layers: measured here, a bare httpx stream costs
 1.8-5 CPU s/GiB (more when a rate-capped CDN sends small bursts), while an asyncio
-``BufferedProtocol`` reading into 1 MiB buffers costs 0.3-0.4. Body chunks are memoryviews
+``BufferedProtocol`` reading into large buffers costs 0.3-0.4. Body chunks are memoryviews
 of those buffers, handed on without a copy (``pwritev`` and the hashers take them as they
 are). Request targets are sent byte for byte (a signed query must not be re-encoded).
 
