@@ -27,7 +27,7 @@ class ControllerSettings:
     interval: float = 0.2  # seconds between two measurements
     growth: float = 2.0  # each step multiplies the limit by this...
     capped_growth: float = 4.0  # ...or by this while each connection is clearly capped
-    capped_below: float = 64 * 2**20  # bytes/s per connection that says "capped"
+    capped_below: float = 32 * 2**20  # bytes/s per connection that says "capped"
     gain: float = 1.10  # a step must raise throughput by this factor to count
     hold_seconds: float = 3.0  # after a step that brought nothing, probe again this much later
     pushback_hold: float = 5.0  # no growth for this long after the server pushes back
@@ -57,6 +57,7 @@ class ConnectionController:
         self._hold_until = 0.0
         self._settling = False
         self._fruitless = 0  # steps in a row that brought nothing
+        self._more_pays = True  # the last judged step raised throughput (or none was judged)
         self._wake = asyncio.Event()
 
     # -- slots ---------------------------------------------------------------------------
@@ -81,14 +82,14 @@ class ConnectionController:
         return self.active < self.limit
 
     def splitting_pays(self) -> bool:
-        """Whether a shard should open more connections: unmeasured yet, or each one capped.
+        """Whether a shard should open more connections than its first.
 
-        Before the first measurement only spare slots are used (the limit starts at
-        --jobs). On a link where one connection per shard already runs fast, more would
-        only cost CPU (and the read-back of bytes written ahead of the digest frontier).
+        Yes before any step was judged (only the spare slots of --jobs exist then), while a
+        step is being tried, and after a step that raised throughput; no after a step that
+        brought nothing: where one connection per shard already fills the link (loopback,
+        or many shards), more would only cost CPU and read-back.
         """
-        per_connection = self.per_connection
-        return per_connection is None or per_connection < self.settings.capped_below
+        return self._before is not None or self._more_pays
 
     def over_limit(self) -> bool:
         """True when a connection should give its slot back after its current piece."""
@@ -123,11 +124,14 @@ class ConnectionController:
                 self._set_limit(self._previous_limit)  # it brought nothing: undo it, and hold
                 self._hold_until = now + self.settings.hold_seconds * 2**self._fruitless
                 self._fruitless = min(self._fruitless + 1, 5)  # probe less and less often
+                self._more_pays = False
                 return
             self._fruitless = 0
+            self._more_pays = True
         if now < self._hold_until or self.active < self.limit:
             return  # held, or the slots we have are not all in use: more would not help
-        capped = self.per_connection is not None and self.splitting_pays()
+        per_connection = self.per_connection
+        capped = per_connection is not None and per_connection < self.settings.capped_below
         factor = self.settings.capped_growth if capped else self.settings.growth
         grown = min(self.settings.ceiling, math.ceil(self.limit * factor))
         if grown > self.limit:

@@ -77,7 +77,6 @@ async def fetch(cdn: SegmentCDN, store: Store, *, sleeps: Sleeps | None = None, 
         stall_timeout=5, block_size=8192, min_piece=20_000, max_piece=100_000, max_attempts=4
     )
     controller = ConnectionController(ControllerSettings(ceiling=connections, initial=connections))
-    controller.per_connection = 1000.0  # as measured on a link that caps each connection
     async with httpx.AsyncClient(transport=httpx.MockTransport(cdn.handle)) as client:
         ctx = TransferContext(
             client,
@@ -109,16 +108,27 @@ async def test_a_shard_is_split_across_connections_and_hashed_in_order(store, da
     assert record is not None and record.digests["xxh128"] == xxhash.xxh3_128(data).hexdigest()
 
 
-async def test_one_connection_when_one_connection_is_measured_fast(store, data):
+async def test_one_connection_once_more_connections_were_measured_to_bring_nothing(store, data):
     cdn = SegmentCDN(data)
-    controller = ConnectionController(ControllerSettings(ceiling=4, initial=4))
-    controller.per_connection = 500 * 2**20  # measured: each connection runs at 500 MiB/s
+    clock = iter(float(t) for t in range(100))
+    controller = ConnectionController(
+        ControllerSettings(ceiling=4, initial=1), clock=lambda: next(clock)
+    )
+    controller.try_acquire()  # one busy connection at 100 bytes/s
+    controller.counted(100)
+    controller.tick()  # grows to 2 and tries it
+    controller.tick()  # settles
+    controller.tick()  # no more bytes with two: the step is undone
+    controller.release()
+    assert controller.limit == 1 and not controller.splitting_pays()
+    controller.settings = ControllerSettings(ceiling=4, initial=4)
+    controller.limit = 4  # room for more, but more were measured to bring nothing
     settings = TransferSettings(block_size=8192, min_piece=20_000, max_piece=100_000)
     async with httpx.AsyncClient(transport=httpx.MockTransport(cdn.handle)) as client:
         ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
         result = await fetch_shard(row_for(), store, ctx, size_hint=len(data))
     assert result.status == "downloaded" and whole(store) == data
-    assert result.connections == 1  # a fast single connection: splitting would only cost
+    assert result.connections == 1
 
 
 async def test_one_connection_when_split_is_off(store, data):
