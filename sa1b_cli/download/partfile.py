@@ -154,9 +154,9 @@ class PartFile:
         if self._hashing is not None or self._fd is None or self._error is not None:
             return
         start = self.hashed
-        if not self.written.covers(start, start + 1):
+        end = self.written.run_end(start)
+        if end == start:
             return
-        end = next(e for s, e in self.written if s <= start < e)
         self.hashed = end
         self._hashing = asyncio.ensure_future(self._read_back(self._fd, start, end))
 

@@ -62,8 +62,14 @@ class SpanSet:
         return SpanSet((s, min(e, size)) for s, e in self._spans if s < size)
 
     def covers(self, start: int, end: int) -> bool:
-        i = bisect_left(self._spans, (start + 1, start + 1)) - 1
-        return i >= 0 and self._spans[i][0] <= start and self._spans[i][1] >= end
+        return self.run_end(start) >= end > start
+
+    def run_end(self, pos: int) -> int:
+        """Where the bytes from ``pos`` stop being covered (``pos`` itself if it is a gap)."""
+        i = bisect_left(self._spans, (pos + 1, pos + 1)) - 1
+        if i >= 0 and self._spans[i][0] <= pos < self._spans[i][1]:
+            return self._spans[i][1]
+        return pos
 
     def as_list(self) -> list[list[int]]:
         return [[start, end] for start, end in self._spans]

@@ -458,17 +458,11 @@ class _Job:
             try:
                 await self._receive(response, piece.pos, upto=None, piece=piece)
             finally:
-                piece.pos = max(piece.pos, self._written_from(piece.pos, piece.end))
+                # After a drop mid-piece: whatever is written from pos on need not come again.
+                piece.pos = min(piece.end, max(piece.pos, self.part.written.run_end(piece.pos)))
             if piece.pos < piece.end:
                 msg = f"connection closed at {piece.pos:,} of {piece.end:,} bytes"
                 raise _Retry(msg)
-
-    def _written_from(self, start: int, end: int) -> int:
-        """How far ``[start, end)`` is written without a gap (after a drop mid-piece)."""
-        for span_start, span_end in self.part.written:
-            if span_start <= start < span_end:
-                return min(end, span_end)
-        return start
 
 
 class _Slot:

@@ -14,6 +14,7 @@ def test_spans_merge_and_report_gaps():
     assert spans.prefix() == 20 and spans.total() == 30
     assert list(spans.missing(50)) == [(20, 30), (40, 50)]
     assert spans.covers(31, 35) and not spans.covers(19, 21)
+    assert spans.run_end(5) == 20 and spans.run_end(25) == 25 and spans.run_end(39) == 40
     spans.add(15, 35)
     assert list(spans) == [(0, 40)]
     assert SpanSet([(5, 9)]).prefix() == 0
