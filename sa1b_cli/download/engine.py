@@ -196,7 +196,6 @@ async def run_downloads(
             sink.finished(done)
     pending = plan.pending
     claims: dict[str, Claim] = {}
-    peak = [0]
     async with make_client(config.timeout, transport=transport) as client:
         try:
             sizes = await _sizes(client, store, pending, config.jobs, clock)
@@ -204,12 +203,7 @@ async def run_downloads(
             sink.planned(needed)
             ctx = _context(config, client, sink=sink, sleep=sleep, clock=clock)
             hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after, sizes)
-            try:
-                results.extend(
-                    await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks)
-                )
-            finally:
-                peak[0] = ctx.controller.peak_active
+            results.extend(await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks))
         finally:
             for claim in claims.values():
                 claim.release()
@@ -217,7 +211,8 @@ async def run_downloads(
                 store.write_checksum_file()
     order = {n: i for i, n in enumerate(plan.names)}
     results.sort(key=lambda r: order.get(r.name, len(order)))
-    return DownloadReport(results, manifest.expiry_window(), needed, manifest.warnings, peak[0])
+    peak = ctx.controller.peak_active
+    return DownloadReport(results, manifest.expiry_window(), needed, manifest.warnings, peak)
 
 
 def _context(
