@@ -319,10 +319,11 @@ class _Job:
 
     async def _receive(
         self, response: httpx.Response, pos: int, *, upto: int | None, piece: Piece | None = None
-    ) -> int:
-        """Stream the body into the part file from ``pos``; returns where it stopped.
+    ) -> None:
+        """Stream the body into the part file from ``pos``; a retry if it ends short of ``upto``.
 
-        With ``piece``, it stops at ``piece.end`` (which may shrink while it runs).
+        With ``piece``, it stops at ``piece.end`` (which may shrink while it runs), and that
+        is the end it must reach.
         """
         settings = self.ctx.settings
         controller = self.ctx.controller
@@ -356,10 +357,10 @@ class _Job:
             self.ctx.fetched[self.name] = self.fetched  # an interrupted run still counts them
             if receiver.fetched:
                 self.failures = 0  # the budget is renewed while bytes keep arriving
-        if upto is not None and receiver.pos < upto:
-            msg = f"connection closed at {receiver.pos:,} of {upto:,} bytes"
+        end = piece.end if piece is not None else upto
+        if end is not None and receiver.pos < end:
+            msg = f"connection closed at {receiver.pos:,} of {end:,} bytes"
             raise _Retry(msg)
-        return receiver.pos
 
     # -- one connection --------------------------------------------------------------------------
 
@@ -460,9 +461,6 @@ class _Job:
             finally:
                 # After a drop mid-piece: whatever is written from pos on need not come again.
                 piece.pos = min(piece.end, max(piece.pos, self.part.written.run_end(piece.pos)))
-            if piece.pos < piece.end:
-                msg = f"connection closed at {piece.pos:,} of {piece.end:,} bytes"
-                raise _Retry(msg)
 
 
 class _Slot:
