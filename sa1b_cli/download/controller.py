@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["ConnectionController", "ControllerSettings"]
@@ -47,7 +47,6 @@ class ConnectionController:
         self.limit = max(1, min(self.settings.initial, self.settings.ceiling))
         self.active = 0
         self.streaming = 0  # connections currently receiving a body
-        self.peak_limit = self.limit
         self.peak_active = 0
         self._bytes = 0
         self._mark = (clock(), 0)  # (time, bytes) at the last measurement
@@ -77,9 +76,6 @@ class ConnectionController:
     def release(self) -> None:
         self.active -= 1
         self._wake.set()
-
-    def has_room(self) -> bool:
-        return self.active < self.limit
 
     def splitting_pays(self) -> bool:
         """Whether a shard should open more connections than its first.
@@ -151,11 +147,4 @@ class ConnectionController:
 
     def _set_limit(self, limit: int) -> None:
         self.limit = limit
-        self.peak_limit = max(self.peak_limit, limit)
         self._wake.set()
-
-    async def run(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """Measure every ``interval`` until cancelled."""
-        while True:
-            await sleep(self.settings.interval)
-            self.tick()
