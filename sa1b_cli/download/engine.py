@@ -80,9 +80,14 @@ def _same_object(store: Store, row: ManifestRow) -> Record | None:
     return record if record and record.object_path == object_path(row.url) else None
 
 
+def _records(store: Store, rows: list[ManifestRow]) -> dict[str, Record | None]:
+    """Each pending row's record, when it is about the same object (read once per run)."""
+    return {row.file_name: _same_object(store, row) for row in rows}
+
+
 async def _sizes(
     client: httpx.AsyncClient,
-    store: Store,
+    records: dict[str, Record | None],
     rows: list[ManifestRow],
     jobs: int,
     clock: Callable[[], float],
@@ -91,7 +96,7 @@ async def _sizes(
     gate = asyncio.Semaphore(max(jobs, 8))
 
     async def size(row: ManifestRow) -> int | None:
-        record = _same_object(store, row)
+        record = records[row.file_name]
         if record is not None and record.expected_size is not None:
             return record.expected_size
         expired = row.expires_at is not None and row.expires_at.timestamp() <= clock()
@@ -104,12 +109,13 @@ async def _sizes(
     return {row.file_name: total for row, total in zip(rows, found, strict=True)}
 
 
-def _check_space(store: Store, rows: list[ManifestRow], sizes: dict[str, int | None]) -> int:
+def _check_space(
+    store: Store, records: dict[str, Record | None], sizes: dict[str, int | None]
+) -> int:
     """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit."""
     needed = 0
-    for row in rows:
-        have = kept_spans(_same_object(store, row)).total()
-        needed += max(0, (sizes.get(row.file_name) or 0) - have)
+    for name, record in records.items():
+        needed += max(0, (sizes.get(name) or 0) - kept_spans(record).total())
     free = shutil.disk_usage(store.tars).free
     margin = min(SPACE_MARGIN, needed // 50)  # records, indexes, filesystem slack
     if needed + margin > free:
@@ -163,9 +169,10 @@ async def check_run_space(
     """
     store = Store(config.root).ensure()
     plan = _plan(read_manifest(config.links), config, store)
+    records = _records(store, plan.pending)
     async with make_client(config.timeout, transport=transport) as client:
-        sizes = await _sizes(client, store, plan.pending, config.jobs, clock)
-    return _check_space(store, plan.pending, sizes)
+        sizes = await _sizes(client, records, plan.pending, config.jobs, clock)
+    return _check_space(store, records, sizes)
 
 
 async def run_downloads(
@@ -198,8 +205,9 @@ async def run_downloads(
     claims: dict[str, Claim] = {}
     async with make_client(config.timeout, transport=transport) as client:
         try:
-            sizes = await _sizes(client, store, pending, config.jobs, clock)
-            needed = _check_space(store, pending, sizes) if config.check_space else 0
+            records = _records(store, pending)
+            sizes = await _sizes(client, records, pending, config.jobs, clock)
+            needed = _check_space(store, records, sizes) if config.check_space else 0
             sink.planned(needed)
             ctx = _context(config, client, sink=sink, sleep=sleep, clock=clock)
             hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after, sizes)
