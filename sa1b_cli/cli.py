@@ -39,6 +39,7 @@ from sa1b_cli.core.store import Store
 from sa1b_cli.options import (
     DEFAULT_VERIFY_JOBS,
     AlgoOpt,
+    ArrivalKnownOpt,
     ChecksumsOpt,
     ConnectionsOpt,
     DecodeOpt,
@@ -49,6 +50,7 @@ from sa1b_cli.options import (
     ExtractJobsOpt,
     JobsOpt,
     JsonOpt,
+    KnownOpt,
     LayoutOpt,
     LinksOpt,
     ManifestArg,
@@ -223,6 +225,7 @@ def download(
     timeout: TimeoutOpt = 30.0,
     workers: WorkersOpt = 1,
     checksums: ChecksumsOpt = None,
+    known_on_arrival: ArrivalKnownOpt = False,
     extract: ExtractFlagOpt = False,
     out_dir: OutOpt = None,
     layout: LayoutOpt = "shard",
@@ -246,6 +249,7 @@ def download(
         timeout=timeout,
         connections=connections,
         split=not no_split,
+        known=known_on_arrival,
     )
     _check_layout(layout, only)
     xconfig = (
@@ -329,6 +333,7 @@ def verify(
     shards: ShardsOpt = None,
     part: PartOpt = None,
     checksums: ChecksumsOpt = None,
+    known: KnownOpt = None,
     deep: DeepOpt = False,
     decode_masks: DecodeOpt = False,
     jobs: VerifyJobsOpt = DEFAULT_VERIFY_JOBS,
@@ -337,7 +342,9 @@ def verify(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Check shards on disk: size and xxh3-128 as recorded, and any --checksums lists.
+    """Check shards on disk: size and xxh3-128 as recorded, any --checksums lists, known md5s.
+
+    --known fetches the community md5 list once; after that every verify uses it.
 
     With --deep, also every image and mask.
     Failed shards are fetched again by the next download.
@@ -345,7 +352,6 @@ def verify(
     if algo not in ("md5", "sha256", "xxh128"):
         msg = f"--algo {algo!r}: use md5, sha256 or xxh128"
         raise UsageError(msg, hint="For example --algo md5.")
-    from sa1b_cli import ui
     from sa1b_cli.verify import VerifyConfig, verify_shards
 
     config = VerifyConfig(
@@ -357,9 +363,12 @@ def verify(
         jobs=jobs,
         export=export,
         export_algo=algo,
+        known=known,
     )
     with _progress(as_json, quiet) as sink:
         report = verify_shards(config, sink=sink)
+    if as_json or not quiet or report.exit_code:
+        from sa1b_cli import ui  # rich loads only when something is shown
     if as_json:
         _emit_json(ui.verify_json(report))
     elif not quiet or report.exit_code:

@@ -11,6 +11,7 @@ import typer
 __all__ = [
     "DEFAULT_VERIFY_JOBS",
     "AlgoOpt",
+    "ArrivalKnownOpt",
     "ChecksumsOpt",
     "ConnectionsOpt",
     "DecodeOpt",
@@ -21,6 +22,7 @@ __all__ = [
     "ExtractJobsOpt",
     "JobsOpt",
     "JsonOpt",
+    "KnownOpt",
     "LayoutOpt",
     "LinksOpt",
     "ManifestArg",
@@ -155,6 +157,29 @@ ChecksumsOpt = Annotated[
     typer.Option(
         rich_help_panel=INTEGRITY,
         help="\\[alg:]FILE in md5sum, sha256sum, xxhsum or BSD-tag format. Repeatable.",
+    ),
+]
+KnownOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--known/--no-known",
+        rich_help_panel=INTEGRITY,
+        show_default=False,
+        help=(
+            "Check md5s against the community list from Meta's CDN (fetched once by sha256, "
+            "cached in the root). Default: on once cached."
+        ),
+    ),
+]
+ArrivalKnownOpt = Annotated[
+    bool,
+    typer.Option(
+        "--known",
+        rich_help_panel=INTEGRITY,
+        help=(
+            "Also check each shard's md5 on arrival against the community list "
+            "(+1.3 CPU s/GiB; verify checks it later otherwise)."
+        ),
     ),
 ]
 DeepOpt = Annotated[

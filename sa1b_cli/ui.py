@@ -62,6 +62,7 @@ STATUS_STYLE = {
     "interrupted": "yellow",
     "missing": "dim",
     "not_covered": "yellow",
+    "disputed": "yellow",
 }
 
 
@@ -395,6 +396,8 @@ def print_status(console: Console, states: list[ShardState], *, root: Path) -> N
         if s.percent is not None and s.state != "complete":
             have += f" ({s.percent:.1f}%)"
         detail = f"held by {s.holder}" if s.holder else s.detail or ""
+        if s.checked:
+            detail = f"{detail} checked {' '.join(s.checked)}".strip()
         if s.host and not s.holder:
             detail = f"{detail} (by {s.host})".strip()
         table.add_row(s.name, status_text(s.state), have, Text(detail))
@@ -471,7 +474,8 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
             highlight=False,
         )
     unfinished = [r.name for r in report.results if r.status in ("partial", "missing")]
-    bad = [r.name for r in report.results if not r.ok and r.name not in unfinished]
+    disputed = [r.name for r in report.results if r.status == "disputed"]
+    bad = [r.name for r in report.results if not r.ok and r.name not in unfinished + disputed]
     if unfinished:  # incomplete, not corrupt: nothing failed there
         console.print(
             f"[yellow]{len(unfinished)} shard(s) not fully downloaded yet:[/] "
@@ -483,6 +487,12 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
         console.print(
             f"[red]{len(bad)} shard(s) failed:[/] {', '.join(bad)}. Run [bold]sa1b download"
             "[/] with the same selection to fetch them again.",
+            highlight=False,
+        )
+    if disputed:
+        console.print(
+            f"[yellow]{len(disputed)} shard(s) disputed:[/] {', '.join(disputed)}: two copies "
+            "agree on being different from the community md5 list; not fetched again.",
             highlight=False,
         )
     if report.exported:

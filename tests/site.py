@@ -44,9 +44,16 @@ class Site:
     def cmd(self, *args: str) -> list[str]:
         return [SA1B, *args]
 
+    extra_env: dict[str, str] = field(default_factory=dict)  # SA1B_* settings for every run
+
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.cmd(*args), capture_output=True, text=True, timeout=timeout, env=env(), check=False
+            self.cmd(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**env(), **self.extra_env},
+            check=False,
         )
 
     def popen(self, *args: str) -> subprocess.Popen[str]:

@@ -41,6 +41,7 @@ class DownloadConfig:
     stale_after: float = 120.0
     connections: int = DEFAULT_CONNECTIONS  # ceiling on connections in all
     split: bool = True  # several Range connections per shard when the link has room
+    known: bool = False  # check the community md5 on arrival (fetching the list if needed)
 
 
 def resolve_links(given: Path | None, root: Path) -> Path:

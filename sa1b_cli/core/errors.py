@@ -6,6 +6,7 @@ Exceptions are for the run; per-shard outcomes are data (see ``results``).
   x UsageError                   bad option values (exit 2)
   x ManifestError                unreadable manifest, bad header or row (exit 2)
   x ChecksumFileError            unreadable or malformed --checksums file (exit 2)
+  x KnownListError               the community md5 list cannot be fetched or fails its hash
   x NotEnoughSpaceError          the bytes to fetch do not fit on the disk
   x DiskFullError                ENOSPC while writing; partial files are kept
   x RootError                    the root cannot be created, read or written
@@ -19,6 +20,7 @@ from pathlib import Path
 __all__ = [
     "ChecksumFileError",
     "DiskFullError",
+    "KnownListError",
     "ManifestError",
     "NotEnoughSpaceError",
     "RootError",
@@ -84,6 +86,12 @@ class ChecksumFileError(Sa1bError):
         "Pass a readable list in md5sum, sha256sum, xxhsum or BSD-tag format "
         "(prefix it with md5: or xxh128: when its name does not say which)."
     )
+
+
+class KnownListError(Sa1bError):
+    """The community md5 list cannot be fetched, or is not the pinned file."""
+
+    default_hint = "Run again with network access, or pass your own list with --checksums."
 
 
 class NotEnoughSpaceError(Sa1bError):

@@ -26,6 +26,7 @@ class ShardState:
     detail: str | None = None
     holder: str | None = None  # "host (pid N)" of a live claim
     host: str | None = None  # the host that last wrote the shard's record
+    checked: tuple[str, ...] = ()  # digests last checked, "alg=source" (see Record.checked)
 
     @property
     def percent(self) -> float | None:
@@ -78,7 +79,7 @@ def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -
         if record and record.is_done(final) and record.tar_deleted:
             state = ShardState(name, "complete", 0, record.size, "tar deleted after extraction")
         elif record and record.is_done(final):
-            state = ShardState(name, "complete", final or 0, record.size)
+            state = ShardState(name, "complete", final or 0, record.size, record.detail)
         elif record and record.status == "bad":
             state = ShardState(name, "bad", final or 0, record.size, record.detail)
         elif holder is not None:
@@ -91,5 +92,7 @@ def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -
             state = ShardState(name, "missing", 0, expected)
         if record is not None and record.host and state.state != "active":
             state = replace(state, host=record.host)
+        if record is not None and state.state == "complete":
+            state = replace(state, checked=tuple(record.checked))
         states.append(state)
     return states

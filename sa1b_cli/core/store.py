@@ -8,6 +8,7 @@ Layout (everything sa1b owns lives under the root)::
     <root>/claims/<name>.claim   who is working on the shard (see claims.py)
     <root>/checksums.xxh128      xxh128 of finished shards, `xxhsum -c` format
     <root>/manifest.tsv          the last manifest used (mode 600: it holds signed links)
+    <root>/known/                the community md5 list, sha256-checked (see known.py)
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Record:
     updated: float = 0.0
     host: str | None = None
     tar_deleted: bool = False  # extracted with --delete-tar: done, never fetched again
+    # What the bytes were last checked against, as "alg=source" (source: record, list,
+    # community), and when: download checks lists on arrival, verify checks them all.
+    checked: list[str] = field(default_factory=list)
+    checked_at: float = 0.0
 
     def with_(self, **changes: Any) -> Record:
         return replace(self, **changes)

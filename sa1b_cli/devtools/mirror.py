@@ -62,6 +62,7 @@ class Mirror:
         self._lock = threading.Lock()
         self.bodies = 0  # bodies being sent right now
         self.names = {_opaque(p.name): p.name for p in folder.iterdir() if p.is_file()}
+        self.published: dict[str, bytes] = {}  # unsigned files, as raw.githubusercontent serves
         handler = type("Handler", (_Handler,), {"mirror": self})
         self.server = _QuietServer((host, port), handler)
         self.server.daemon_threads = True
@@ -77,6 +78,11 @@ class Mirror:
         return (
             f"{self.base}{path}?_nc_gid&ccb=10-5&oh={_signature(path, oe)}&oe={oe}&_nc_sid=5cd70e"
         )
+
+    def publish(self, name: str, data: bytes) -> str:
+        """Serve ``data`` without a signature (a checksum list, say); returns its URL."""
+        self.published[name] = data
+        return f"{self.base}/pub/{name}"
 
     def start(self) -> Mirror:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -127,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
+        if parts.path.startswith("/pub/"):
+            self._serve_published(parts.path.removeprefix("/pub/"))
+            return
         name = self.mirror.names.get(parts.path.removeprefix(PREFIX).removesuffix(".tar"))
         params = dict(p.partition("=")[::2] for p in parts.query.split("&"))
         entry: dict[str, object] = {
@@ -158,6 +167,14 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.mirror._lock:
                 self.mirror.bodies -= 1
+
+    def _serve_published(self, name: str) -> None:
+        self.mirror.record({"name": name, "range": None, "time": time.time(), "published": True})
+        data = self.mirror.published.get(name)
+        if data is None:
+            self._send(404, b"Not Found")
+        else:
+            self._send(200, data, [("Content-Type", "text/plain")])
 
     def _take_body_slot(self) -> bool:
         limit = self.mirror.faults.max_bodies

@@ -18,6 +18,7 @@ from sa1b_cli.core.claims import Claim, try_claim
 from sa1b_cli.core.config import SPACE_MARGIN, DownloadConfig
 from sa1b_cli.core.errors import NotEnoughSpaceError, Sa1bError
 from sa1b_cli.core.events import NullSink, ProgressSink
+from sa1b_cli.core.known import load_known
 from sa1b_cli.core.manifest import Manifest, ManifestRow, object_path, read_manifest
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
@@ -193,7 +194,9 @@ async def run_downloads(
     """
     sink = sink or NullSink()
     manifest = read_manifest(config.links)
-    checks = load_checksum_lists(config.checksums) if config.checksums else ChecksumList({})
+    lists = load_checksum_lists(config.checksums) if config.checksums else ChecksumList({})
+    known = load_known(config.root, True) if config.known else None
+    checks = Expected(lists, known.md5 if known else {})
     store = Store(config.root).ensure()
     store.remember_manifest(config.links.read_text(encoding="utf-8"))
     plan = _plan(manifest, config, store)
@@ -221,6 +224,22 @@ async def run_downloads(
     results.sort(key=lambda r: order.get(r.name, len(order)))
     peak = ctx.controller.peak_active
     return DownloadReport(results, manifest.expiry_window(), needed, manifest.warnings, peak)
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """Digests checked on arrival: --checksums lists, and the community md5s with --known."""
+
+    lists: ChecksumList
+    community: dict[str, str]
+
+    def of(self, name: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(alg -> digest, alg -> where it came from); the community md5 wins over a list's."""
+        expected = dict(self.lists.expected(name))
+        sources = dict.fromkeys(expected, "list")
+        if md5 := self.community.get(name):
+            expected["md5"], sources["md5"] = md5, "community"
+        return expected, sources
 
 
 def _context(
@@ -254,7 +273,7 @@ async def _run_pool(
     ctx: TransferContext,
     store: Store,
     rows: list[ManifestRow],
-    checks: ChecksumList,
+    checks: Expected,
     claims: dict[str, Claim],
     jobs: int,
     hooks: _Hooks,
@@ -334,7 +353,7 @@ async def _fetch_claimed(
     ctx: TransferContext,
     store: Store,
     row: ManifestRow,
-    checks: ChecksumList,
+    checks: Expected,
     claim: Claim,
     size: int | None,
     on_tail: Callable[[], None],
@@ -343,9 +362,16 @@ async def _fetch_claimed(
     done = _already_complete(store, row)
     if done is not None:
         return done
-    expected = dict(checks.expected(row.file_name))
+    expected, sources = checks.of(row.file_name)
     return await fetch_shard(
-        row, store, ctx, expected=expected, claim=claim, size_hint=size, on_tail=on_tail
+        row,
+        store,
+        ctx,
+        expected=expected,
+        sources=sources,
+        claim=claim,
+        size_hint=size,
+        on_tail=on_tail,
     )
 
 

@@ -113,7 +113,9 @@ class Ledger:
         if self.claim is not None and not self.claim.heartbeat():
             raise ClaimLost
 
-    async def finalise(self, expected: dict[str, str]) -> str | None:
+    async def finalise(
+        self, expected: dict[str, str], sources: dict[str, str] | None = None
+    ) -> str | None:
         """Check size and digests, then fsync + rename. Returns a problem, or None."""
         size = self.part.written.prefix()
         if self.expected_size is not None and size != self.expected_size:
@@ -125,7 +127,11 @@ class Ledger:
         self.durable = await self.part.sync()
         self.ensure_claim()
         await asyncio.to_thread(self._move_into_place)
-        await self.record("complete", size=size, digests=digests)
+        sources = sources or {}
+        checked = [f"{alg}={sources.get(alg, 'list')}" for alg in sorted(expected)]
+        await self.record(
+            "complete", size=size, digests=digests, checked=checked, checked_at=self.wall_clock()
+        )
         return None
 
     def _move_into_place(self) -> None:

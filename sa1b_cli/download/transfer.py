@@ -111,6 +111,7 @@ class _Job:
     ) -> None:
         self.row, self.name, self.store, self.ctx = row, row.file_name, store, ctx
         self.expected = expected
+        self.sources: dict[str, str] = {}
         self.size_hint = size_hint
         self.on_tail = on_tail  # told once the tail frees connections (the engine starts another)
         settings = ctx.settings
@@ -208,7 +209,7 @@ class _Job:
         mismatches = 0
         while True:
             await self._fetch_all()
-            problem = await self.ledger.finalise(self.expected)
+            problem = await self.ledger.finalise(self.expected, self.sources)
             if problem is None:
                 digests = tuple(sorted((await self.part.digests()).items()))
                 return self._result("downloaded", digests=digests)
@@ -490,16 +491,19 @@ async def fetch_shard(
     ctx: TransferContext,
     *,
     expected: dict[str, str] | None = None,
+    sources: dict[str, str] | None = None,
     claim: Claim | None = None,
     size_hint: int | None = None,
     on_tail: Callable[[], None] | None = None,
 ) -> ShardResult:
     """Download one file into the store, resuming what is there; never raises for the shard.
 
-    ``on_tail`` is called once, when a connection finds nothing left to fetch in this shard
-    while others still work on it.
+    ``expected`` digests are checked on arrival; ``sources`` names where each came from
+    ("list", "community") for the record. ``on_tail`` is called once, when a connection
+    finds nothing left to fetch in this shard while others still work on it.
     """
     job = _Job(
         row, store, ctx, expected=expected or {}, claim=claim, size_hint=size_hint, on_tail=on_tail
     )
+    job.sources = sources or {}
     return await job.run()
