@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -153,18 +153,21 @@ def _run_interruptible(factory: Callable[[asyncio.Event], Awaitable[T]]) -> T:
             loop.remove_signal_handler(signal.SIGINT)
 
         loop.add_signal_handler(signal.SIGINT, first_interrupt)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        for stop_signal in STOP_SIGNALS:
+            loop.add_signal_handler(stop_signal, stop.set)
         try:
             return await factory(stop)
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
+            for handled in (signal.SIGINT, *STOP_SIGNALS):
+                loop.remove_signal_handler(handled)
+                if handled != signal.SIGINT:  # back to a clean stop outside the loop too
+                    signal.signal(handled, signal.default_int_handler)
 
     try:
         return asyncio.run(runner())
     except KeyboardInterrupt:
         _warn("aborted; bytes up to the last checkpoint are kept")
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
 
 
 @contextlib.contextmanager
@@ -314,13 +317,20 @@ def _run_workers(
         stopping.set()
         _warn("stopping: saving progress (Ctrl-C again to abort at once)")
 
+    def on_stop(signum: int, frame: object) -> None:
+        stopping.set()
+
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, on_stop)
     try:
         return run_download_workers(
             config, workers, sink=sink, stop=stopping.is_set, extract=xconfig
         )
     finally:
         signal.signal(signal.SIGINT, previous)
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, signal.default_int_handler)
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -480,10 +490,18 @@ def status(
     raise typer.Exit(0)
 
 
+INTERRUPTED = 130  # "interrupted, progress kept": run the same command again to continue
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # scancel; SLURM's --signal=B:USR1@120
+
+
 def main() -> None:
     """Console entry point: renders every error once, redacted, and picks the exit code."""
+    for stop_signal in STOP_SIGNALS:  # the download loop installs its own graceful handlers
+        signal.signal(stop_signal, signal.default_int_handler)
     try:
         code = app(standalone_mode=False)  # typer's usage errors reach us, one style for all
+    except KeyboardInterrupt:
+        _interrupted()
     except Sa1bError as exc:
         if os.environ.get("SA1B_DEBUG"):
             raise
@@ -497,6 +515,8 @@ def main() -> None:
         _print_error("error", f"{exc.strerror or exc}{where}", hint, code=1)
         sys.exit(1)
     except Exception as exc:  # the one place that renders the unexpected
+        if type(exc).__name__ == "Abort":  # click's word for a KeyboardInterrupt it caught
+            _interrupted()
         _exit_for_usage_error(exc)
         if os.environ.get("SA1B_DEBUG"):
             raise
@@ -504,6 +524,11 @@ def main() -> None:
         _print_error("unexpected error", f"{type(exc).__name__}: {exc}", hint, code=1)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> NoReturn:
+    _warn("interrupted: finished work is kept; run the same command again to continue")
+    sys.exit(INTERRUPTED)
 
 
 def _exit_for_usage_error(exc: Exception) -> None:

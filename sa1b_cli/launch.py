@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 __all__ = ["main"]
@@ -13,6 +14,16 @@ def main() -> None:
 
         sys.stdout.write(f"sa1b {__version__}\n")
         return
-    from sa1b_cli.cli import main as cli_main
+    # From the first instruction, scancel's TERM and SLURM's time-limit USR1 stop sa1b the
+    # way Ctrl-C does (cleanly, exit 130), even while the imports below are still running.
+    for stop_signal in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(stop_signal, signal.default_int_handler)
+    try:
+        from sa1b_cli.cli import main as cli_main
 
-    cli_main()
+        cli_main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:  # the work is over: a signal now must not kill the exit (and its exit code)
+        for stop_signal in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(stop_signal, signal.SIG_IGN)

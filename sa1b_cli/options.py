@@ -89,7 +89,10 @@ PartOpt = Annotated[
     str | None,
     typer.Option(
         rich_help_panel=SELECTION,
-        help="Take part I/N of the selection. 'auto' reads SLURM_ARRAY_TASK_*.",
+        help=(
+            "Take part I/N of the selection. 'auto' reads SLURM_ARRAY_TASK_*; 'auto/N' reads "
+            "only the task id, so a resubmitted task keeps its share."
+        ),
     ),
 ]
 

@@ -94,12 +94,18 @@ def parse_selection(
 
 
 def parse_part(value: str, *, env: Mapping[str, str]) -> Part:
-    """``I/N`` or ``auto`` (from SLURM_ARRAY_TASK_ID / _MIN / _COUNT)."""
+    """``I/N``, ``auto`` (I and N from SLURM_ARRAY_TASK_ID / _MIN / _COUNT) or ``auto/N``.
+
+    ``auto/N`` takes only the task id from SLURM: resubmitting one task of the array
+    (``sbatch --array=5``) makes a one-task array, so its count no longer says N.
+    """
     if value.strip() == "auto":
         return _slurm_part(env)
+    if fixed := re.fullmatch(r"\s*auto\s*/\s*(\d+)\s*", value):
+        return _slurm_task_of(env, int(fixed.group(1)))
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        msg = f"--part {value!r}: use I/N with 0 <= I < N (for example 0/4), or auto"
+        msg = f"--part {value!r}: use I/N with 0 <= I < N (for example 0/4), auto or auto/N"
         hint = "Parts count from 0: the four parts of a job are 0/4, 1/4, 2/4 and 3/4."
         raise UsageError(msg, hint=hint)
     return Part(int(match.group(1)), int(match.group(2)))
@@ -109,14 +115,30 @@ def _slurm_part(env: Mapping[str, str]) -> Part:
     keys = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
     missing = [k for k in keys if not env.get(k, "").strip().isdigit()]
     if missing:
-        msg = f"--part auto needs a SLURM job array, but {', '.join(missing)} is not set"
-        hint = "Submit with `sbatch --array=0-15 ...`, or give the part by hand: --part 3/16."
+        job = env.get("SLURM_JOB_ID")
+        where = f"SLURM job {job} is not a job array" if job else "this is not a SLURM job"
+        msg = f"--part auto needs a SLURM job array: {where} ({', '.join(missing)} not set)"
+        hint = (
+            "Submit with `sbatch --array=0-15 ...` (srun alone starts no array), "
+            "or give the part by hand: --part 3/16."
+        )
         raise SlurmEnvError(msg, hint=hint)
     task, low, count = (int(env[k]) for k in keys)
     if not 0 <= task - low < count:
         msg = f"SLURM_ARRAY_TASK_ID={task} is outside MIN={low}, COUNT={count}"
         raise SlurmEnvError(msg, hint="Use a contiguous array such as --array=0-15.")
     return Part(task - low, count)
+
+
+def _slurm_task_of(env: Mapping[str, str], count: int) -> Part:
+    task = env.get("SLURM_ARRAY_TASK_ID", "").strip()
+    if not task.isdigit():
+        _slurm_part(env)  # raises, explaining what is missing
+    if not 0 <= int(task) < count:
+        msg = f"--part auto/{count}: SLURM_ARRAY_TASK_ID={task} is not below {count}"
+        hint = f"Number the array from 0: --array=0-{count - 1}."
+        raise SlurmEnvError(msg, hint=hint)
+    return Part(int(task), count)
 
 
 def part_of(name: str, count: int) -> int:

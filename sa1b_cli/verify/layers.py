@@ -518,9 +518,13 @@ def verify_shards(
             futures = [
                 pool.submit(_verify_one, store, n, config, refs, None, sink, ahead) for n in names
             ]
-            for future in futures:
-                results.append(future.result())
-                sink.finished(results[-1])
+            try:
+                for future in futures:
+                    results.append(future.result())
+                    sink.finished(results[-1])
+            except BaseException:  # Ctrl-C, scancel: drop the queue, finish only what runs
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     if any(r.status != "missing" for r in results):
         store.ensure()  # a root of hand-placed tars has no state/ yet
     for result in results:

@@ -75,3 +75,16 @@ def test_part_auto_reads_slurm_and_explains_when_missing():
         parse_part("auto", env={})
     with pytest.raises(UsageError):
         parse_part("3/3", env={})
+
+
+def test_part_auto_n_survives_a_resubmitted_task():
+    # `sbatch --array=5` alone: SLURM says MIN=5, COUNT=1, which would make it part 0/1.
+    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "1"}
+    assert parse_part("auto", env=env) == Part(0, 1)
+    assert parse_part("auto/16", env=env) == Part(5, 16)
+    with pytest.raises(SlurmEnvError, match="not below 4"):
+        parse_part("auto/4", env=env)
+    with pytest.raises(SlurmEnvError, match="not a job array"):
+        parse_part("auto/4", env={"SLURM_JOB_ID": "77"})
+    with pytest.raises(SlurmEnvError, match="not a SLURM job"):
+        parse_part("auto/4", env={})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,44 @@ def test_workers_with_extract_pipeline_in_each_process(site: Site, tmp_path: Pat
     ]
     assert {s["status"] for s in report["extract"]["shards"]} == {"extracted"}
     assert len((out / "index.csv").read_text().splitlines()) == 1 + 6 * 4
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
+def test_time_limit_signal_checkpoints_and_exits_130(site: Site, sig: signal.Signals, workers: str):
+    """What SLURM sends before --time runs out (--signal=B:USR1@120, passed on by the script)."""
+    links, root = str(site.manifest()), str(site.root)
+    site.mirror.faults.rate = 150_000
+    proc = site.popen(
+        "download", "--links", links, "--root", root, "--jobs", "2", "--workers", workers, "--json"
+    )
+    record = site.root / "state" / "sa_000000.tar.json"
+    wait_for(
+        lambda: record.exists() and json.loads(record.read_text())["spans"],
+        what="a checkpoint",
+    )
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err  # "interrupted, progress kept"
+    statuses = {s["status"] for s in json.loads(out)["shards"]}
+    assert "interrupted" in statuses
+    kept = sum(e - s for s, e in json.loads(record.read_text())["spans"])
+    assert kept > 0
+
+    site.mirror.faults.rate = None
+    before = len(site.mirror.requests)
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    again = [r["range"] for r in site.mirror.requests[before:] if r["name"] == "sa_000000.tar"]
+    assert again and None not in again and "bytes=0-" not in again  # continued, not restarted
+    assert (site.root / "tars" / "sa_000000.tar").read_bytes() == site.source("sa_000000.tar")
+
+
+def test_verify_stops_on_a_time_limit_signal(site: Site):
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    proc = site.popen("verify", "--root", root, "--deep", "--decode-masks", "--jobs", "1")
+    time.sleep(0.6)  # inside the command (or still starting: the answer must be the same)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err  # finished first, or stopped cleanly
+    assert "Traceback" not in err
