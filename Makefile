@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
 
 .PHONY: demo test lint bench clean
 
@@ -10,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# torch only for the wids test (wids imports it); without it that one test skips
+	$(BIN)/python -m pip install --quiet '$(TORCH)' || echo "note: no $(TORCH); the wids test will skip"
 	@# byte-compile once: start-up matters, and PYTHONDONTWRITEBYTECODE may be set
 	$(BIN)/python -m compileall -q -j 0 sa1b_cli $(VENV)/lib >/dev/null
 	touch $(STAMP)

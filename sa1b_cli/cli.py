@@ -388,14 +388,14 @@ def verify(
 
 # -- extract ---------------------------------------------------------------------------------
 
-_LAYOUTS = ("shard", "split")
+_LAYOUTS = ("shard", "split", "flat", "images-masks", "webdataset")
 _ONLY = (None, "images", "annotations")
 
 
 def _check_layout(layout: str, only: str | None) -> None:
     if layout not in _LAYOUTS:
-        msg = f"--layout {layout!r}: use shard or split"
-        raise UsageError(msg, hint="shard: <out>/sa_000000/; split: <out>/images/, annotations/.")
+        msg = f"--layout {layout!r}: use {', '.join(_LAYOUTS)}"
+        raise UsageError(msg, hint="sa1b extract --help describes each layout.")
     if only not in _ONLY:
         msg = f"--only {only!r}: use images or annotations"
         raise UsageError(msg, hint="Leave --only out to extract both.")

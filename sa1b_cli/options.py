@@ -236,8 +236,11 @@ LayoutOpt = Annotated[
     typer.Option(
         "--layout",
         rich_help_panel=EXTRACTION,
-        help="shard: <out>/sa_000000/sa_1.jpg. "
-        "split: <out>/images/sa_000000/ and <out>/annotations/sa_000000/.",
+        help="shard: <out>/sa_000000/sa_1.jpg + .json (SAM 2 with <out>/file_list.txt). "
+        "split: <out>/images/sa_000000/, <out>/annotations/sa_000000/. "
+        "images-masks: <out>/images/sa_1.jpg, <out>/masks/sa_1.json + sa_images_ids.txt. "
+        "flat: <out>/sa_1.jpg (subsets). "
+        "webdataset: <out>/sa_000000.tar sorted, uncompressed + wids-index.json.",
     ),
 ]
 OnlyOpt = Annotated[

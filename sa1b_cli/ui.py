@@ -508,6 +508,8 @@ def extract_json(report: ExtractReport) -> dict[str, Any]:
         "exit_code": report.exit_code,
         "seconds": round(report.seconds, 3),
         "index": str(report.index) if report.index else None,
+        "lists": _lists(report.index),
+        "warnings": list(report.warnings),
         "shards": [
             {
                 "name": r.name,
@@ -525,7 +527,17 @@ def extract_json(report: ExtractReport) -> dict[str, Any]:
     }
 
 
+def _lists(index: Path | None) -> dict[str, str]:
+    """The list files beside the index, for scripts and trainers to point at."""
+    if index is None:
+        return {}
+    names = ("index.csv", "file_list.txt", "sa_images_ids.txt", "wids-index.json")
+    return {n: str(index.parent / n) for n in names if (index.parent / n).is_file()}
+
+
 def print_extract_report(console: Console, report: ExtractReport, *, out: Path) -> None:
+    for warning in report.warnings:
+        console.print(Text("warning: ", style="yellow").append(warning), highlight=False)
     counts = Counter(r.status for r in report.results)
     written = sum(r.bytes_written for r in report.results)
     images = sum(r.images for r in report.results)
@@ -547,3 +559,5 @@ def print_extract_report(console: Console, report: ExtractReport, *, out: Path) 
         console.print(
             f"index of every extracted image: {report.index}", highlight=False, markup=False
         )
+        lists = ", ".join(n for n in _lists(report.index) if n != "index.csv")
+        console.print(f"lists beside it: {lists}", highlight=False, markup=False)

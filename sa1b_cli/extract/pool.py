@@ -16,19 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from sa1b_cli.core.claims import Claim, try_claim
-from sa1b_cli.core.errors import DiskFullError
+from sa1b_cli.core.errors import DiskFullError, UsageError
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.procs import die_with_parent
 from sa1b_cli.core.store import Store
-from sa1b_cli.extract.shard import (
-    ExtractConfig,
-    ExtractResult,
-    extract_one,
-    stem,
-    write_overall_index,
-)
+from sa1b_cli.extract.marks import stem
+from sa1b_cli.extract.shard import ExtractConfig, ExtractResult, extract_one, write_overall_index
 
 __all__ = ["ExtractReport", "Extractor", "extract_shards"]
+
+FILES_PER_SHARD = 22_400  # about 11,200 images, a JPEG and a JSON each
+FLAT_WARN = 1_000_000
+FLAT_REFUSE = 15_000_000  # Lustre's limit for one directory, about
 
 _progress: Any = None
 _abort: Event | None = None
@@ -39,6 +38,7 @@ class ExtractReport:
     results: list[ExtractResult]
     seconds: float
     index: Path | None
+    warnings: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -149,6 +149,7 @@ def extract_shards(
     started = time.monotonic()
     store = Store(config.root)
     chosen = list(names) if names is not None else config.selection.apply(store.known_names())
+    warnings = _flat_check(config, chosen)
     extractor = Extractor(config, sink)
     try:
         sizes = {n: s for n in chosen if (s := _size(store.final_path(n))) is not None}
@@ -165,7 +166,29 @@ def extract_shards(
     if full:
         msg = f"the disk is full: {', '.join(r.name for r in full)} could not be extracted"
         raise DiskFullError(msg, hint="Nothing half-written was kept. Free space or use --out.")
-    return ExtractReport(results, time.monotonic() - started, index)
+    return ExtractReport(results, time.monotonic() - started, index, warnings)
+
+
+def _flat_check(config: ExtractConfig, chosen: list[str]) -> tuple[str, ...]:
+    """One folder for every file: fine for a subset, refused past what Lustre allows."""
+    if config.layout != "flat":
+        return ()
+    done = len(list((config.out_dir / ".done").glob("sa_*.json")))
+    per_shard = FILES_PER_SHARD // (2 if config.only else 1)
+    files = (len(chosen) + done) * per_shard
+    if files > FLAT_REFUSE:
+        msg = (
+            f"--layout flat would put about {files / 1e6:.0f} M files in one folder; "
+            "Lustre allows about 15 M"
+        )
+        hint = "Use --layout shard (with <out>/file_list.txt) or flat for a subset only."
+        raise UsageError(msg, hint=hint)
+    if files > FLAT_WARN:
+        return (
+            f"--layout flat: about {files / 1e6:.1f} M files in one folder; listing it gets "
+            "slow (--layout shard with <out>/file_list.txt scales to all of SA-1B)",
+        )
+    return ()
 
 
 def _size(path: Path) -> int | None:

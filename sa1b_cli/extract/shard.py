@@ -13,12 +13,8 @@ marker a shard is not extracted, whatever files exist, and the next run redoes i
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
-import json
 import os
-import re
 import secrets
 import shutil
 import time
@@ -40,6 +36,16 @@ from sa1b_cli.core.archive import (
 )
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store, atomic_write_text
+from sa1b_cli.extract.marks import (
+    INDEX_FIELDS,
+    Rows,
+    marker_path,
+    read_marker,
+    stem,
+    write_marker,
+    write_shard_index,
+)
+from sa1b_cli.extract.wds import TarRepacker, write_wids_index
 
 __all__ = [
     "ExtractConfig",
@@ -50,7 +56,8 @@ __all__ = [
     "shard_dirs",
 ]
 
-Layout = Literal["shard", "split"]
+Layout = Literal["shard", "split", "flat", "images-masks", "webdataset"]
+SHARED_FOLDER = frozenset({"flat", "images-masks"})  # every shard's files in the same folders
 Only = Literal["images", "annotations"]
 ExtractStatus = Literal[
     "extracted",
@@ -63,10 +70,6 @@ ExtractStatus = Literal[
     "interrupted",
 ]
 GOOD_EXTRACT = frozenset({"extracted", "present"})
-INDEX_FIELDS = ("image_id", "width", "height", "masks", "jpg_bytes", "json_bytes")
-_HEAD_RE = {
-    key: re.compile(rb'"%s"\s*:\s*(\d+)' % key.encode()) for key in ("image_id", "width", "height")
-}
 Progress = Callable[[str, int], None]
 WRITE_THREADS = 4
 MAX_PENDING_WRITES = 64
@@ -104,15 +107,14 @@ class ExtractResult:
         return self.status in GOOD_EXTRACT
 
 
-def stem(name: str) -> str:
-    return name.removesuffix(".tar")
-
-
 def shard_dirs(out: Path, name: str, layout: Layout, only: Only | None) -> dict[str, Path]:
     """Where a shard's images and annotations go ("jpg"/"json" -> folder)."""
     if layout == "shard":
-        folder = out / stem(name)
-        dirs = {"jpg": folder, "json": folder}
+        dirs = dict.fromkeys(("jpg", "json"), out / stem(name))
+    elif layout == "flat":
+        dirs = dict.fromkeys(("jpg", "json"), out)
+    elif layout == "images-masks":
+        dirs = {"jpg": out / "images", "json": out / "masks"}
     else:
         dirs = {"jpg": out / "images" / stem(name), "json": out / "annotations" / stem(name)}
     if only == "images":
@@ -122,24 +124,8 @@ def shard_dirs(out: Path, name: str, layout: Layout, only: Only | None) -> dict[
     return dirs
 
 
-def marker_path(out: Path, name: str) -> Path:
-    return out / ".done" / f"{stem(name)}.json"
-
-
-def _index_row(image_id: int, data: bytes) -> dict[str, int]:
-    head = data[:4096]
-    values = {k: int(m.group(1)) for k, r in _HEAD_RE.items() if (m := r.search(head))}
-    if len(values) < 3:  # unusual key order: parse it properly
-        image = json.loads(data).get("image", {})
-        values = {k: int(image.get(k, 0)) for k in ("image_id", "width", "height")}
-    return {
-        "image_id": image_id,
-        "width": values["width"],
-        "height": values["height"],
-        "masks": data.count(b'"segmentation"'),
-        "jpg_bytes": 0,
-        "json_bytes": len(data),
-    }
+def kinds_kept(only: Only | None) -> frozenset[str]:
+    return frozenset({"images": {"jpg"}, "annotations": {"json"}}.get(only or "", {"jpg", "json"}))
 
 
 def needed_bytes(tar: Path) -> int:
@@ -177,9 +163,9 @@ class _ShardWriter:
         self.out, self.name, self.config = out, name, config
         self.tmp = out / f".tmp-{stem(name)}-{secrets.token_hex(4)}"
         self.final_dirs = shard_dirs(out, name, config.layout, config.only)
-        self.tmp_dirs = shard_dirs(self.tmp, name, config.layout, config.only)
-        self.rows: dict[int, dict[str, int]] = {}
-        self.jpg_sizes: dict[int, int] = {}
+        tmp_layout = "shard" if config.layout in SHARED_FOLDER else config.layout
+        self.tmp_dirs = shard_dirs(self.tmp, name, tmp_layout, config.only)
+        self.rows = Rows()
         self.pool = ThreadPoolExecutor(max_workers=WRITE_THREADS)
         self.writes: deque[Future[None]] = deque()
 
@@ -189,14 +175,7 @@ class _ShardWriter:
             result.skipped += 1  # only sa_<id>.jpg/json become files: no name of its own
             return
         image_id, kind = parsed
-        if kind == "json":
-            row = _index_row(image_id, member.data)
-            row["jpg_bytes"] = self.jpg_sizes.pop(image_id, 0)
-            self.rows[image_id] = row
-        elif image_id in self.rows:
-            self.rows[image_id]["jpg_bytes"] = len(member.data)
-        else:
-            self.jpg_sizes[image_id] = len(member.data)
+        self.rows.add(image_id, kind, member.data)
         folder = self.tmp_dirs.get(kind)
         if folder is not None:
             self.writes.append(
@@ -213,33 +192,33 @@ class _ShardWriter:
     def commit(self) -> int:
         """Move into place, write the index, then the marker (last). Returns images indexed."""
         self._wait_for_writes()
+        if self.config.layout in SHARED_FOLDER:
+            self._move_files()
+        else:
+            self._move_folders()
+        write_shard_index(self.out, self.name, self.rows.rows)
+        images = len(self.rows.rows)
+        write_marker(
+            self.out, self.name, layout=self.config.layout, only=self.config.only, images=images
+        )
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return images
+
+    def _move_folders(self) -> None:
         moves = {self.final_dirs[kind]: self.tmp_dirs[kind] for kind in self.final_dirs}
         for final, tmp in moves.items():  # keyed by destination: "shard" has one folder
             if final.exists():
                 shutil.rmtree(final)  # a half shard from an interrupted run
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
-        self._write_index()
-        marker = {
-            "shard": self.name,
-            "layout": self.config.layout,
-            "only": self.config.only,
-            "images": len(self.rows),
-            "finished": time.time(),
-        }
-        marker_path(self.out, self.name).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(marker_path(self.out, self.name), json.dumps(marker))
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        return len(self.rows)
 
-    def _write_index(self) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=INDEX_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows[i] for i in sorted(self.rows))
-        folder = self.out / "index"
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / f"{stem(self.name)}.csv", buffer.getvalue())
+    def _move_files(self) -> None:
+        """Folders shared by all shards: file by file (a rerun replaces a half shard's files)."""
+        for kind, final in self.final_dirs.items():
+            final.mkdir(parents=True, exist_ok=True)
+            for entry in os.scandir(self.tmp_dirs[kind]):  # this shard's ~11 k files, no more
+                if entry.name.endswith(f".{kind}"):
+                    os.replace(entry.path, final / entry.name)
 
     def __enter__(self) -> _ShardWriter:
         for folder in self.tmp_dirs.values():
@@ -318,11 +297,15 @@ def extract_one(
         return early  # nothing was created for a shard that is not extracted now
     out.mkdir(parents=True, exist_ok=True)
     result = ExtractResult(name, "extracted")
+    members = _members(store.final_path(name), result, progress, abort)
     try:
-        with _ShardWriter(out, name, config) as writer:
-            for member in _members(store.final_path(name), result, progress, abort):
-                writer.add(result, member)
-            result.images = writer.commit()
+        if config.layout == "webdataset":
+            result.images = _repack(out, name, config, members, result)
+        else:
+            with _ShardWriter(out, name, config) as writer:
+                for member in members:
+                    writer.add(result, member)
+                result.images = writer.commit()
     except Aborted:
         return ExtractResult(name, "interrupted", "stopped; run the same command to redo it")
     except ArchiveError as exc:
@@ -339,6 +322,18 @@ def extract_one(
     return result
 
 
+def _repack(
+    out: Path, name: str, config: ExtractConfig, members: Iterator[Member], result: ExtractResult
+) -> int:
+    with TarRepacker(out, name, kinds_kept(config.only)) as repacker:
+        for member in members:
+            if repacker.add(member):
+                result.bytes_written += len(member.data)
+            else:
+                result.skipped += 1
+        return repacker.commit(layout="webdataset", only=config.only)
+
+
 def _delete_tar(store: Store, name: str) -> None:
     record = store.read(name)
     if record is not None:
@@ -346,19 +341,39 @@ def _delete_tar(store: Store, name: str) -> None:
     store.final_path(name).unlink(missing_ok=True)
 
 
-def write_overall_index(out: Path) -> Path | None:
-    """<out>/index.csv: every shard's index with a shard column (derived, rebuilt each run).
+def _sam2_name(layout: str, shard: str, image_id: str) -> str:
+    """A name as SAM 2's file_list_txt holds it: the path under img_folder, without ".jpg"."""
+    if layout in ("shard", "split"):
+        return f"{shard}/sa_{image_id}"
+    return f"sa_{image_id}"
 
-    None when nothing was ever extracted there: a run that extracted nothing creates nothing.
+
+def write_overall_index(out: Path) -> Path | None:
+    """The lists for the whole output, from the per-shard indexes (never by listing files).
+
+    ``index.csv`` (every image, with its shard), ``sa_images_ids.txt`` (the extracted ids,
+    one per line, as EfficientViT-SAM reads them), ``file_list.txt`` (SAM 2's
+    ``file_list_txt``: ``sa_000000/sa_1`` for the shard and split layouts, ``sa_1`` for the
+    flat ones) and, for webdataset shards, ``wids-index.json``. Rebuilt on each run; None
+    when nothing was ever extracted there (a run that extracted nothing creates nothing).
     """
     if not out.is_dir():
         return None
-    lines = ["shard," + ",".join(INDEX_FIELDS)]
+    lines, ids, names, marked = ["shard," + ",".join(INDEX_FIELDS)], [], [], []
     folder = out / "index"
     for path in sorted(folder.glob("sa_*.csv")) if folder.is_dir() else []:
-        if marker_path(out, f"{path.stem}.tar").is_file():
-            rows = path.read_text().splitlines()[1:]
-            lines.extend(f"{path.stem},{row}" for row in rows)
+        marker = read_marker(out, f"{path.stem}.tar")
+        if marker is None:
+            continue
+        marked.append(f"{path.stem}.tar")
+        for row in path.read_text().splitlines()[1:]:
+            image_id = row.split(",", 1)[0]
+            lines.append(f"{path.stem},{row}")
+            ids.append(image_id)
+            names.append(_sam2_name(str(marker.get("layout", "shard")), path.stem, image_id))
+    atomic_write_text(out / "sa_images_ids.txt", "".join(f"{i}\n" for i in ids))
+    atomic_write_text(out / "file_list.txt", "".join(f"{n}\n" for n in names))
+    write_wids_index(out, marked)
     target = out / "index.csv"
     atomic_write_text(target, "\n".join(lines) + "\n")
     return target

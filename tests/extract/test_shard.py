@@ -11,8 +11,9 @@ import pytest
 
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
+from sa1b_cli.extract.marks import marker_path
 from sa1b_cli.extract.pool import extract_shards
-from sa1b_cli.extract.shard import ExtractConfig, extract_one, marker_path, needed_bytes
+from sa1b_cli.extract.shard import ExtractConfig, extract_one, needed_bytes
 from tests.shards import good_pair, install, tar_bytes
 
 NAME = "sa_000000.tar"

@@ -1,0 +1,91 @@
+"""What every extraction layout leaves beside the data: per-shard index rows and the marker.
+
+``<out>/index/sa_000000.csv`` has one row per image (read from the JSON's first bytes, not
+by listing files); ``<out>/.done/sa_000000.json`` is written last and is the only proof
+that a shard is extracted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from sa1b_cli.core.store import atomic_write_text
+
+__all__ = ["INDEX_FIELDS", "index_row", "marker_path", "stem", "write_marker", "write_shard_index"]
+
+INDEX_FIELDS = ("image_id", "width", "height", "masks", "jpg_bytes", "json_bytes")
+_HEAD_RE = {
+    key: re.compile(rb'"%s"\s*:\s*(\d+)' % key.encode()) for key in ("image_id", "width", "height")
+}
+
+
+def stem(name: str) -> str:
+    return name.removesuffix(".tar")
+
+
+def marker_path(out: Path, name: str) -> Path:
+    return out / ".done" / f"{stem(name)}.json"
+
+
+def index_row(image_id: int, data: bytes) -> dict[str, int]:
+    head = data[:4096]
+    values = {k: int(m.group(1)) for k, r in _HEAD_RE.items() if (m := r.search(head))}
+    if len(values) < 3:  # unusual key order: parse it properly
+        image = json.loads(data).get("image", {})
+        values = {k: int(image.get(k, 0)) for k in ("image_id", "width", "height")}
+    return {
+        "image_id": image_id,
+        "width": values["width"],
+        "height": values["height"],
+        "masks": data.count(b'"segmentation"'),
+        "jpg_bytes": 0,
+        "json_bytes": len(data),
+    }
+
+
+class Rows:
+    """Index rows of one shard, filled as members arrive in any order."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, int]] = {}
+        self.jpg_sizes: dict[int, int] = {}
+
+    def add(self, image_id: int, kind: str, data: bytes) -> None:
+        if kind == "json":
+            row = index_row(image_id, data)
+            row["jpg_bytes"] = self.jpg_sizes.pop(image_id, 0)
+            self.rows[image_id] = row
+        elif image_id in self.rows:
+            self.rows[image_id]["jpg_bytes"] = len(data)
+        else:
+            self.jpg_sizes[image_id] = len(data)
+
+
+def write_shard_index(out: Path, name: str, rows: dict[int, dict[str, int]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=INDEX_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[i] for i in sorted(rows))
+    folder = out / "index"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{stem(name)}.csv", buffer.getvalue())
+
+
+def write_marker(out: Path, name: str, **fields: Any) -> None:
+    marker = {"shard": name, **fields, "finished": time.time()}
+    marker_path(out, name).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker_path(out, name), json.dumps(marker))
+
+
+def read_marker(out: Path, name: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(marker_path(out, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

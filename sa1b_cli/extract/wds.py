@@ -1,0 +1,146 @@
+"""WebDataset shards: each SA-1B shard repacked as an uncompressed tar sorted by member name.
+
+SA-1B's tars are gzip with members in random order; WebDataset groups a sample by the name
+up to the first dot and needs a sample's files side by side, so read directly they yield
+half-samples, and ``wids`` cannot index them. The usual fix, ``tar -xzf`` then
+``tar --sort=name -cf``, writes and reads 22,000 loose files a shard.
+
+Here one pass inflates the shard and appends each member's bytes to a single spill file
+beside the output, keeping only (name, offset, size) in memory (about 100 bytes a member).
+A second pass writes the tar in ``tar --sort=name`` order (``sa_1.jpg``, ``sa_1.json``,
+``sa_10.jpg``...): a 512-byte header from us, the bytes copied from the spill by
+``copy_file_range`` in the kernel. Peak disk: spill plus output, about twice the shard's
+uncompressed size, for the moment of the copy; memory stays flat whatever the shard size.
+
+Regular files only, short names, no ``./`` entry; built in ``<out>/.tmp-<shard>-<token>/``
+and renamed to ``<out>/sa_000000.tar``, then the marker (with the sample count) is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from sa1b_cli.core.archive import Member, member_id
+from sa1b_cli.core.store import atomic_write_text
+from sa1b_cli.extract.marks import Rows, read_marker, stem, write_marker, write_shard_index
+
+__all__ = ["INDEX_NAME", "TarRepacker", "write_wids_index"]
+
+INDEX_NAME = "wids-index.json"
+BLOCK = 512
+MTIME = 1680307200  # 2023-04-01, SA-1B's release: the same bytes on every run
+
+
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, MTIME
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _copy(src: int, dst: int, offset: int, size: int) -> None:
+    """Spill -> tar without passing the bytes through Python."""
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src, dst, size - done, offset + done)
+        except OSError:  # a filesystem without it: plain reads and writes
+            n = os.write(dst, os.pread(src, min(size - done, 8 << 20), offset + done))
+        if n == 0:
+            msg = "the spill file ended early"
+            raise OSError(msg)
+        done += n
+
+
+class TarRepacker:
+    """The writer for ``--layout webdataset``: members -> spill -> one sorted tar."""
+
+    def __init__(self, out: Path, name: str, kinds: frozenset[str]) -> None:
+        self.out, self.name, self.kinds = out, name, kinds
+        self.tmp = out / f".tmp-{stem(name)}-{secrets.token_hex(4)}"
+        self.entries: list[tuple[str, int, int]] = []  # member name, spill offset, size
+        self.rows = Rows()
+        self.spilled = 0
+        self.spill = -1
+
+    def __enter__(self) -> TarRepacker:
+        self.tmp.mkdir(parents=True)
+        self.spill = os.open(self.tmp / "spill", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.spill >= 0:
+            os.close(self.spill)
+            self.spill = -1
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def add(self, member: Member) -> bool:
+        """Spill one member; False for names that are not ``sa_<id>.jpg/json`` (skipped)."""
+        parsed = member_id(member.name)
+        if parsed is None:
+            return False
+        image_id, kind = parsed
+        self.rows.add(image_id, kind, member.data)
+        if kind in self.kinds:
+            view = memoryview(member.data)
+            while view:
+                view = view[os.write(self.spill, view) :]
+            self.entries.append((f"sa_{image_id}.{kind}", self.spilled, len(member.data)))
+            self.spilled += len(member.data)
+        return True
+
+    def commit(self, **marker: Any) -> int:
+        """Write the sorted tar, move it into place, index it, mark it. Returns images."""
+        self.entries.sort()  # plain name order: what `tar --sort=name` gives
+        target = self.tmp / "out.tar"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for name, offset, size in self.entries:
+                os.write(fd, _header(name, size))
+                _copy(self.spill, fd, offset, size)
+                if size % BLOCK:
+                    os.write(fd, bytes(BLOCK - size % BLOCK))
+            os.write(fd, bytes(2 * BLOCK))  # the end-of-archive marker
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = self.out / self.name
+        os.replace(target, final)
+        write_shard_index(self.out, self.name, self.rows.rows)
+        samples = len({name.split(".", 1)[0] for name, _, _ in self.entries})
+        size = final.stat().st_size
+        write_marker(self.out, self.name, nsamples=samples, filesize=size, **marker)
+        return len(self.rows.rows)
+
+
+def write_wids_index(out: Path, names: list[str]) -> Path | None:
+    """``<out>/wids-index.json`` for every marked shard; urls relative to the index."""
+    shards = []
+    for name in sorted(names):
+        marker = read_marker(out, name)
+        if marker is None or marker.get("layout") != "webdataset":
+            continue
+        shards.append(
+            {
+                "url": name,
+                "nsamples": marker["nsamples"],
+                "filesize": marker["filesize"],
+            }
+        )
+    if not shards:
+        return None
+    index = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": "sa1b",
+        "shardlist": shards,
+    }
+    target = out / INDEX_NAME
+    atomic_write_text(target, json.dumps(index, indent=1) + "\n")
+    return target
