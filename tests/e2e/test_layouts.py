@@ -9,6 +9,7 @@ import json
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from tests.site import Site
 pytestmark = pytest.mark.slow
 
 
-def extract(site: Site, out: Path, *args: str) -> dict[str, object]:
+def extract(site: Site, out: Path, *args: str) -> dict[str, Any]:
     links, root = str(site.manifest()), str(site.root)
     assert site.run("download", "--links", links, "--root", root).returncode == 0
     code, report = site.run_json("extract", "--root", root, "--out", str(out), *args)
@@ -40,7 +41,7 @@ def test_shard_layout_has_the_sam2_list(site: Site, tmp_path: Path):
     report = extract(site, out)
     assert sam2_reads(out, out, out / "file_list.txt") == 18
     assert (out / "file_list.txt").read_text().splitlines()[0].startswith("sa_000000/sa_")
-    assert set(report["lists"]) >= {"file_list.txt", "sa_images_ids.txt"}  # type: ignore[arg-type]
+    assert set(report["lists"]) >= {"file_list.txt", "sa_images_ids.txt"}
 
 
 def test_images_masks_layout_with_the_subset_id_file(site: Site, tmp_path: Path):
@@ -80,7 +81,7 @@ def test_webdataset_shards_read_by_webdataset_and_wids(site: Site, tmp_path: Pat
     assert index["__kind__"] == "wids-shard-index-v1" and index["wids_version"] == 1
     shards = {s["url"]: s for s in index["shardlist"]}
     assert sorted(shards) == [f"sa_{k:06d}.tar" for k in range(3)]
-    assert "wids-index.json" in report["lists"]  # type: ignore[operator]
+    assert "wids-index.json" in report["lists"]
 
     for url, entry in shards.items():
         path = out / url
@@ -103,7 +104,7 @@ def test_webdataset_shards_read_by_webdataset_and_wids(site: Site, tmp_path: Pat
 @pytest.mark.filterwarnings("ignore")
 def test_wids_opens_the_index_and_returns_a_sample_by_position(site: Site, tmp_path: Path):
     try:
-        import wids
+        import wids  # type: ignore[import-untyped]
     except ImportError as exc:  # wids imports torch
         pytest.skip(f"wids cannot be imported here ({exc}); make test installs torch for it")
     out = tmp_path / "wds"
