@@ -462,6 +462,72 @@ def extract(
 
 
 @app.command()
+def show(
+    image: Annotated[
+        str, typer.Argument(help="Image id: 1, sa_1 or sa_1.jpg.", show_default=False)
+    ],
+    root: RootOpt = DEFAULT_ROOT,
+    out_dir: OutOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Its shard (0 or sa_000000): read from the tar if not extracted."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="The PNG to write (default: ./sa_<id>-masks.png)."),
+    ] = None,
+    outlines: Annotated[bool, typer.Option("--outlines", help="Draw each mask's edge.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the mask colours.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the masks' statistics instead of drawing.")
+    ] = False,
+) -> None:
+    """Draw one image with its masks over it (largest first, a colour each) and print the path.
+
+    Reads an extracted layout, or the downloaded tar of --shard.
+    """
+    from sa1b_cli.extract.show import ShowConfig, parse_image_id, show_image
+
+    config = ShowConfig(
+        root=root,
+        image_id=parse_image_id(image),
+        out=out_dir or root / "extracted",
+        shard=_shard_name(shard) if shard else None,
+        output=output,
+        outlines=outlines,
+        seed=seed,
+        draw=not as_json,
+    )
+    result = show_image(config)
+    if as_json:
+        areas = [m["area"] for m in result.masks]
+        _emit_json(
+            {
+                "command": "show",
+                "image_id": result.image_id,
+                "shard": result.shard,
+                "source": result.source,
+                "width": result.width,
+                "height": result.height,
+                "count": len(result.masks),
+                "area_total": sum(a or 0 for a in areas),
+                "masks": result.masks,
+            }
+        )
+    else:
+        sys.stdout.write(f"{result.png}\n")
+    raise typer.Exit(0)
+
+
+def _shard_name(text: str) -> str:
+    names = parse_selection(None, text, env={}).names
+    if not names or len(names) != 1:
+        msg = f"--shard {text!r}: name one shard, for example 0 or sa_000000"
+        raise UsageError(msg)
+    return names[0]
+
+
+@app.command()
 def status(
     root: RootOpt = DEFAULT_ROOT,
     subset: SubsetOpt = None,

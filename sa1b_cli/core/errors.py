@@ -11,6 +11,7 @@ Exceptions are for the run; per-shard outcomes are data (see ``results``).
   x DiskFullError                ENOSPC while writing; partial files are kept
   x RootError                    the root cannot be created, read or written
   x SlurmEnvError                --part auto outside a SLURM job array (exit 2)
+  x ImageNotFoundError           sa1b show: the image is in no extracted shard or tar read
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 __all__ = [
     "ChecksumFileError",
     "DiskFullError",
+    "ImageNotFoundError",
     "KnownListError",
     "ManifestError",
     "NotEnoughSpaceError",
@@ -110,3 +112,7 @@ class SlurmEnvError(Sa1bError):
     """--part auto was asked for outside a SLURM job array."""
 
     exit_code = 2
+
+
+class ImageNotFoundError(Sa1bError):
+    """sa1b show found the image in no extracted shard and no tar it read."""

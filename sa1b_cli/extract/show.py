@@ -1,0 +1,181 @@
+"""``sa1b show``: one image with its masks drawn over it, from an extracted layout or a tar.
+
+The image is found through the per-shard indexes of the output (never by listing folders),
+then read from wherever its layout put it; with ``shard`` given and nothing extracted, the
+shard's tar is read until both of its members have passed. Masks are decoded by
+pycocotools and drawn largest first (small ones stay visible on top), a random colour each
+at alpha 0.4, with optional outlines.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import tarfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sa1b_cli.core.archive import ArchiveError, Refusal, iter_members, member_id, open_shard
+from sa1b_cli.core.errors import ImageNotFoundError, UsageError
+from sa1b_cli.core.store import Store
+from sa1b_cli.extract.marks import read_marker, stem
+
+__all__ = ["ShowConfig", "ShowResult", "find_image", "parse_image_id", "show_image"]
+
+ALPHA = 0.4
+
+
+@dataclass(frozen=True, slots=True)
+class ShowConfig:
+    root: Path
+    image_id: int
+    out: Path  # where extracted layouts live
+    shard: str | None = None  # "sa_000000.tar"
+    output: Path | None = None  # the PNG; None: sa_<id>-masks.png in the current folder
+    outlines: bool = False
+    seed: int = 0
+    draw: bool = True  # False: the mask statistics only (--json)
+
+
+@dataclass(slots=True)
+class ShowResult:
+    image_id: int
+    shard: str
+    source: str  # where the pair was read: a folder, or a tar
+    width: int
+    height: int
+    masks: list[dict[str, Any]] = field(default_factory=list)
+    png: Path | None = None
+
+
+def parse_image_id(text: str) -> int:
+    """``123``, ``sa_123``, ``sa_123.jpg`` -> 123."""
+    match = re.fullmatch(r"\s*(?:sa_)?(\d+)(?:\.(?:jpg|json))?\s*", text)
+    if not match:
+        msg = f"{text!r} is not an image id"
+        raise UsageError(msg, hint="Give the number of sa_<id>.jpg, for example 1 or sa_1.")
+    return int(match.group(1))
+
+
+def _indexed_shard(out: Path, image_id: int, shard: str | None) -> str | None:
+    """The extracted shard whose index lists the id (one small CSV per shard)."""
+    folder = out / "index"
+    names = [f"{stem(shard)}.csv"] if shard else sorted(p.name for p in folder.glob("sa_*.csv"))
+    prefix = f"{image_id},"
+    for csv_name in names:
+        path = folder / csv_name
+        if path.is_file() and any(line.startswith(prefix) for line in path.open()):
+            return f"{Path(csv_name).stem}.tar"
+    return None
+
+
+def _from_layout(out: Path, shard: str, image_id: int) -> tuple[bytes, bytes, str] | None:
+    marker = read_marker(out, shard)
+    if marker is None or marker.get("only"):
+        return None  # not extracted, or without one of the two files
+    layout = str(marker.get("layout", "shard"))
+    if layout == "webdataset":
+        with tarfile.open(out / shard) as tar:
+            jpg, doc = (tar.extractfile(f"sa_{image_id}.{kind}") for kind in ("jpg", "json"))
+            if jpg is None or doc is None:
+                return None
+            return jpg.read(), doc.read(), str(out / shard)
+    folders = {
+        "shard": (out / stem(shard), out / stem(shard)),
+        "split": (out / "images" / stem(shard), out / "annotations" / stem(shard)),
+        "images-masks": (out / "images", out / "masks"),
+        "flat": (out, out),
+    }[layout]
+    jpg_path, json_path = folders[0] / f"sa_{image_id}.jpg", folders[1] / f"sa_{image_id}.json"
+    return jpg_path.read_bytes(), json_path.read_bytes(), str(jpg_path.parent)
+
+
+def _from_tar(tar: Path, image_id: int) -> tuple[bytes, bytes, str] | None:
+    found: dict[str, bytes] = {}
+    with open_shard(tar) as (stream, _):
+        for item in iter_members(stream):
+            parsed = None if isinstance(item, Refusal) else member_id(item.name)
+            if parsed is not None and parsed[0] == image_id and not isinstance(item, Refusal):
+                found[parsed[1]] = item.data
+                if len(found) == 2:
+                    return found["jpg"], found["json"], str(tar)
+    return None
+
+
+def find_image(config: ShowConfig) -> tuple[str, bytes, bytes, str]:
+    """(shard, jpg, json, where) for the image; raises ImageNotFoundError with the next step."""
+    shard = _indexed_shard(config.out, config.image_id, config.shard)
+    if shard is not None and (pair := _from_layout(config.out, shard, config.image_id)):
+        return (shard, *pair)
+    if config.shard is not None:
+        tar = Store(config.root).final_path(config.shard)
+        if tar.is_file():
+            try:
+                pair = _from_tar(tar, config.image_id)
+            except ArchiveError as exc:
+                msg = f"{config.shard} cannot be read: {exc}"
+                raise ImageNotFoundError(msg, hint="Run sa1b verify --deep on it.") from exc
+            if pair is not None:
+                return (config.shard, *pair)
+    where = config.shard or "any extracted shard"
+    msg = f"sa_{config.image_id} is not in {where}"
+    hint = (
+        "Name its shard (--shard 0) to read it straight from the downloaded tar, "
+        "or extract that shard first (sa1b extract --shards 0)."
+    )
+    raise ImageNotFoundError(msg, hint=hint)
+
+
+def _mask_stats(annotations: list[Any]) -> list[dict[str, Any]]:
+    keys = ("id", "area", "predicted_iou", "stability_score", "bbox")
+    return [{k: ann.get(k) for k in keys} for ann in annotations]
+
+
+def _draw(jpg: bytes, annotations: list[Any], config: ShowConfig, target: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    image = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")).astype(np.float32)
+    rng = random.Random(config.seed)
+    for ann in sorted(annotations, key=lambda a: -int(a.get("area", 0))):  # largest first
+        seg = ann["segmentation"]
+        rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+        with warnings.catch_warnings():  # pycocotools' numpy-2 __array__ deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mask = mask_utils.decode(rle).astype(bool)
+        if mask.shape != image.shape[:2]:
+            continue  # a mask of another size cannot be laid over this image
+        colour = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
+        image[mask] = image[mask] * (1 - ALPHA) + colour * ALPHA
+        if config.outlines:
+            inner = mask.copy()
+            inner[1:, :] &= mask[:-1, :]
+            inner[:-1, :] &= mask[1:, :]
+            inner[:, 1:] &= mask[:, :-1]
+            inner[:, :-1] &= mask[:, 1:]
+            image[mask & ~inner] = colour
+    Image.fromarray(image.round().clip(0, 255).astype(np.uint8)).save(target, format="PNG")
+
+
+def show_image(config: ShowConfig) -> ShowResult:
+    """Find the image, collect its mask statistics and (unless told not to) draw the PNG."""
+    shard, jpg, raw, where = find_image(config)
+    try:
+        doc = json.loads(raw)
+        info, annotations = doc["image"], doc["annotations"]
+    except (ValueError, KeyError, TypeError) as exc:
+        msg = f"sa_{config.image_id}.json in {shard} is not an SA-1B annotation: {exc}"
+        raise ImageNotFoundError(msg, hint="Run sa1b verify --deep on that shard.") from exc
+    result = ShowResult(config.image_id, shard, where, int(info["width"]), int(info["height"]))
+    result.masks = _mask_stats(annotations)
+    if config.draw:
+        target = config.output or Path(f"sa_{config.image_id}-masks.png")
+        _draw(jpg, annotations, config, target)
+        result.png = target
+    return result

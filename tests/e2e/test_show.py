@@ -1,0 +1,90 @@
+"""End to end: sa1b show draws the masks over the image, from a tar and from extracted layouts."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from tests.site import Site
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # pycocotools under numpy 2
+]
+IMAGE_ID = 2  # in sa_000000.tar of the synthetic site
+
+
+def pair_of(site: Site, image_id: int) -> tuple[np.ndarray, dict]:  # type: ignore[type-arg]
+    found: dict[str, bytes] = {}
+    with tarfile.open(site.mirror.folder / "sa_000000.tar") as tar:
+        for member in tar.getmembers():
+            if member.name.endswith((f"/sa_{image_id}.jpg", f"/sa_{image_id}.json")):
+                handle = tar.extractfile(member)
+                assert handle is not None
+                found[member.name.rsplit(".", 1)[1]] = handle.read()
+    image = np.asarray(Image.open(io.BytesIO(found["jpg"])).convert("RGB"))
+    return image, json.loads(found["json"])
+
+
+def masks_of(doc: dict) -> list[np.ndarray]:  # type: ignore[type-arg]
+    return [
+        mask_utils.decode(
+            {"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()}
+        ).astype(bool)
+        for a in doc["annotations"]
+    ]
+
+
+def check_overlay(png: Path, site: Site) -> None:
+    original, doc = pair_of(site, IMAGE_ID)
+    drawn = np.asarray(Image.open(png).convert("RGB"))
+    assert drawn.shape == original.shape
+    masks = masks_of(doc)
+    union = np.logical_or.reduce(masks)
+    assert (drawn[~union] == original[~union]).all()  # outside every mask: untouched
+    for mask in masks:
+        changed = (drawn[mask] != original[mask]).any(axis=1)
+        assert changed.mean() > 0.9  # inside each mask: coloured
+
+
+def test_show_from_the_downloaded_tar(site: Site, tmp_path: Path):
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    png = tmp_path / "look.png"
+    done = site.run("show", f"sa_{IMAGE_ID}", "--root", root, "--shard", "0", "-o", str(png))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(png)
+    check_overlay(png, site)
+
+
+@pytest.mark.parametrize("layout", ["shard", "images-masks", "webdataset"])
+def test_show_from_an_extracted_layout(site: Site, tmp_path: Path, layout: str):
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    assert site.run("extract", "--root", root, "--layout", layout).returncode == 0
+    (site.root / "tars" / "sa_000000.tar").unlink()  # only the extracted copy is left
+    png = tmp_path / "look.png"
+    done = site.run("show", str(IMAGE_ID), "--root", root, "-o", str(png), "--outlines")
+    assert done.returncode == 0, done.stderr
+    check_overlay(png, site)
+    code, stats = site.run_json("show", str(IMAGE_ID), "--root", root)
+    _, doc = pair_of(site, IMAGE_ID)
+    assert code == 0 and stats["count"] == len(doc["annotations"]) == len(stats["masks"])
+    assert [m["area"] for m in stats["masks"]] == [a["area"] for a in doc["annotations"]]
+    assert all(0 < m["predicted_iou"] <= 1 for m in stats["masks"])
+
+
+def test_show_explains_what_to_do_when_the_image_is_nowhere(site: Site):
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    done = site.run("show", "2", "--root", root)
+    assert done.returncode == 1 and "--shard" in done.stderr
+    done = site.run("show", "not-an-id", "--root", root)
+    assert done.returncode == 2 and "not an image id" in done.stderr
