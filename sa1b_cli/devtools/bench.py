@@ -16,10 +16,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from sa1b_cli.devtools.synth import IMAGES_PER_SHARD, ShardSpec, jpeg_bytes, make_shard
-from sa1b_cli.devtools.timing import GIB, REPEAT, measure, repeat
+from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure, repeat
 
 __all__ = ["main"]
 
@@ -347,6 +348,63 @@ def bench_extract(deep_root: Path, work: Path) -> dict[str, object]:
     return report
 
 
+def _with_peak_disk(folder: Path, run: Callable[[], Run]) -> tuple[Run, int]:
+    """Run, sampling the filesystem's used bytes every 20 ms: the peak above the start."""
+    import threading
+
+    def used() -> int:
+        usage = shutil.disk_usage(folder)
+        return usage.total - usage.free
+
+    base, peak, done = used(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], used() - base)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return run(), peak[0]
+    finally:
+        done.set()
+        sampler.join()
+
+
+def bench_repack(deep_root: Path, work: Path) -> dict[str, object]:
+    """One SA-1B-like gzip shard to a sorted, uncompressed WebDataset tar, against the recipe."""
+    tar = deep_root / "tars" / "sa_000000.tar"
+    loose, recipe_out, ours_out = work / "repack-x", work / "repack-tar", work / "repack-sa1b"
+    recipe = (
+        f"mkdir -p {loose} {recipe_out} && tar -xzf {tar} -C {loose} && "
+        f"tar --sort=name -cf {recipe_out}/sa_000000.tar -C {loose} ."
+    )
+
+    def wipe() -> None:
+        for folder in (loose, recipe_out, ours_out):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    ours_cmd = [*sa1b_extract(deep_root, ours_out, "0", jobs=1), "--layout", "webdataset"]
+    theirs, ours = repeat(["sh", "-c", recipe], wipe), repeat(ours_cmd, wipe)
+    peaks = []
+    for cmd in (["sh", "-c", recipe], ours_cmd):  # once more each, from a settled disk
+        wipe()
+        os.sync()
+        peaks.append(_with_peak_disk(work, partial(measure, cmd))[1])
+    their_peak, our_peak = peaks
+    wipe()
+    return {
+        "shard_GiB": round(tar.stat().st_size / GIB, 2),
+        "recipe_s": round(theirs.seconds, 2),
+        "sa1b_s": round(ours.seconds, 2),
+        "ratio_sa1b_vs_recipe": round(ours.seconds / theirs.seconds, 3),
+        "recipe_peak_disk_GiB": round(their_peak / GIB, 2),
+        "sa1b_peak_disk_GiB": round(our_peak / GIB, 2),
+        "sa1b_peak_rss_MB": round(ours.rss_mb, 1),
+    }
+
+
 def bench_workers(server: Nginx, names: list[str], total: int) -> dict[str, object]:
     """Client-bound (loopback into tmpfs): one event loop against two processes."""
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
@@ -452,6 +510,22 @@ def far_cases(work: Path) -> dict[str, object]:
         server.stop()
 
 
+def _download_cases(work: Path, names: list[str], total: int) -> dict[str, object]:
+    results: dict[str, object] = {}
+    server = Nginx(work / "shards", work)
+    try:
+        results["download_disk"] = bench_download(server, names, total, work, "disk")
+        shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            results["download_tmpfs"] = bench_download(server, names, total, shm, "tmpfs")
+        finally:
+            shutil.rmtree(shm, ignore_errors=True)
+        results["workers"] = bench_workers(server, names, total)
+    finally:
+        server.stop()
+    return results
+
+
 def main() -> None:
     work = Path(os.environ.get("BENCH_DIR", "bench-out")).resolve()
     work.mkdir(exist_ok=True)
@@ -476,17 +550,9 @@ def main() -> None:
         "shards": SHARDS,
         "shard_bytes": total // SHARDS,
     }
-    server = Nginx(work / "shards", work)
-    try:
-        results["download_disk"] = bench_download(server, names, total, work, "disk")
-        shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
-        try:
-            results["download_tmpfs"] = bench_download(server, names, total, shm, "tmpfs")
-        finally:
-            shutil.rmtree(shm, ignore_errors=True)
-        results["workers"] = bench_workers(server, names, total)
-    finally:
-        server.stop()
+    only = os.environ.get("BENCH_ONLY")  # "files": verify, extract and repack alone
+    if only != "files":
+        results.update(_download_cases(work, names, total))
     verify_root = work / "verify-root"
     _install_as_downloaded(verify_root, big)
     deep_root = work / "deep-root"
@@ -494,8 +560,10 @@ def main() -> None:
     results["verify"] = bench_verify(verify_root, names, deep_root)
     results["verify_10GiB"] = bench_verify_10gib(work, big)
     results["extract"] = bench_extract(deep_root, work)
+    results["repack_webdataset"] = bench_repack(deep_root, work)
     results["status"] = bench_status(work)
-    results.update(far_cases(work))
+    if only != "files":
+        results.update(far_cases(work))
     text = json.dumps(results, indent=2)
     (work / "results.json").write_text(text)
     print(text)

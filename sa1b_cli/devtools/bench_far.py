@@ -9,6 +9,7 @@ downloading into tmpfs. Files are random bytes: a download does not look inside.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure
@@ -27,6 +29,7 @@ CASES = {"1x768MiB": (1, 768), "2x384MiB": (2, 384), "10x96MiB": (10, 96)}
 BASE_PORT = 18490
 LIMITED_PORT = 18499
 ARIA2_X1 = os.environ.get("BENCH_ARIA2_X1", "1") == "1"  # one-connection baseline: slow, once
+KNOWN = os.environ.get("BENCH_FAR_KNOWN", "1") == "1"  # also sa1b download --known (md5)
 
 
 def far_files(folder: Path) -> dict[str, list[Path]]:
@@ -129,14 +132,26 @@ def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
                 cmds = _commands(sa1b, links, urls, target, len(paths))
                 total = sum(p.stat().st_size for p in paths)
                 runs: dict[str, list[Run]] = {"sa1b": [], "aria2c_x16": []}
-                for _ in range(REPEAT):  # interleaved, so drift hits both alike
+                before: dict[str, Callable[[], None]] = {"sa1b": wipe, "aria2c_x16": wipe}
+                if KNOWN:
+                    runs["sa1b_known"] = []
+                    cmds["sa1b_known"] = [*cmds["sa1b"], "--known"]
+                    before["sa1b_known"] = _with_known_list(wipe, target / "r", paths)
+                for _ in range(REPEAT):  # interleaved, so drift hits every tool alike
                     for tool in runs:
-                        runs[tool].append(measure(cmds[tool], before=wipe))
+                        runs[tool].append(measure(cmds[tool], before=before[tool]))
                 row: dict[str, object] = {}
                 for tool, measured in runs.items():
                     row[tool] = _summary(_median(measured), total)
-                ratios = [s.seconds / a.seconds for s, a in zip(*runs.values(), strict=True)]
-                row["ratio_sa1b_vs_aria2c_x16"] = round(statistics.median(ratios), 3)
+                pairs = zip(runs["sa1b"], runs["aria2c_x16"], strict=True)
+                row["ratio_sa1b_vs_aria2c_x16"] = round(
+                    statistics.median(s.seconds / a.seconds for s, a in pairs), 3
+                )
+                if KNOWN:
+                    pairs = zip(runs["sa1b_known"], runs["aria2c_x16"], strict=True)
+                    row["ratio_sa1b_known_vs_aria2c_x16"] = round(
+                        statistics.median(s.seconds / a.seconds for s, a in pairs), 3
+                    )
                 if ARIA2_X1:
                     row["aria2c_x1"] = _summary(measure(cmds["aria2c_x1"], before=wipe), total)
                 report[f"{cap}MiB/s_{case}"] = row
@@ -144,6 +159,26 @@ def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
     finally:
         shutil.rmtree(target, ignore_errors=True)
     return report
+
+
+def _with_known_list(wipe: Callable[[], None], root: Path, paths: list[Path]) -> Callable[[], None]:
+    """A `before` that also caches an md5 list of these files as the community list."""
+    lines = []
+    for k, path in enumerate(paths):
+        digest = hashlib.md5(usedforsecurity=False)
+        with path.open("rb") as handle:
+            while block := handle.read(8 << 20):
+                digest.update(block)
+        lines.append(f"{digest.hexdigest()}  sa_{k:06d}.tar\n")
+    listing = "".join(lines).encode()
+    os.environ["SA1B_KNOWN_SHA256"] = hashlib.sha256(listing).hexdigest()
+
+    def before() -> None:
+        wipe()
+        (root / "known").mkdir(parents=True)
+        (root / "known" / "community-md5.txt").write_bytes(listing)
+
+    return before
 
 
 def _median(runs: list[Run]) -> Run:

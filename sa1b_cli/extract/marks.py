@@ -17,7 +17,16 @@ from typing import Any
 
 from sa1b_cli.core.store import atomic_write_text
 
-__all__ = ["INDEX_FIELDS", "index_row", "marker_path", "stem", "write_marker", "write_shard_index"]
+__all__ = [
+    "INDEX_FIELDS",
+    "Rows",
+    "index_row",
+    "marker_path",
+    "read_marker",
+    "stem",
+    "write_marker",
+    "write_shard_index",
+]
 
 INDEX_FIELDS = ("image_id", "width", "height", "masks", "jpg_bytes", "json_bytes")
 _HEAD_RE = {
@@ -67,20 +76,22 @@ class Rows:
             self.jpg_sizes[image_id] = len(data)
 
 
-def write_shard_index(out: Path, name: str, rows: dict[int, dict[str, int]]) -> None:
+def write_shard_index(
+    out: Path, name: str, rows: dict[int, dict[str, int]], *, sync: bool = True
+) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=INDEX_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows[i] for i in sorted(rows))
     folder = out / "index"
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / f"{stem(name)}.csv", buffer.getvalue())
+    atomic_write_text(folder / f"{stem(name)}.csv", buffer.getvalue(), sync=sync)
 
 
-def write_marker(out: Path, name: str, **fields: Any) -> None:
+def write_marker(out: Path, name: str, *, sync: bool = True, **fields: Any) -> None:
     marker = {"shard": name, **fields, "finished": time.time()}
     marker_path(out, name).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(marker_path(out, name), json.dumps(marker))
+    atomic_write_text(marker_path(out, name), json.dumps(marker), sync=sync)
 
 
 def read_marker(out: Path, name: str) -> dict[str, Any] | None:

@@ -39,7 +39,6 @@ from sa1b_cli.core.store import Store, atomic_write_text
 from sa1b_cli.extract.marks import (
     INDEX_FIELDS,
     Rows,
-    marker_path,
     read_marker,
     stem,
     write_marker,
@@ -238,8 +237,25 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+def _marked_whole(out: Path, name: str) -> bool:
+    """The marker is there, and a repacked tar still has the size it recorded.
+
+    A repacked tar is not fsync'ed while its source is kept (the recipe it replaces does
+    not either); after a power cut it may be short while its marker survived: redo it.
+    """
+    marker = read_marker(out, name)
+    if marker is None:
+        return False
+    if marker.get("layout") != "webdataset":
+        return True
+    try:
+        return (out / name).stat().st_size == marker.get("filesize")
+    except OSError:
+        return False
+
+
 def _precheck(store: Store, name: str, out: Path) -> ExtractResult | None:
-    if marker_path(out, name).is_file():
+    if _marked_whole(out, name):
         return ExtractResult(name, "present")
     record = store.read(name)
     tar = store.final_path(name)
@@ -325,7 +341,8 @@ def extract_one(
 def _repack(
     out: Path, name: str, config: ExtractConfig, members: Iterator[Member], result: ExtractResult
 ) -> int:
-    with TarRepacker(out, name, kinds_kept(config.only)) as repacker:
+    durable = config.delete_tar  # the tar will be the only copy: make it durable first
+    with TarRepacker(out, name, kinds_kept(config.only), durable=durable) as repacker:
         for member in members:
             if repacker.add(member):
                 result.bytes_written += len(member.data)

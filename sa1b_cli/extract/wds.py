@@ -13,7 +13,9 @@ A second pass writes the tar in ``tar --sort=name`` order (``sa_1.jpg``, ``sa_1.
 uncompressed size, for the moment of the copy; memory stays flat whatever the shard size.
 
 Regular files only, short names, no ``./`` entry; built in ``<out>/.tmp-<shard>-<token>/``
-and renamed to ``<out>/sa_000000.tar``, then the marker (with the sample count) is written.
+and renamed to ``<out>/sa_000000.tar``, then the marker (with the sample count and the
+size) is written. The tar is fsync'ed only when its source will be deleted (--delete-tar);
+otherwise a marker whose size no longer matches the tar (a power cut) means "redo it".
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import secrets
 import shutil
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +64,8 @@ def _copy(src: int, dst: int, offset: int, size: int) -> None:
 class TarRepacker:
     """The writer for ``--layout webdataset``: members -> spill -> one sorted tar."""
 
-    def __init__(self, out: Path, name: str, kinds: frozenset[str]) -> None:
-        self.out, self.name, self.kinds = out, name, kinds
+    def __init__(self, out: Path, name: str, kinds: frozenset[str], *, durable: bool) -> None:
+        self.out, self.name, self.kinds, self.durable = out, name, kinds, durable
         self.tmp = out / f".tmp-{stem(name)}-{secrets.token_hex(4)}"
         self.entries: list[tuple[str, int, int]] = []  # member name, spill offset, size
         self.rows = Rows()
@@ -107,16 +110,31 @@ class TarRepacker:
                 if size % BLOCK:
                     os.write(fd, bytes(BLOCK - size % BLOCK))
             os.write(fd, bytes(2 * BLOCK))  # the end-of-archive marker
-            os.fsync(fd)
+            if self.durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         final = self.out / self.name
         os.replace(target, final)
-        write_shard_index(self.out, self.name, self.rows.rows)
-        samples = len({name.split(".", 1)[0] for name, _, _ in self.entries})
-        size = final.stat().st_size
-        write_marker(self.out, self.name, nsamples=samples, filesize=size, **marker)
+        # Freeing a spill of gigabytes takes a while: overlap it with the index and marker.
+        dropping = threading.Thread(target=self._drop_spill)
+        dropping.start()
+        try:
+            # Not durable: no fsync here either. On ext4 it would flush the whole tar with the
+            # journal; a marker lost or left behind by a power cut is caught by its size.
+            sync = self.durable
+            write_shard_index(self.out, self.name, self.rows.rows, sync=sync)
+            samples = len({name.split(".", 1)[0] for name, _, _ in self.entries})
+            size = final.stat().st_size
+            write_marker(self.out, self.name, sync=sync, nsamples=samples, filesize=size, **marker)
+        finally:
+            dropping.join()
         return len(self.rows.rows)
+
+    def _drop_spill(self) -> None:
+        os.close(self.spill)
+        self.spill = -1
+        (self.tmp / "spill").unlink()
 
 
 def write_wids_index(out: Path, names: list[str]) -> Path | None:

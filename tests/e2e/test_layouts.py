@@ -132,3 +132,14 @@ def test_a_webdataset_shard_is_redone_after_an_interrupted_run(site: Site, tmp_p
     with tarfile.open(out / "sa_000000.tar") as tar:
         assert len(tar.getnames()) == 12
     assert not list(out.glob(".tmp-*"))
+
+    with (out / "sa_000000.tar").open("r+b") as tar_file:  # a power cut after the marker
+        tar_file.truncate(4096)
+    code, report = site.run_json(
+        "extract", "--root", str(site.root), "--out", str(out), "--layout", "webdataset"
+    )
+    statuses = {s["name"]: s["status"] for s in report["shards"]}
+    assert code == 0 and statuses["sa_000000.tar"] == "extracted"
+    assert set(statuses.values()) == {"extracted", "present"}
+    with tarfile.open(out / "sa_000000.tar") as tar:
+        assert len(tar.getnames()) == 12
