@@ -83,9 +83,11 @@ class ConnectionController:
         Yes before any step was judged (only the spare slots of --jobs exist then), while a
         step is being tried, and after a step that raised throughput; no after a step that
         brought nothing: where one connection per shard already fills the link (loopback,
-        or many shards), more would only cost CPU and read-back.
+        or many shards), more would only cost CPU and read-back. But yes again whenever
+        slots of the judged limit lie idle: in a run's tail fewer shards than connections
+        are left, and the shards that started last would otherwise finish on one each.
         """
-        return self._before is not None or self._more_pays
+        return self._before is not None or self._more_pays or self.active < self.limit
 
     def over_limit(self) -> bool:
         """True when a connection should give its slot back after its current piece."""

@@ -119,16 +119,31 @@ async def test_one_connection_once_more_connections_were_measured_to_bring_nothi
     controller.tick()  # grows to 2 and tries it
     controller.tick()  # settles
     controller.tick()  # no more bytes with two: the step is undone
+    assert controller.limit == 1 and not controller.splitting_pays()  # its one slot is busy
     controller.release()
-    assert controller.limit == 1 and not controller.splitting_pays()
-    controller.settings = ControllerSettings(ceiling=4, initial=4)
-    controller.limit = 4  # room for more, but more were measured to bring nothing
     settings = TransferSettings(block_size=8192, min_piece=20_000, max_piece=100_000)
     async with httpx.AsyncClient(transport=httpx.MockTransport(cdn.handle)) as client:
         ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
         result = await fetch_shard(row_for(), store, ctx, size_hint=len(data))
     assert result.status == "downloaded" and whole(store) == data
     assert result.connections == 1
+
+
+def test_idle_slots_in_a_runs_tail_are_used_even_after_a_fruitless_step():
+    clock = iter(float(t) for t in range(100))
+    controller = ConnectionController(
+        ControllerSettings(ceiling=16, initial=4), clock=lambda: next(clock)
+    )
+    for _ in range(4):  # four shards, one connection each
+        controller.try_acquire()
+    controller.counted(400)
+    controller.tick()  # grows and tries it
+    controller.tick()  # settles
+    controller.tick()  # no more bytes: undone to 4, and more connections do not pay
+    assert controller.limit == 4 and not controller.splitting_pays()
+    for _ in range(3):  # three shards finish: the last one may use their slots
+        controller.release()
+    assert controller.splitting_pays()
 
 
 async def test_one_connection_when_split_is_off(store, data):
