@@ -1,0 +1,42 @@
+"""Run-level checks of extraction: how many files a flat layout would put in one folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sa1b_cli.core.errors import UsageError
+from sa1b_cli.core.selection import Selection
+from sa1b_cli.extract.pool import _flat_check
+from sa1b_cli.extract.shard import ExtractConfig
+
+
+def names(count: int) -> list[str]:
+    return [f"sa_{k:06d}.tar" for k in range(count)]
+
+
+def config(tmp_path: Path, layout: str = "flat", only: str | None = None) -> ExtractConfig:
+    return ExtractConfig(tmp_path, Selection(None), out=tmp_path / "out", layout=layout, only=only)  # type: ignore[arg-type]
+
+
+def test_flat_is_quiet_for_a_subset_and_warns_past_a_million_files(tmp_path: Path):
+    assert _flat_check(config(tmp_path), names(10)) == ()  # 1%: ~224 k files
+    (warning,) = _flat_check(config(tmp_path), names(50))  # 5%: ~1.1 M files
+    assert "M files in one folder" in warning and "--layout shard" in warning
+    assert _flat_check(config(tmp_path, layout="shard"), names(1000)) == ()
+
+
+def test_flat_is_refused_past_what_lustre_allows_in_one_folder(tmp_path: Path):
+    with pytest.raises(UsageError, match="Lustre"):
+        _flat_check(config(tmp_path), names(1000))  # all of SA-1B: ~22 M files
+    assert _flat_check(config(tmp_path, only="images"), names(600)) != ()  # ~6.7 M: a warning
+
+
+def test_shards_already_extracted_count_too(tmp_path: Path):
+    done = tmp_path / "out" / ".done"
+    done.mkdir(parents=True)
+    for name in names(600):
+        (done / f"{name.removesuffix('.tar')}.json").write_text("{}")
+    with pytest.raises(UsageError):
+        _flat_check(config(tmp_path), names(100))  # 700 shards in one folder in all
