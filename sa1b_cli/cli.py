@@ -48,6 +48,7 @@ from sa1b_cli.options import (
     ExportOpt,
     ExtractFlagOpt,
     ExtractJobsOpt,
+    ImageArg,
     JobsOpt,
     JsonOpt,
     KnownOpt,
@@ -56,12 +57,17 @@ from sa1b_cli.options import (
     ManifestArg,
     NoSplitOpt,
     OnlyOpt,
+    OutlinesOpt,
     OutOpt,
     PartOpt,
+    PngOpt,
     QuietOpt,
     RateOpt,
     RootOpt,
+    SeedOpt,
+    ShardOpt,
     ShardsOpt,
+    StatsJsonOpt,
     SubsetOpt,
     TimeoutOpt,
     VerifyJobsOpt,
@@ -461,26 +467,19 @@ def extract(
 # -- status --------------------------------------------------------------------------------
 
 
+# -- show ----------------------------------------------------------------------------------
+
+
 @app.command()
 def show(
-    image: Annotated[
-        str, typer.Argument(help="Image id: 1, sa_1 or sa_1.jpg.", show_default=False)
-    ],
+    image: ImageArg,
     root: RootOpt = DEFAULT_ROOT,
     out_dir: OutOpt = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(help="Its shard (0 or sa_000000): read from the tar if not extracted."),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="The PNG to write (default: ./sa_<id>-masks.png)."),
-    ] = None,
-    outlines: Annotated[bool, typer.Option("--outlines", help="Draw each mask's edge.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the mask colours.")] = 0,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the masks' statistics instead of drawing.")
-    ] = False,
+    shard: ShardOpt = None,
+    output: PngOpt = None,
+    outlines: OutlinesOpt = False,
+    seed: SeedOpt = 0,
+    as_json: StatsJsonOpt = False,
 ) -> None:
     """Draw one image with its masks over it (largest first, a colour each) and print the path.
 
@@ -500,20 +499,9 @@ def show(
     )
     result = show_image(config)
     if as_json:
-        areas = [m["area"] for m in result.masks]
-        _emit_json(
-            {
-                "command": "show",
-                "image_id": result.image_id,
-                "shard": result.shard,
-                "source": result.source,
-                "width": result.width,
-                "height": result.height,
-                "count": len(result.masks),
-                "area_total": sum(a or 0 for a in areas),
-                "masks": result.masks,
-            }
-        )
+        from sa1b_cli import ui
+
+        _emit_json(ui.show_json(result))
     else:
         sys.stdout.write(f"{result.png}\n")
     raise typer.Exit(0)

@@ -20,6 +20,7 @@ __all__ = [
     "ExportOpt",
     "ExtractFlagOpt",
     "ExtractJobsOpt",
+    "ImageArg",
     "JobsOpt",
     "JsonOpt",
     "KnownOpt",
@@ -29,11 +30,16 @@ __all__ = [
     "NoSplitOpt",
     "OnlyOpt",
     "OutOpt",
+    "OutlinesOpt",
     "PartOpt",
+    "PngOpt",
     "QuietOpt",
     "RateOpt",
     "RootOpt",
+    "SeedOpt",
+    "ShardOpt",
     "ShardsOpt",
+    "StatsJsonOpt",
     "SubsetOpt",
     "TimeoutOpt",
     "VerifyJobsOpt",
@@ -261,4 +267,18 @@ JsonOpt = Annotated[
 ]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No progress display.")
+]
+ImageArg = Annotated[str, typer.Argument(help="Image id: 1, sa_1 or sa_1.jpg.", show_default=False)]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(help="Its shard (0 or sa_000000): read from the tar if not extracted."),
+]
+PngOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="The PNG to write (default: ./sa_<id>-masks.png)."),
+]
+OutlinesOpt = Annotated[bool, typer.Option("--outlines", help="Draw each mask's edge.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the mask colours.")]
+StatsJsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the masks' statistics instead of drawing.")
 ]

@@ -37,6 +37,7 @@ from sa1b_cli.core.status import ShardState
 if TYPE_CHECKING:
     from sa1b_cli.download.engine import DownloadReport
     from sa1b_cli.extract.pool import ExtractReport
+    from sa1b_cli.extract.show import ShowResult
     from sa1b_cli.verify.layers import VerifyReport
 
 __all__ = [
@@ -561,3 +562,20 @@ def print_extract_report(console: Console, report: ExtractReport, *, out: Path) 
         )
         lists = ", ".join(n for n in _lists(report.index) if n != "index.csv")
         console.print(f"lists beside it: {lists}", highlight=False, markup=False)
+
+
+# -- show ----------------------------------------------------------------------------------
+
+
+def show_json(result: ShowResult) -> dict[str, Any]:
+    return {
+        "command": "show",
+        "image_id": result.image_id,
+        "shard": result.shard,
+        "source": result.source,
+        "width": result.width,
+        "height": result.height,
+        "count": len(result.masks),
+        "area_total": sum(m["area"] or 0 for m in result.masks),
+        "masks": result.masks,
+    }
