@@ -36,6 +36,13 @@ def scratch(tmp: Path) -> Path:
     return tmp
 
 
+def with_a_shard(tmp: Path) -> Path:
+    """A root holding one finished-looking shard, for commands that only act on shards."""
+    (tmp / "root" / "tars").mkdir(parents=True, exist_ok=True)
+    (tmp / "root" / "tars" / "sa_000000.tar").write_bytes(b"\x1f\x8b\x08\x00" + bytes(512))
+    return tmp / "root"
+
+
 def links(tmp: Path) -> list[str]:
     return ["--links", str(tmp / "links.txt"), "--root", str(tmp / "root")]
 
@@ -114,6 +121,36 @@ CASES = [
         "download: --jobs 0 (typer's own check)", lambda t: ["download", "--jobs", "0"], 2, "--jobs"
     ),
     Case("verify: an unknown option", lambda t: ["verify", "--bogus"], 2, "No such option"),
+    Case("extract: --layout bogus", lambda t: ["extract", "--layout", "bogus"], 2, "--layout"),
+    Case(
+        "verify: --part auto/4 with task 5",
+        lambda t: ["verify", "--root", str(t / "root"), "--part", "auto/4"],
+        2,
+        "not below 4",
+        (("SLURM_ARRAY_TASK_ID", "5"),),
+    ),
+    Case(
+        "status: --part auto in a SLURM job without an array",
+        lambda t: ["status", "--root", str(t / "root"), "--part", "auto"],
+        2,
+        "not a job array",
+        (("SLURM_JOB_ID", "77"),),
+    ),
+    Case(
+        "verify: --known without network",
+        lambda t: ["verify", "--root", str(with_a_shard(t)), "--known"],
+        1,
+        "cannot fetch the community md5 list",
+        (("SA1B_KNOWN_URL", "http://127.0.0.1:9/checklist.txt?token=SECRET"),),
+    ),
+    Case("show: not an image id", lambda t: ["show", "cat.jpg"], 2, "not an image id"),
+    Case("show: --shard abc", lambda t: ["show", "1", "--shard", "abc"], 2, "--shard"),
+    Case(
+        "show: an image in no extracted shard",
+        lambda t: ["show", "sa_1", "--root", str(t / "root")],
+        1,
+        "is not in any extracted shard",
+    ),
     Case(
         "links: an unreadable manifest",
         lambda t: ["links", str(t / "links.txt" / "x")],
