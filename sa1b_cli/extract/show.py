@@ -16,12 +16,13 @@ import tarfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sa1b_cli.core.archive import ArchiveError, Refusal, iter_members, member_id, open_shard
 from sa1b_cli.core.errors import ImageNotFoundError, UsageError
 from sa1b_cli.core.store import Store
 from sa1b_cli.extract.marks import read_marker, stem
+from sa1b_cli.extract.shard import Layout, shard_dirs
 
 __all__ = ["ShowConfig", "ShowResult", "find_image", "parse_image_id", "show_image"]
 
@@ -83,13 +84,8 @@ def _from_layout(out: Path, shard: str, image_id: int) -> tuple[bytes, bytes, st
             if jpg is None or doc is None:
                 return None
             return jpg.read(), doc.read(), str(out / shard)
-    folders = {
-        "shard": (out / stem(shard), out / stem(shard)),
-        "split": (out / "images" / stem(shard), out / "annotations" / stem(shard)),
-        "images-masks": (out / "images", out / "masks"),
-        "flat": (out, out),
-    }[layout]
-    jpg_path, json_path = folders[0] / f"sa_{image_id}.jpg", folders[1] / f"sa_{image_id}.json"
+    dirs = shard_dirs(out, shard, cast(Layout, layout), None)  # where extraction put them
+    jpg_path, json_path = (dirs[kind] / f"sa_{image_id}.{kind}" for kind in ("jpg", "json"))
     return jpg_path.read_bytes(), json_path.read_bytes(), str(jpg_path.parent)
 
 
