@@ -105,13 +105,14 @@ class _Job:
         ctx: TransferContext,
         *,
         expected: dict[str, str],
+        sources: dict[str, str],
         claim: Claim | None,
         size_hint: int | None,
         on_tail: Callable[[], None] | None,
     ) -> None:
         self.row, self.name, self.store, self.ctx = row, row.file_name, store, ctx
         self.expected = expected
-        self.sources: dict[str, str] = {}
+        self.sources = sources  # where each expected digest came from, for the record
         self.size_hint = size_hint
         self.on_tail = on_tail  # told once the tail frees connections (the engine starts another)
         settings = ctx.settings
@@ -503,7 +504,13 @@ async def fetch_shard(
     finds nothing left to fetch in this shard while others still work on it.
     """
     job = _Job(
-        row, store, ctx, expected=expected or {}, claim=claim, size_hint=size_hint, on_tail=on_tail
+        row,
+        store,
+        ctx,
+        expected=expected or {},
+        sources=sources or {},
+        claim=claim,
+        size_hint=size_hint,
+        on_tail=on_tail,
     )
-    job.sources = sources or {}
     return await job.run()
