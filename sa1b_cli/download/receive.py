@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -16,6 +17,7 @@ from sa1b_cli.core.events import ProgressSink
 from sa1b_cli.download.partfile import PartFile
 from sa1b_cli.download.pieces import Piece
 from sa1b_cli.download.ratelimit import RateLimiter
+from sa1b_cli.download.wire import BODY_EXTENSION
 
 __all__ = ["Receiver", "StallWatchdog"]
 
@@ -33,6 +35,7 @@ class Receiver:
         pos: int,
         sink: ProgressSink,
         block_size: int,
+        reserve: int,
         limiter: RateLimiter | None,
         counted: Callable[[int], None],
         checkpoint: Callable[[], Awaitable[None]],
@@ -41,6 +44,9 @@ class Receiver:
     ) -> None:
         self.part, self.name, self.pos = part, name, pos
         self.sink, self.block_size, self.limiter = sink, block_size, limiter
+        # The fast path writes up to this much per call; a split of the piece starts at
+        # least a minimum piece past ``piece.pos``, so never inside it (reserve <= min_piece).
+        self.reserve = reserve
         self.counted = counted  # every byte, as it arrives (the connection controller)
         self.checkpoint, self.checkpoint_due = checkpoint, checkpoint_due
         self.piece = piece  # when set, never write past piece.end (another connection's now)
@@ -59,12 +65,16 @@ class Receiver:
             await self.flush()
 
     async def _stream(self, response: httpx.Response, watchdog: StallWatchdog) -> None:
+        body = response.extensions.get(BODY_EXTENSION)
+        if body is not None:
+            await self._stream_through(body, watchdog)
+            return
         limiter = self.limiter
         piece = self.piece
         async for chunk in response.aiter_raw():
             watchdog.fed()
             size = len(chunk)
-            if piece is not None and size >= (room := piece.end - self.pos - self._buffered):
+            if piece is not None and size > (room := piece.end - self.pos - self._buffered):
                 if room > 0:
                     self._take(chunk[:room], room)
                 return  # the rest of this range belongs to another connection now
@@ -78,9 +88,40 @@ class Receiver:
                     await self.checkpoint()
                 watchdog.fed()  # a slow disk is not a stalled connection
 
+    async def _stream_through(self, body: Any, watchdog: StallWatchdog) -> None:
+        """The wire transport's path: the connection's thread receives and writes the bytes.
+
+        The loop only hears once per call (up to ``reserve`` bytes, or ~50 ms), after the
+        bytes are in the file: no buffers held here, no hop to a writer thread.
+        """
+        piece = self.piece
+        while True:
+            want = self.reserve
+            if piece is not None:
+                want = min(want, piece.end - self.pos)
+                if want <= 0:
+                    return
+                piece.pos = self.pos
+            size = await body.read_through(want, self.part.block(self.pos, want))
+            if size == 0:
+                return
+            watchdog.fed()
+            self.pos += size
+            if piece is not None:
+                piece.pos = self.pos
+            self._count(size)
+            if self.limiter is not None:
+                await self.limiter.acquire(size)
+            if self.checkpoint_due():
+                await self.checkpoint()
+                watchdog.fed()  # a slow disk is not a stalled connection
+
     def _take(self, chunk: bytes, size: int) -> None:
         self._chunks.append(chunk)
         self._buffered += size
+        self._count(size)
+
+    def _count(self, size: int) -> None:
         self.fetched += size
         self._unreported += size
         self.counted(size)

@@ -36,6 +36,7 @@ from sa1b_cli.download.partfile import PartFile, is_disk_full
 from sa1b_cli.download.pieces import Piece, Pieces
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.receive import Receiver
+from sa1b_cli.download.wire import CHUNK_EXTENSION
 
 __all__ = ["TransferContext", "TransferSettings", "fetch_shard", "retry_after_seconds"]
 
@@ -47,11 +48,12 @@ class TransferSettings:
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     retry_after_cap: float = 900.0
-    block_size: int = 1 << 20
+    block_size: int = 1 << 20  # bytes received (and written) at a time, at most
+    reserve: int = 4 << 20  # bytes one receiving thread call may write (<= min_piece)
     checkpoint_bytes: int = 64 << 20
     checkpoint_seconds: float = 2.0
     split: bool = True  # parallel Range segments when the size is known
-    per_shard: int = 32  # connections one shard may hold at most
+    per_shard: int = 64  # connections one shard may hold at most
     min_piece: int = 4 << 20  # each request costs ~1 ms of Python: no smaller pieces
     max_piece: int = 256 << 20
 
@@ -109,12 +111,14 @@ class _Job:
         claim: Claim | None,
         size_hint: int | None,
         on_tail: Callable[[], None] | None,
+        on_start: Callable[[], None],
     ) -> None:
         self.row, self.name, self.store, self.ctx = row, row.file_name, store, ctx
         self.expected = expected
         self.sources = sources  # where each expected digest came from, for the record
         self.size_hint = size_hint
         self.on_tail = on_tail  # told once the tail frees connections (the engine starts another)
+        self.on_start = on_start  # told when the first connection asks for its slot
         settings = ctx.settings
         self.part = PartFile(store.part_path(self.name), [RECORD_ALGORITHM, *sorted(expected)])
         self.ledger = Ledger(
@@ -297,7 +301,12 @@ class _Job:
         client = self.ctx.client
         try:
             async with asyncio.timeout(self.ctx.settings.stall_timeout):
-                request = client.build_request("GET", self.row.url, headers=headers)
+                request = client.build_request(
+                    "GET",
+                    self.row.url,
+                    headers=headers,
+                    extensions={CHUNK_EXTENSION: self._block_size()},
+                )
                 response = await client.send(request, stream=True)
         except TimeoutError as exc:
             msg = "no answer from the server"
@@ -329,15 +338,14 @@ class _Job:
         """
         settings = self.ctx.settings
         controller = self.ctx.controller
-        # Many slow connections: smaller blocks, so the buffers held stay within ~8 MiB.
-        share = (8 << 20) // max(1, controller.active)
-        block_size = max(256 << 10, min(settings.block_size, share))
+        block_size = self._block_size()
         receiver = Receiver(
             self.part,
             name=self.name,
             pos=pos,
             sink=self.ctx.sink,
             block_size=block_size,
+            reserve=min(settings.reserve, settings.min_piece),
             limiter=self.ctx.limiter,
             counted=controller.counted,
             checkpoint=self.ledger.checkpoint,
@@ -363,6 +371,14 @@ class _Job:
         if end is not None and receiver.pos < end:
             msg = f"connection closed at {receiver.pos:,} of {end:,} bytes"
             raise _Retry(msg)
+
+    def _block_size(self) -> int:
+        """Bytes a connection receives and writes at a time (the wire reads this many too).
+
+        Many slow connections: smaller blocks, so the buffers held stay within ~8 MiB.
+        """
+        share = (8 << 20) // max(1, self.ctx.controller.active)
+        return max(256 << 10, min(self.ctx.settings.block_size, share))
 
     # -- one connection --------------------------------------------------------------------------
 
@@ -408,6 +424,7 @@ class _Job:
                 if workers and not controller.splitting_pays():
                     room = False  # measured: one connection already runs fast
                 if room and not workers:
+                    self.on_start()
                     await controller.acquire()  # every shard gets one connection
                 elif not (room and controller.try_acquire()):
                     # With work left, a freed slot or a new measurement may let it split.
@@ -474,6 +491,7 @@ class _Slot:
 
     async def take(self, *, acquired: bool = False) -> None:
         if not acquired:
+            self.job.on_start()
             await self.job.ctx.controller.acquire()
         self.held = True
         self.job._holding += 1
@@ -496,11 +514,13 @@ async def fetch_shard(
     claim: Claim | None = None,
     size_hint: int | None = None,
     on_tail: Callable[[], None] | None = None,
+    on_start: Callable[[], None] = lambda: None,
 ) -> ShardResult:
     """Download one file into the store, resuming what is there; never raises for the shard.
 
     ``expected`` digests are checked on arrival; ``sources`` names where each came from
-    ("list", "community") for the record. ``on_tail`` is called once, when a connection
+    ("list", "community") for the record. ``on_start`` is called when its first connection asks
+    for a slot (see ``ConnectionController.expect``); ``on_tail`` once, when a connection
     finds nothing left to fetch in this shard while others still work on it.
     """
     job = _Job(
@@ -512,5 +532,6 @@ async def fetch_shard(
         claim=claim,
         size_hint=size_hint,
         on_tail=on_tail,
+        on_start=on_start,
     )
     return await job.run()

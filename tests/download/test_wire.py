@@ -13,7 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sa1b_cli.download.wire import WireTransport, make_transport
+from sa1b_cli.download.wire import (
+    BODY_EXTENSION,
+    CHUNK_EXTENSION,
+    BufferPool,
+    WireTransport,
+    make_transport,
+)
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -173,5 +179,124 @@ async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
                 async with client.stream("GET", f"https://127.0.0.1:{port}/t?_nc_gid&oe=1") as r:
                     got = b"".join([bytes(c) async for c in r.aiter_raw()])
                 assert r.status_code == 200 and got == BODY
+            sink = Sink()  # the fast path over TLS: records, not one recv(MSG_WAITALL)
+            async with client.stream("GET", f"https://127.0.0.1:{port}/t") as r:
+                while await r.extensions[BODY_EXTENSION].read_through(1 << 20, sink):
+                    pass
+            assert bytes(sink.data) == BODY
     finally:
         srv.close()
+
+
+class Sink:
+    """A BlockSink that keeps what the connection's thread wrote, and counts landings."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.data = bytearray()
+        self.threads: set[str] = set()
+        self.landings: list[OSError | None] = []
+        self.fail_after = fail_after
+
+    def write(self, view: memoryview) -> None:
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        if self.fail_after is not None and len(self.data) >= self.fail_after:
+            raise OSError(28, "No space left on device")
+        self.data += view
+
+    def landed(self, error: OSError | None) -> None:
+        self.landings.append(error)
+
+
+async def test_read_through_writes_on_the_connection_thread_and_lands_once_per_call(server):
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+            for i in range(0, len(BODY), 100_000):  # in bursts, as a far CDN sends
+                writer.write(BODY[i : i + 100_000])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+    base = await server(serve)
+    async with (
+        httpx.AsyncClient(transport=WireTransport()) as client,
+        client.stream("GET", f"{base}/x", extensions={CHUNK_EXTENSION: 65536}) as r,
+    ):
+        body = r.extensions[BODY_EXTENSION]
+        got, calls = bytearray(), 0
+        while True:
+            sink = Sink()
+            n = await body.read_through(300_000, sink)
+            assert sink.landings == [None]  # exactly once, before the call returns
+            calls += 1
+            if n == 0:
+                break
+            assert n == len(sink.data) <= 300_000
+            got += sink.data
+            if n:
+                assert sink.threads == {"sa1b-wire"}
+    assert bytes(got) == BODY
+    assert calls >= 4  # never more than asked for in one call
+
+
+async def test_read_through_cancelled_mid_body_still_lands_what_was_written(server):
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+            writer.write(BODY[:70_000])
+            await writer.drain()
+            await asyncio.sleep(5)  # then silence: the reader is cancelled meanwhile
+
+    base = await server(serve)
+    sink = Sink()
+    async with (
+        httpx.AsyncClient(transport=WireTransport()) as client,
+        client.stream("GET", f"{base}/x") as r,
+    ):
+        body = r.extensions[BODY_EXTENSION]
+        call = asyncio.ensure_future(body.read_through(len(BODY), sink))
+        await asyncio.sleep(0.3)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        for _ in range(100):  # the thread returns once the closed socket wakes it
+            if sink.landings:
+                break
+            await asyncio.sleep(0.02)
+    assert sink.landings == [None]
+    assert bytes(sink.data) == BODY[: len(sink.data)]
+
+
+async def test_read_through_raises_the_disk_s_error_itself(server):
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+            await writer.drain()
+
+    base = await server(serve)
+    sink = Sink(fail_after=0)
+    async with (
+        httpx.AsyncClient(transport=WireTransport()) as client,
+        client.stream("GET", f"{base}/x") as r,
+    ):
+        with pytest.raises(OSError, match="No space") as raised:
+            await r.extensions[BODY_EXTENSION].read_through(len(BODY), sink)
+    assert not isinstance(raised.value, httpx.TransportError)  # not mistaken for the network
+    assert len(sink.landings) == 1 and isinstance(sink.landings[0], OSError)
+
+
+def test_a_pooled_buffer_is_reused_only_once_no_view_of_it_is_left():
+    pool = BufferPool()
+    first = pool.take(100_000)
+    assert len(first) == 1 << 17  # a power of two: few sizes, many reuses
+    view = memoryview(first)[10:20]
+    del first
+    second = pool.take(100_000)
+    assert view.obj is not second  # still viewed: a fresh one
+    del second
+    view.release()
+    del view
+    assert len(pool.rings[1 << 17]) == 2
+    third = pool.take(70_000)
+    assert third is pool.rings[1 << 17][-1] or third is pool.rings[1 << 17][0]

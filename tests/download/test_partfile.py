@@ -1,0 +1,48 @@
+"""Blocks written from receiving threads: in any order, partly filled, the digest is in order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import xxhash
+
+from sa1b_cli.download.partfile import PartFile
+from sa1b_cli.download.spans import SpanSet
+
+
+async def test_blocks_landing_out_of_order_and_short_still_hash_in_file_order(tmp_path):
+    data = random.Random(3).randbytes(3 << 20)
+    part = await PartFile(tmp_path / "x.part", ["xxh128"]).open(keep=SpanSet())
+    async with part:
+        mib = 1 << 20
+        ahead = part.block(mib, 2 * mib)  # a connection further on: written, read back later
+        first = part.block(0, mib)  # at the frontier: hashed from memory as it is written
+        assert first.hashers and not ahead.hashers
+
+        def write(block, start, end):  # type: ignore[no-untyped-def]
+            for i in range(start, end, 256 << 10):  # buffer after buffer, as the wire does
+                block.write(memoryview(data)[i : min(end, i + (256 << 10))])
+
+        await asyncio.to_thread(write, ahead, mib, 3 * mib)
+        ahead.landed(None)
+        await asyncio.to_thread(write, first, 0, mib // 2)  # only half came before a drop
+        first.landed(None)
+        assert part.hashed == mib // 2 or part.written.prefix() == mib // 2
+        retry = part.block(mib // 2, mib // 2)
+        await asyncio.to_thread(write, retry, mib // 2, mib)
+        retry.landed(None)
+        digests = await part.digests()
+    assert (tmp_path / "x.part").read_bytes() == data
+    assert digests["xxh128"] == xxhash.xxh3_128_hexdigest(data)
+
+
+async def test_a_block_whose_write_failed_counts_only_what_was_written(tmp_path):
+    part = await PartFile(tmp_path / "y.part", ["xxh128"]).open(keep=SpanSet())
+    block = part.block(0, 10)
+    await asyncio.to_thread(block.write, memoryview(b"abcd"))
+    block.landed(OSError(28, "No space left on device"))  # the next buffer failed
+    await part.drain()  # the receiver raised the error; nothing is left in flight
+    assert list(part.written) == [(0, 4)]
+    assert part.hashed == 4  # the frontier is free again, after exactly those bytes
+    await part.close()
