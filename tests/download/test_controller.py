@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sa1b_cli.download.controller import ConnectionController, ControllerSettings
+from sa1b_cli.download.controller import ConnectionController, ControllerSettings, IdleCores
 
 
 class Clock:
@@ -126,3 +126,39 @@ def test_capped_connections_grow_faster_and_fruitless_probes_get_rarer(clock):
     assert controller.limit == 4
     step(controller, clock, 100)
     assert controller.limit == 4  # the next probe waits 2 s: fruitless probes get rarer
+
+
+def test_a_started_shard_keeps_a_slot_for_its_first_connection(clock):
+    controller = make(clock, initial=2)
+    arrived = controller.expect()  # a second shard was started but has not asked yet
+    assert controller.try_acquire()  # the first shard's first connection
+    assert not controller.try_acquire()  # its split may not take the second shard's slot
+    arrived()
+    arrived()  # idempotent: the shard and the engine may both say so
+    assert controller.starting == 0
+    assert controller.try_acquire()
+
+
+def test_no_growth_while_no_core_is_idle(clock):
+    idle = [0.1]
+    controller = ConnectionController(
+        ControllerSettings(initial=4, ceiling=64), clock=clock, idle=lambda: idle[0]
+    )
+    step(controller, clock, 100)
+    step(controller, clock, 100)
+    assert controller.limit == 4  # the CPU limits, not the link: more would only slow it
+    idle[0] = 1.5
+    step(controller, clock, 100)
+    assert controller.limit == 8  # a core is free again: it grows
+
+
+def test_idle_cores_are_read_from_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3\n")
+    probe = IdleCores(stat)
+    probe.cores = 2
+    stat.write_text("cpu  150 0 150 900 0 0 0 0 0 0\n")  # 100 of 200 jiffies idle
+    assert probe() == pytest.approx(1.0)
+    stat.write_text("garbage\n")
+    assert probe() is None
+    assert IdleCores(tmp_path / "missing")() is None

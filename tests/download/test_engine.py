@@ -177,3 +177,23 @@ async def test_run_space_check_covers_the_whole_selection(tmp_path, cdn, payload
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**7, 0, 2 * len(payload)))
     with pytest.raises(NotEnoughSpaceError):
         await check_run_space(config(tmp_path), transport=cdn.transport())
+
+
+async def test_a_bug_in_a_shard_is_raised_not_reported_as_interrupted(tmp_path, cdn, monkeypatch):
+    """A shard's unexpected exception used to end as "interrupted" (exit 130), hiding it."""
+    write_links(tmp_path, NAMES)
+
+    async def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise TypeError("a bug")
+
+    monkeypatch.setattr("sa1b_cli.download.engine.fetch_shard", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        await run_downloads(config(tmp_path), transport=cdn.transport())
+
+
+async def test_the_shards_started_together_each_get_their_own_connection(tmp_path, cdn):
+    """The first shard must not split into the slots the others are about to ask for."""
+    write_links(tmp_path, NAMES)
+    report = await run_downloads(config(tmp_path, jobs=3), transport=cdn.transport())
+    assert {r.status for r in report.results} == {"downloaded"}
+    assert [r.connections for r in report.results] == [1, 1, 1]
