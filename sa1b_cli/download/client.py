@@ -12,7 +12,6 @@ tests/download/test_client.py fails if httpcore stops reading it.
 from __future__ import annotations
 
 import httpx
-from httpcore._async.http11 import AsyncHTTP11Connection
 
 from sa1b_cli import __version__
 from sa1b_cli.download.wire import make_transport
@@ -30,9 +29,12 @@ def make_client(
     The wire transport carries the bodies unless a test injects its own, or a proxy is set
     (then httpcore does, reading 1 MiB per turn).
     """
-    AsyncHTTP11Connection.READ_NUM_BYTES = READ_NUM_BYTES
     if transport is None:
         transport = make_transport()
+    if transport is None:  # httpcore carries the bodies: imported only then (40 ms)
+        from httpcore._async.http11 import AsyncHTTP11Connection
+
+        AsyncHTTP11Connection.READ_NUM_BYTES = READ_NUM_BYTES
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
     return httpx.AsyncClient(
         transport=transport,
