@@ -117,11 +117,11 @@ def test_capped_connections_grow_faster_and_fruitless_probes_get_rarer(clock):
     controller = make(clock, hold_seconds=1.0)
     controller.streaming = 4  # four connections at 25 bytes/s each: clearly capped
     step(controller, clock, 100)
-    assert controller.limit == 16  # x4 while each connection is capped
-    step(controller, clock, 100)  # sixteen carried no more than four: undo, hold 1 s
+    assert controller.limit == 32  # x8 while each connection is capped
+    step(controller, clock, 100)  # 32 carried no more than four: undo, hold 1 s
     assert controller.limit == 4
     step(controller, clock, 100)
-    assert controller.limit == 16  # probed again after 1 s
+    assert controller.limit == 32  # probed again after 1 s
     step(controller, clock, 100)
     assert controller.limit == 4
     step(controller, clock, 100)

@@ -260,7 +260,7 @@ async def test_read_through_cancelled_mid_body_still_lands_what_was_written(serv
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
-        for _ in range(100):  # the thread returns once the closed socket wakes it
+        for _ in range(250):  # the thread returns once the closed socket wakes it
             if sink.landings:
                 break
             await asyncio.sleep(0.02)
