@@ -202,6 +202,8 @@ class ConnectionController:
             return  # held, or the slots we have are not all in use: more would not help
         if idle is not None and idle < self.settings.idle_needed:
             return  # the CPU is what limits now, not the link
+        if not rate:
+            return  # nothing measured yet (connections still starting): no blind step
         per_connection = self.per_connection
         capped = per_connection is not None and per_connection < self.settings.capped_below
         factor = self.settings.capped_growth if capped else self.settings.growth

@@ -162,3 +162,11 @@ def test_idle_cores_are_read_from_proc_stat(tmp_path):
     stat.write_text("garbage\n")
     assert probe() is None
     assert IdleCores(tmp_path / "missing")() is None
+
+
+def test_no_step_before_any_byte_was_measured(clock):
+    controller = make(clock)
+    step(controller, clock, 0)  # connections still starting (a far CDN: TLS, first RTTs)
+    assert controller.limit == 4
+    step(controller, clock, 100)
+    assert controller.limit == 8
