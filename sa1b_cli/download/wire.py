@@ -459,7 +459,12 @@ async def _guarded(call: Awaitable[T], conn: _Connection) -> T:
 
 
 async def _read_through(
-    conn: _Connection, pool: BufferPool, total: int, limit: float | None, sink: BlockSink
+    conn: _Connection,
+    pool: BufferPool,
+    total: int,
+    limit: float | None,
+    sink: BlockSink,
+    chunk: int,
 ) -> int:
     """Receive up to ``total`` bytes, written by ``sink.write`` on the connection's thread.
 
@@ -478,7 +483,8 @@ async def _read_through(
         if error is not None:
             raise error
         return 0 if view is None else len(view)
-    buffer = memoryview(pool.take(min(CHUNK, total)))[: min(CHUNK, total)]
+    size = min(chunk, total)  # the caller's buffer size: with many connections, smaller
+    buffer = memoryview(pool.take(size))[:size]
 
     def settled(outcome: Outcome) -> None:
         ok, value = outcome
@@ -582,7 +588,8 @@ class _Body(httpx.AsyncByteStream):
             sink.landed(None)
             return 0
         want = min(size, self.remaining)
-        n = await _read_through(self.conn, self.pool.buffers, want, self.timeout, sink)
+        buffers, chunk = self.pool.buffers, self.chunk
+        n = await _read_through(self.conn, buffers, want, self.timeout, sink, chunk)
         if n == 0:
             msg = f"the connection closed with {self.remaining:,} bytes of the body missing"
             raise httpx.RemoteProtocolError(msg)
