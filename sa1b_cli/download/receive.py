@@ -22,6 +22,7 @@ from sa1b_cli.download.wire import BODY_EXTENSION
 __all__ = ["Receiver", "StallWatchdog"]
 
 PROGRESS_EVERY = 256 << 10
+_PACED_AT_LEAST = 64 << 10  # bytes a --max-rate read asks for, at the least
 
 
 class Receiver:
@@ -102,6 +103,11 @@ class Receiver:
                 if want <= 0:
                     return
                 piece.pos = self.pos
+            if self.limiter is not None and self.limiter.rate:
+                # Booked before it is read, a tenth of a second at a time: a thread that
+                # pulls 4 MiB at line rate and then sleeps would pace only on average.
+                want = min(want, max(_PACED_AT_LEAST, int(self.limiter.rate / 10)))
+                await self.limiter.acquire(want)
             size = await body.read_through(want, self.part.block(self.pos, want))
             if size == 0:
                 return
@@ -110,8 +116,6 @@ class Receiver:
             if piece is not None:
                 piece.pos = self.pos
             self._count(size)
-            if self.limiter is not None:
-                await self.limiter.acquire(size)
             if self.checkpoint_due():
                 await self.checkpoint()
                 watchdog.fed()  # a slow disk is not a stalled connection
