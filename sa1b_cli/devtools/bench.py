@@ -550,9 +550,14 @@ def main() -> None:
         "shards": SHARDS,
         "shard_bytes": total // SHARDS,
     }
-    only = os.environ.get("BENCH_ONLY")  # "files": verify, extract and repack alone
+    # "files": verify, extract and repack alone; "download": the download cases alone
+    only = os.environ.get("BENCH_ONLY")
     if only != "files":
         results.update(_download_cases(work, names, total))
+    if only == "download":  # every download case (loopback and far CDN), nothing else
+        results.update(far_cases(work))
+        _report(work, results)
+        return
     verify_root = work / "verify-root"
     _install_as_downloaded(verify_root, big)
     deep_root = work / "deep-root"
@@ -564,6 +569,10 @@ def main() -> None:
     results["status"] = bench_status(work)
     if only != "files":
         results.update(far_cases(work))
+    _report(work, results)
+
+
+def _report(work: Path, results: dict[str, object]) -> None:
     text = json.dumps(results, indent=2)
     (work / "results.json").write_text(text)
     print(text)
