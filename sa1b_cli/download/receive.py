@@ -1,8 +1,11 @@
 """Streaming one accepted response body into the part file, at the offset it was asked for.
 
-The hot path of sa1b: per chunk it only appends to a list and counts. Blocks are written
-(and, at the frontier, hashed) by a worker thread while the next block arrives; progress
-goes to the sink every 256 KiB; a stall watchdog drops a silent connection.
+Two paths. Over the wire transport (every download without a proxy) the connection's own
+thread receives and writes the bytes (``read_through``) and this side only counts,
+reports, paces and checkpoints once per call. Over any other transport (httpx's behind a
+proxy, MockTransport in the tests) it collects chunks into blocks, which a worker thread
+writes (and, at the frontier, hashes) while the next block arrives. Either way progress
+goes to the sink every 256 KiB and a stall watchdog drops a silent connection.
 """
 
 from __future__ import annotations

@@ -170,3 +170,13 @@ def test_no_step_before_any_byte_was_measured(clock):
     assert controller.limit == 4
     step(controller, clock, 100)
     assert controller.limit == 8
+
+
+def test_after_a_refusal_it_grows_gently(clock):
+    controller = make(clock, pushback_hold=1.0)
+    controller.streaming = 4  # capped connections: x8 at first
+    controller.pushback(None)  # the server counts connections
+    clock.now += 2.0
+    controller.streaming = 4
+    step(controller, clock, 100)
+    assert controller.limit == 8  # x2, not x8, into a server that refuses
