@@ -209,12 +209,17 @@ class Sink:
         self.landings.append(error)
 
 
+async def head_alone(writer: asyncio.StreamWriter, length: int) -> None:
+    """A response head, then a pause: no body bytes are read with it (the loop's path)."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length)
+    await writer.drain()
+    await asyncio.sleep(0.05)
+
+
 async def test_read_through_writes_on_the_connection_thread_and_lands_once_per_call(server):
     async def serve(reader, writer):
         async for _ in requests(reader):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY))
-            await writer.drain()
-            await asyncio.sleep(0.05)  # no body bytes read with the head (the loop's path)
+            await head_alone(writer, len(BODY))
             for i in range(0, len(BODY), 100_000):  # in bursts, as a far CDN sends
                 writer.write(BODY[i : i + 100_000])
                 await writer.drain()
@@ -245,9 +250,7 @@ async def test_read_through_writes_on_the_connection_thread_and_lands_once_per_c
 async def test_read_through_cancelled_mid_body_still_lands_what_was_written(server):
     async def serve(reader, writer):
         async for _ in requests(reader):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY))
-            await writer.drain()
-            await asyncio.sleep(0.05)  # no body bytes read with the head (the loop's path)
+            await head_alone(writer, len(BODY))
             writer.write(BODY[:70_000])
             await writer.drain()
             await asyncio.sleep(5)  # then silence: the reader is cancelled meanwhile
