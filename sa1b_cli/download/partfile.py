@@ -83,7 +83,8 @@ class Block:
 
     def landed(self, error: OSError | None) -> None:
         """On the loop, once the thread is done with the block (whether or not it wrote)."""
-        self.part.landed(self, error)
+        del error  # raised by the receiver; the part file counts what was written
+        self.part.landed(self)
 
 
 class PartFile:
@@ -132,10 +133,7 @@ class PartFile:
         """Start writing a block at ``offset``; await the result before the writer's next block."""
         assert self._fd is not None
         size = sum(len(c) for c in chunks)
-        hashers: list[Hasher] = []
-        if offset == self.hashed and self._hashing is None:
-            hashers = list(self.hashers.values())  # at the frontier: hash from memory
-            self.hashed = offset + size
+        hashers = self._at_frontier(offset, size)
         future = asyncio.ensure_future(self._write(offset, chunks, size, hashers))
         if hashers:
             self._hashing = future
@@ -150,16 +148,25 @@ class PartFile:
         loop, whether or not anyone still waits for the bytes (the wire calls it either way).
         """
         assert self._fd is not None
-        block = Block(self, self._fd, offset, [])
-        if offset == self.hashed and self._hashing is None:
-            block.hashers = list(self.hashers.values())  # at the frontier: hash from memory
-            self.hashed = offset + size
+        block = Block(self, self._fd, offset, self._at_frontier(offset, size))
+        if block.hashers:
             self._hashing = block.done
         self._writes.add(block.done)
         return block
 
-    def landed(self, block: Block, error: BaseException | None) -> None:
-        """On the loop, once a block's thread is done with it: count it, move the frontier."""
+    def _at_frontier(self, offset: int, size: int) -> list[Hasher]:
+        """The hashers, when a block starting at ``offset`` can be hashed from memory."""
+        if offset != self.hashed or self._hashing is not None:
+            return []
+        self.hashed = offset + size
+        return list(self.hashers.values())
+
+    def landed(self, block: Block) -> None:
+        """On the loop, once a block's thread is done with it: count it, move the frontier.
+
+        After a write error only the bytes before ``wrote`` are in the file, so only they
+        count (the error itself is the receiver's to raise: the wire hands it over).
+        """
         self._writes.discard(block.done)
         if block.hashers:
             self._hashing = None
@@ -167,9 +174,6 @@ class PartFile:
         if block.wrote:
             self.written.add(block.offset, block.offset + block.wrote)
             self.received += block.wrote
-        # A write error is the receiver's to raise (the wire hands it over); here it only
-        # means the bytes after ``wrote`` are not in the file, so they are not counted.
-        del error
         block.done.set_result(None)
         self._advance()
 
