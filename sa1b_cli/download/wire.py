@@ -616,11 +616,21 @@ class WireTransport(httpx.AsyncBaseTransport):
         self.idle.setdefault(conn.key, []).append(conn)
 
     def _context(self) -> ssl.SSLContext:
-        if self.ssl_context is None:
-            import certifi  # httpx's own dependency: the same trust store httpx would use
+        """The trust store httpx would use: SSL_CERT_FILE or SSL_CERT_DIR if set, else certifi.
 
-            self.ssl_context = ssl.create_default_context(cafile=certifi.where())
-            self.ssl_context.set_alpn_protocols(["http/1.1"])
+        (A cluster behind a TLS-inspecting proxy or with its own CA sets one of those.)
+        """
+        if self.ssl_context is None:
+            if os.environ.get("SSL_CERT_FILE"):
+                context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+            elif os.environ.get("SSL_CERT_DIR"):
+                context = ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+            else:
+                import certifi  # httpx's own dependency
+
+                context = ssl.create_default_context(cafile=certifi.where())
+            context.set_alpn_protocols(["http/1.1"])
+            self.ssl_context = context
         return self.ssl_context
 
     async def _connect(self, url: httpx.URL, limit: float | None) -> _Connection:

@@ -309,3 +309,31 @@ def test_a_pooled_buffer_is_reused_only_once_no_view_of_it_is_left():
     assert len(pool.rings[1 << 17]) == 2
     third = pool.take(70_000)
     assert third is pool.rings[1 << 17][-1] or third is pool.rings[1 << 17][0]
+
+
+async def test_ssl_cert_file_is_trusted_as_httpx_would(certificate, monkeypatch):
+    """A cluster with its own CA sets SSL_CERT_FILE; without it the certificate is refused."""
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            async for _ in requests(reader):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/t"
+    try:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        async with httpx.AsyncClient(transport=WireTransport()) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(url)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        async with httpx.AsyncClient(transport=WireTransport()) as client:
+            assert (await client.get(url)).text == "ok"
+    finally:
+        srv.close()
