@@ -158,7 +158,8 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
+async def tls_server(certificate: tuple[Path, Path], body: bytes) -> asyncio.Server:
+    """A TLS server on 127.0.0.1 that answers every request with ``body``."""
     cert, key = certificate
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
@@ -166,11 +167,16 @@ async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             async for _ in requests(reader):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
                 await writer.drain()
         writer.close()
 
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+
+
+async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
+    cert, _ = certificate
+    srv = await tls_server(certificate, BODY)
     port = srv.sockets[0].getsockname()[1]
     trusted = ssl.create_default_context(cafile=str(cert))
     try:
@@ -313,18 +319,8 @@ def test_a_pooled_buffer_is_reused_only_once_no_view_of_it_is_left():
 
 async def test_ssl_cert_file_is_trusted_as_httpx_would(certificate, monkeypatch):
     """A cluster with its own CA sets SSL_CERT_FILE; without it the certificate is refused."""
-    cert, key = certificate
-    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    served.load_cert_chain(cert, key)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            async for _ in requests(reader):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                await writer.drain()
-        writer.close()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    cert, _ = certificate
+    srv = await tls_server(certificate, b"ok")
     url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/t"
     try:
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
