@@ -307,6 +307,15 @@ def _recv(conn: _Connection, view: memoryview) -> int:
         raise httpx.ReadError(msg) from exc
 
 
+def _silent(waited: float, limit: float | None, what: str) -> float:
+    """One more POLL without a byte: the seconds waited so far, or ReadTimeout past ``limit``."""
+    waited += POLL
+    if limit is not None and waited >= limit:
+        msg = f"no {what} before the read timeout"
+        raise httpx.ReadTimeout(msg)
+    return waited
+
+
 def _recv_through(
     conn: _Connection, buffer: memoryview, total: int, sink: BlockSink, limit: float | None
 ) -> tuple[int, OSError | None]:
@@ -322,10 +331,7 @@ def _recv_through(
         if n < 0:  # nothing for POLL seconds
             if got or conn.closed:
                 break
-            waited += POLL
-            if limit is not None and waited >= limit:
-                msg = "no data before the read timeout"
-                raise httpx.ReadTimeout(msg)
+            waited = _silent(waited, limit, "data")
             continue
         if n == 0:
             break
@@ -356,12 +362,9 @@ def _exchange(conn: _Connection, request: bytes, limit: float | None) -> _Head:
             msg = "the server closed the connection before a response"
             raise httpx.RemoteProtocolError(msg)
         if n < 0:
-            waited += POLL
             if conn.closed:
                 raise _Abandoned
-            if limit is not None and waited >= limit:
-                msg = "no response before the read timeout"
-                raise httpx.ReadTimeout(msg)
+            waited = _silent(waited, limit, "response")
             continue
         start = max(0, len(data) - 3)
         data += buffer[:n]
@@ -440,10 +443,7 @@ async def _read(
             return None
         if n > 0:
             return buffer[:n]
-        waited += POLL
-        if limit is not None and waited >= limit:
-            msg = "no data before the read timeout"
-            raise httpx.ReadTimeout(msg)
+        waited = _silent(waited, limit, "data")
 
 
 async def _guarded(call: Awaitable[T], conn: _Connection) -> T:
