@@ -523,6 +523,9 @@ def _download_cases(work: Path, names: list[str], total: int) -> dict[str, objec
         results["workers"] = bench_workers(server, names, total)
     finally:
         server.stop()
+    from sa1b_cli.devtools.bench_tls import bench_https
+
+    results["download_https"] = bench_https(SA1B, work / "shards", names, work)
     return results
 
 

@@ -1,0 +1,106 @@
+"""The HTTPS case of `make bench`: Meta's CDN speaks TLS, so the download is timed over it.
+
+nginx on loopback serves the bench shards over TLS with a throwaway self-signed
+certificate (made with the openssl tool). sa1b trusts it through ``SSL_CERT_FILE``,
+aria2c through ``--ca-certificate``; both fetch the same shards into tmpfs, alternated
+REPEAT times. TLS hands over one 16 KiB record per receive, so this path costs more CPU
+than plain HTTP and needs its own figure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure, median_run
+
+__all__ = ["bench_https"]
+
+PORT = 18600
+
+
+def _certificate(work: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (and its key, beside it)."""
+    cert, key = work / "tls-cert.pem", work / "tls-key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
+    command += ["-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(command, capture_output=True, check=True)
+    return cert
+
+
+class TlsNginx:
+    def __init__(self, folder: Path, work: Path, cert: Path) -> None:
+        conf = work / "nginx-tls.conf"
+        key = cert.with_name("tls-key.pem")
+        conf.write_text(f"""
+user root; worker_processes 2; pid {work}/nginx-tls.pid; error_log {work}/error-tls.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off; sendfile on; keepalive_timeout 30;
+  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+  server {{ listen 127.0.0.1:{PORT} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
+           root {folder}; location / {{ }} }}
+}}""")
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
+        time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def _commands(sa1b: str, cert: Path, names: list[str], base: Path) -> dict[str, list[str]]:
+    links, urls, target = base / "links.txt", base / "urls.txt", base / "dl"
+    url = f"https://127.0.0.1:{PORT}/{{}}?_nc_gid&ccb=10-5&oh=00_x&oe=7FFFFFFF&_nc_sid=1"
+    links.write_text("file_name\tcdn_link\n" + "\n".join(f"{n}\t{url.format(n)}" for n in names))
+    urls.write_text("".join(f"https://127.0.0.1:{PORT}/{n}\n" for n in names))
+    sa1b_args = ["download", "--links", str(links), "--root", str(target / "r"), "--quiet"]
+    aria_args = ["-j", str(len(names)), "-x", "1", f"--ca-certificate={cert}"]
+    aria_args += ["--file-allocation=none", "-d", str(target), "-i", str(urls)]
+    return {
+        "sa1b": ["env", f"SSL_CERT_FILE={cert}", sa1b, *sa1b_args],
+        "aria2c": ["aria2c", "-q", *aria_args],
+    }
+
+
+def _summary(run: Run, total: int) -> dict[str, float]:
+    return {
+        "seconds": round(run.seconds, 3),
+        "GB/s": round(total / 1e9 / run.seconds, 3),
+        "cpu_s_per_GiB": round(run.cpu / (total / GIB), 3),
+        "peak_rss_MB": round(run.rss_mb, 1),
+    }
+
+
+def bench_https(sa1b: str, shards: Path, names: list[str], work: Path) -> dict[str, object]:
+    """sa1b (defaults, --jobs 4) and aria2c -j<shards> -x1 over TLS, into tmpfs."""
+    if shutil.which("openssl") is None:
+        return {"skipped": "openssl is not installed: no certificate"}
+    cert = _certificate(work)
+    server = TlsNginx(shards, work, cert)
+    base = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    target = base / "dl"
+
+    def wipe() -> None:
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+
+    try:
+        cmds = _commands(sa1b, cert, names, base)
+        runs: dict[str, list[Run]] = {tool: [] for tool in cmds}
+        for _ in range(REPEAT):  # interleaved, so drift hits both alike
+            for tool, cmd in cmds.items():
+                runs[tool].append(measure(cmd, before=wipe))
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    total = sum((shards / n).stat().st_size for n in names)
+    report: dict[str, object] = {tool: _summary(median_run(r), total) for tool, r in runs.items()}
+    sa1b_s, aria_s = (median_run(runs[t]).seconds for t in ("sa1b", "aria2c"))
+    report["ratio_sa1b_vs_aria2c"] = round(sa1b_s / aria_s, 3)
+    return report
