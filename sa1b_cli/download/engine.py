@@ -406,12 +406,12 @@ async def _measure(ctx: TransferContext) -> None:
     """The controller's clock: one measurement a tick, and the live count to the display."""
     controller = ctx.controller
     shown = -1
-    # Until a rate is measured the looks come twice as often: the first only asks whether
-    # the connections are capped, and every tenth of a second before the first step is a
-    # tenth at --jobs connections.
+    # The first look comes sooner: it only asks whether the connections are capped, and
+    # every tenth of a second before the first step is a tenth at --jobs connections.
+    wait = controller.settings.interval / 2
     while True:
-        first = controller.per_connection is None
-        await asyncio.sleep(controller.settings.interval / (2 if first else 1))  # a timer
+        await asyncio.sleep(wait)  # a timer, not a retry wait
+        wait = controller.settings.interval
         controller.tick()
         if controller.active != shown:
             shown = controller.active
