@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from sa1b_cli.devtools.synth import IMAGES_PER_SHARD, ShardSpec, jpeg_bytes, make_shard
-from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure, repeat
+from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure, repeat, summary
 
 __all__ = ["main"]
 
@@ -201,15 +201,9 @@ def bench_download(
         sa1b_download(links, target / "r", names, jobs=4, workers=2), wipe
     )
     rss16 = measure(sa1b_download(links, target / "r16", names, jobs=16), before=wipe)
-    gib = total / GIB
     report: dict[str, object] = {"target": label, "bytes": total}
     for tool, run in results.items():
-        report[tool] = {
-            "seconds": round(run.seconds, 3),
-            "GB/s": round(total / 1e9 / run.seconds, 3),
-            "cpu_s_per_GiB": round(run.cpu / gib, 3),
-            "peak_rss_MB": round(run.rss_mb, 1),
-        }
+        report[tool] = summary(run, total)
     sa1b = results["sa1b"].seconds
     report["ratio_sa1b_vs_aria2c"] = round(sa1b / results["aria2c"].seconds, 3)
     report["ratio_sa1b_vs_aria2c_then_sync"] = round(sa1b / results["aria2c_then_sync"].seconds, 3)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure
+from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure, median_run
 
 __all__ = ["bench_connection_limited", "bench_far_cdn", "far_files"]
 
@@ -142,7 +142,7 @@ def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
                         runs[tool].append(measure(cmds[tool], before=before[tool]))
                 row: dict[str, object] = {}
                 for tool, measured in runs.items():
-                    row[tool] = _summary(_median(measured), total)
+                    row[tool] = _summary(median_run(measured), total)
                 pairs = zip(runs["sa1b"], runs["aria2c_x16"], strict=True)
                 row["ratio_sa1b_vs_aria2c_x16"] = round(
                     statistics.median(s.seconds / a.seconds for s, a in pairs), 3
@@ -179,14 +179,6 @@ def _with_known_list(wipe: Callable[[], None], root: Path, paths: list[Path]) ->
         (root / "known" / "community-md5.txt").write_bytes(listing)
 
     return before
-
-
-def _median(runs: list[Run]) -> Run:
-    return Run(
-        statistics.median(r.seconds for r in runs),
-        statistics.median(r.cpu for r in runs),
-        max(r.rss_mb for r in runs),
-    )
 
 
 def bench_connection_limited(sa1b: str, files: list[Path], log: Path) -> dict[str, object]:

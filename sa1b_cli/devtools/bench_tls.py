@@ -15,27 +15,26 @@ import tempfile
 import time
 from pathlib import Path
 
-from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure, median_run
+from sa1b_cli.devtools.timing import REPEAT, Run, measure, median_run, summary
 
 __all__ = ["bench_https"]
 
 PORT = 18600
 
 
-def _certificate(work: Path) -> Path:
-    """A self-signed certificate for 127.0.0.1 (and its key, beside it)."""
+def _certificate(work: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
     cert, key = work / "tls-cert.pem", work / "tls-key.pem"
     command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
     command += ["-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
     command += ["-addext", "subjectAltName=IP:127.0.0.1"]
     subprocess.run(command, capture_output=True, check=True)
-    return cert
+    return cert, key
 
 
 class TlsNginx:
-    def __init__(self, folder: Path, work: Path, cert: Path) -> None:
+    def __init__(self, folder: Path, work: Path, cert: Path, key: Path) -> None:
         conf = work / "nginx-tls.conf"
-        key = cert.with_name("tls-key.pem")
         conf.write_text(f"""
 user root; worker_processes 2; pid {work}/nginx-tls.pid; error_log {work}/error-tls.log;
 events {{ worker_connections 256; }}
@@ -68,21 +67,12 @@ def _commands(sa1b: str, cert: Path, names: list[str], base: Path) -> dict[str, 
     }
 
 
-def _summary(run: Run, total: int) -> dict[str, float]:
-    return {
-        "seconds": round(run.seconds, 3),
-        "GB/s": round(total / 1e9 / run.seconds, 3),
-        "cpu_s_per_GiB": round(run.cpu / (total / GIB), 3),
-        "peak_rss_MB": round(run.rss_mb, 1),
-    }
-
-
 def bench_https(sa1b: str, shards: Path, names: list[str], work: Path) -> dict[str, object]:
     """sa1b (defaults, --jobs 4) and aria2c -j<shards> -x1 over TLS, into tmpfs."""
     if shutil.which("openssl") is None:
         return {"skipped": "openssl is not installed: no certificate"}
-    cert = _certificate(work)
-    server = TlsNginx(shards, work, cert)
+    cert, key = _certificate(work)
+    server = TlsNginx(shards, work, cert, key)
     base = Path(tempfile.mkdtemp(dir="/dev/shm"))
     target = base / "dl"
 
@@ -100,7 +90,7 @@ def bench_https(sa1b: str, shards: Path, names: list[str], work: Path) -> dict[s
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
     total = sum((shards / n).stat().st_size for n in names)
-    report: dict[str, object] = {tool: _summary(median_run(r), total) for tool, r in runs.items()}
-    sa1b_s, aria_s = (median_run(runs[t]).seconds for t in ("sa1b", "aria2c"))
-    report["ratio_sa1b_vs_aria2c"] = round(sa1b_s / aria_s, 3)
+    medians = {tool: median_run(measured) for tool, measured in runs.items()}
+    report: dict[str, object] = {tool: summary(run, total) for tool, run in medians.items()}
+    report["ratio_sa1b_vs_aria2c"] = round(medians["sa1b"].seconds / medians["aria2c"].seconds, 3)
     return report

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GIB", "REPEAT", "Run", "measure", "median_run", "repeat"]
+__all__ = ["GIB", "REPEAT", "Run", "measure", "median_run", "repeat", "summary"]
 
 GIB = 1 << 30
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
@@ -52,6 +52,16 @@ def median_run(runs: list[Run]) -> Run:
         statistics.median(r.cpu for r in runs),
         max(r.rss_mb for r in runs),
     )
+
+
+def summary(run: Run, total: int) -> dict[str, float]:
+    """A download of ``total`` bytes as the reports show it."""
+    return {
+        "seconds": round(run.seconds, 3),
+        "GB/s": round(total / 1e9 / run.seconds, 3),
+        "cpu_s_per_GiB": round(run.cpu / (total / GIB), 3),
+        "peak_rss_MB": round(run.rss_mb, 1),
+    }
 
 
 def repeat(
