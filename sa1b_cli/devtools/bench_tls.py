@@ -17,13 +17,13 @@ from pathlib import Path
 
 from sa1b_cli.devtools.timing import REPEAT, Run, measure, median_run, summary
 
-__all__ = ["bench_https"]
+__all__ = ["bench_https", "self_signed_certificate"]
 
 PORT = 18600
 
 
-def _certificate(work: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, and its key."""
+def self_signed_certificate(work: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1, and its key (the openssl tool)."""
     cert, key = work / "tls-cert.pem", work / "tls-key.pem"
     command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
     command += ["-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
@@ -71,7 +71,7 @@ def bench_https(sa1b: str, shards: Path, names: list[str], work: Path) -> dict[s
     """sa1b (defaults, --jobs 4) and aria2c -j<shards> -x1 over TLS, into tmpfs."""
     if shutil.which("openssl") is None:
         return {"skipped": "openssl is not installed: no certificate"}
-    cert, key = _certificate(work)
+    cert, key = self_signed_certificate(work)
     server = TlsNginx(shards, work, cert, key)
     base = Path(tempfile.mkdtemp(dir="/dev/shm"))
     target = base / "dl"

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from sa1b_cli.devtools.bench_tls import self_signed_certificate
 from sa1b_cli.download.wire import (
     BODY_EXTENSION,
     CHUNK_EXTENSION,
@@ -150,12 +150,7 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A throwaway self-signed certificate for 127.0.0.1, made with the openssl tool."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: no certificate for the TLS test")
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
-    command += ["-out", str(cert), "-days", "1", "-subj", "/CN=localhost"]
-    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
-    subprocess.run(command, capture_output=True, check=True)
-    return cert, key
+    return self_signed_certificate(tmp_path)
 
 
 async def tls_server(certificate: tuple[Path, Path], body: bytes) -> asyncio.Server:
