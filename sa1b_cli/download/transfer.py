@@ -431,6 +431,11 @@ class _Job:
                     await self._wait_for_change(workers, room=bool(pieces))
                     continue
                 workers.add(asyncio.create_task(self._worker(pieces, workers)))
+                if len(workers) > 1:
+                    # Let the other shards woken by the same free slots take theirs: without
+                    # this turn, the first to wake took every slot while the others ran on one
+                    # connection each, and finished long after it.
+                    await asyncio.sleep(0)
         finally:
             for task in workers:
                 task.cancel()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -127,6 +128,60 @@ async def test_one_connection_once_more_connections_were_measured_to_bring_nothi
         result = await fetch_shard(row_for(), store, ctx, size_hint=len(data))
     assert result.status == "downloaded" and whole(store) == data
     assert result.connections == 1
+
+
+class GatedStream(httpx.AsyncByteStream):
+    """Sends nothing until the gate opens: every connection asked for stays open meanwhile."""
+
+    def __init__(self, data: bytes, gate: asyncio.Event) -> None:
+        self.data, self.gate = data, gate
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        await self.gate.wait()
+        for i in range(0, len(self.data), 7000):
+            yield self.data[i : i + 7000]
+
+
+async def test_slots_that_free_up_are_shared_by_the_shards_waiting_for_them(store, data):
+    names = ["sa_000001.tar", "sa_000002.tar"]
+    gate = asyncio.Event()
+    asked: dict[str, int] = dict.fromkeys(names, 0)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        name = request.url.path.rsplit("/", 1)[-1]
+        asked[name] += 1
+        first, last = request.headers["Range"].removeprefix("bytes=").split("-")
+        start, stop = int(first), int(last) + 1 if last else len(data)
+        headers = {"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}
+        return httpx.Response(206, headers=headers, stream=GatedStream(data[start:stop], gate))
+
+    clock = iter(float(t) for t in range(100))
+    controller = ConnectionController(
+        ControllerSettings(ceiling=8, initial=2), clock=lambda: next(clock)
+    )
+    settings = TransferSettings(block_size=8192, min_piece=10_000, max_piece=50_000)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
+        rows = [ManifestRow(n, url_for(n), "shard", 2, expiry_of(url_for(n))) for n in names]
+        starting = [controller.expect() for _ in rows]  # started together, as the engine does
+        tasks = [
+            asyncio.create_task(fetch_shard(r, store, ctx, size_hint=len(data), on_start=s))
+            for r, s in zip(rows, starting, strict=True)
+        ]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert asked == dict.fromkeys(names, 1)  # one connection each, both waiting for room
+        controller.counted(1000)
+        controller.tick()  # the first measurement: capped connections, so the limit grows
+        assert controller.limit == 8
+        for _ in range(50):
+            await asyncio.sleep(0)
+        # Before, the first shard to wake took all six free slots: 7 connections against 1.
+        assert asked == dict.fromkeys(names, 4)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+    assert [r.status for r in results] == ["downloaded", "downloaded"]
+    assert all(store.final_path(n).read_bytes() == data for n in names)
 
 
 def test_idle_slots_in_a_runs_tail_are_used_even_after_a_fruitless_step():
