@@ -98,10 +98,32 @@ class BufferPool:
             if sys.getrefcount(buffer) == _UNUSED:
                 return buffer
         buffer = bytearray(bucket)
+        if self.kept + bucket > self.keep:
+            self._evict(bucket)
         if self.kept + bucket <= self.keep:
             ring.append(buffer)
             self.kept += bucket
         return buffer
+
+    def _evict(self, wanted: int) -> None:
+        """Let go of idle buffers of other sizes until one of ``wanted`` bytes fits.
+
+        The block size follows the connection count, so the sizes asked for change during a
+        run; buffers of a size nobody asks for any more kept the pool full, and every buffer
+        of the new size became a fresh allocation that malloc then kept (measured at
+        --jobs 16 to disk: 452 fresh 256 KiB buffers in one run, peak RSS 97 MB, not 72).
+        """
+        for size, ring in self.rings.items():
+            if size == wanted:
+                continue
+            for _ in range(len(ring)):
+                if self.kept + wanted <= self.keep:
+                    return
+                buffer = ring.popleft()
+                if sys.getrefcount(buffer) == _UNUSED - 1:  # the ring no longer holds it
+                    self.kept -= size
+                else:
+                    ring.append(buffer)  # still viewed somewhere: it stays
 
 
 class _Abandoned(OSError):

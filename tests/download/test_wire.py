@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -310,6 +311,18 @@ def test_a_pooled_buffer_is_reused_only_once_no_view_of_it_is_left():
     assert len(pool.rings[1 << 17]) == 2
     third = pool.take(70_000)
     assert third is pool.rings[1 << 17][-1] or third is pool.rings[1 << 17][0]
+
+
+def test_the_pool_lets_idle_buffers_of_a_size_no_longer_asked_for_go():
+    pool = BufferPool(keep=2 << 20)
+    big = [pool.take(1 << 20), pool.take(1 << 20)]  # few connections: 1 MiB blocks
+    assert pool.kept == 2 << 20
+    view = memoryview(big[0])[:10]  # the first is still being written somewhere
+    del big
+    small = pool.take(256 << 10)  # many connections now: smaller blocks
+    assert len(pool.rings[1 << 20]) == 1 and pool.rings[1 << 20][0] is view.obj
+    assert pool.rings[1 << 18] == deque([small]) and pool.kept == (1 << 20) + (256 << 10)
+    view.release()
 
 
 async def test_ssl_cert_file_is_trusted_as_httpx_would(certificate, monkeypatch):
