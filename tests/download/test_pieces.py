@@ -63,3 +63,16 @@ def test_in_the_tail_an_idle_connection_takes_half_of_the_biggest_piece():
     assert slow.end == 600  # its connection stops there
     slow.pos, helper.pos = 450, 850
     assert pieces.take(3) is None  # 150 bytes left in each: not worth a split
+
+
+def test_a_tail_split_leaves_each_half_an_eighth_of_a_second_at_the_measured_rate():
+    mib = 1 << 20
+    pieces = Pieces(SpanSet([(0, 64 * mib)]), 64 * mib, min_piece=4 * mib, max_piece=64 * mib)
+    slow = pieces._start(0, 6 * mib)  # the last 6 MiB, on one connection
+    assert pieces.take(2) is None  # unmeasured: halves of at least min_piece
+    assert pieces.take(2, per_connection=64.0 * mib) is None  # 3 MiB halves: 47 ms each
+    helper = pieces.take(2, per_connection=8.0 * mib)  # at 8 MiB/s, 0.375 s each
+    assert helper is not None and (helper.pos, helper.end) == (3 * mib, 6 * mib)
+    slow.pos = int(2.5 * mib)  # 0.5 MiB left here, 3 MiB there
+    assert pieces.take(3, per_connection=1.0 * mib) is not None  # 1.5 MiB halves
+    assert pieces.take(4, per_connection=1.0 * mib) is None  # 0.75 MiB halves: below 1 MiB
