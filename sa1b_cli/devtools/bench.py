@@ -19,6 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from sa1b_cli.devtools.nginx import NginxProcess
 from sa1b_cli.devtools.synth import IMAGES_PER_SHARD, ShardSpec, jpeg_bytes, make_shard
 from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure, repeat, summary
 
@@ -86,28 +87,14 @@ def make_big_shards(folder: Path) -> list[Path]:
 # -- servers -------------------------------------------------------------------------------
 
 
-class Nginx:
+class Nginx(NginxProcess):
     def __init__(self, folder: Path, work: Path, port: int = 18473) -> None:
         self.port = port
-        conf = work / "nginx.conf"
-        conf.write_text(f"""
-user root; worker_processes 2; pid {work}/nginx.pid; error_log {work}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off; sendfile on; tcp_nopush on; keepalive_timeout 30;
-  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
-  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-  server {{ listen 127.0.0.1:{port}; root {folder}; location / {{ }} }}
-}}""")
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
-        time.sleep(0.5)
+        server = f"server {{ listen 127.0.0.1:{port}; root {folder}; location / {{ }} }}"
+        super().__init__(work, "nginx", server)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}?_nc_gid&ccb=10-5&oh=00_x&oe=7FFFFFFF&_nc_sid=1"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
 
 
 # -- benchmarks ------------------------------------------------------------------------------

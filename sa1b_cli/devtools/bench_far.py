@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sa1b_cli.devtools.timing import GIB, REPEAT, Run, measure, median_run
+from sa1b_cli.devtools.nginx import NginxProcess
+from sa1b_cli.devtools.timing import REPEAT, Run, measure, median_run, summary
 
 __all__ = ["bench_connection_limited", "bench_far_cdn", "far_files"]
 
@@ -50,7 +51,7 @@ def far_files(folder: Path) -> dict[str, list[Path]]:
     return made
 
 
-class CappedNginx:
+class CappedNginx(NginxProcess):
     """nginx on loopback: one server per cap, plus one allowing 3 connections (503 past that)."""
 
     def __init__(self, folder: Path, work: Path) -> None:
@@ -64,26 +65,10 @@ class CappedNginx:
             f"access_log {work}/limited.log status; "
             "limit_conn perserver 3; limit_conn_status 503; location / { } }\n"
         )
-        conf = work / "nginx-far.conf"
-        conf.write_text(f"""
-user root; worker_processes 2; pid {work}/nginx-far.pid; error_log {work}/error-far.log;
-events {{ worker_connections 2048; }}
-http {{
-  access_log off; sendfile on; tcp_nopush on; keepalive_timeout 30;
-  log_format status '$status';
-  limit_conn_zone $server_addr zone=perserver:1m;
-  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
-  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-  {servers}
-}}""")
+        http = "log_format status '$status'; limit_conn_zone $server_addr zone=perserver:1m;"
         self.log = work / "limited.log"
         self.log.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
-        time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
+        super().__init__(work, "nginx-far", servers, http=http, connections=2048)
 
 
 def _write_lists(base: Path, port: int, files: list[Path]) -> tuple[Path, Path]:
@@ -104,15 +89,6 @@ def _commands(sa1b: str, links: Path, urls: Path, target: Path, count: int) -> d
         "sa1b": [sa1b, "download", "--links", str(links), "--root", str(target / "r"), "--quiet"],
         "aria2c_x16": [*aria, "-x16", "-s16", "-k4M", f"-j{count}"],
         "aria2c_x1": [*aria, "-x1", f"-j{count}"],
-    }
-
-
-def _summary(run: Run, total: int) -> dict[str, float]:
-    return {
-        "seconds": round(run.seconds, 3),
-        "MiB/s": round(total / 2**20 / run.seconds, 1),
-        "cpu_s_per_GiB": round(run.cpu / (total / GIB), 3),
-        "peak_rss_MB": round(run.rss_mb, 1),
     }
 
 
@@ -142,7 +118,7 @@ def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
                         runs[tool].append(measure(cmds[tool], before=before[tool]))
                 row: dict[str, object] = {}
                 for tool, measured in runs.items():
-                    row[tool] = _summary(median_run(measured), total)
+                    row[tool] = summary(median_run(measured), total, "MiB/s")
                 pairs = zip(runs["sa1b"], runs["aria2c_x16"], strict=True)
                 row["ratio_sa1b_vs_aria2c_x16"] = round(
                     statistics.median(s.seconds / a.seconds for s, a in pairs), 3
@@ -153,7 +129,9 @@ def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
                         statistics.median(s.seconds / a.seconds for s, a in pairs), 3
                     )
                 if ARIA2_X1:
-                    row["aria2c_x1"] = _summary(measure(cmds["aria2c_x1"], before=wipe), total)
+                    row["aria2c_x1"] = summary(
+                        measure(cmds["aria2c_x1"], before=wipe), total, "MiB/s"
+                    )
                 report[f"{cap}MiB/s_{case}"] = row
                 print(f"far CDN {cap} MiB/s {case}: {row}", flush=True)
     finally:

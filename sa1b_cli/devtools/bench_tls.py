@@ -12,9 +12,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
+from sa1b_cli.devtools.nginx import NginxProcess
 from sa1b_cli.devtools.timing import REPEAT, Run, measure, median_run, summary
 
 __all__ = ["bench_https", "self_signed_certificate"]
@@ -32,25 +32,10 @@ def self_signed_certificate(work: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class TlsNginx:
-    def __init__(self, folder: Path, work: Path, cert: Path, key: Path) -> None:
-        conf = work / "nginx-tls.conf"
-        conf.write_text(f"""
-user root; worker_processes 2; pid {work}/nginx-tls.pid; error_log {work}/error-tls.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off; sendfile on; keepalive_timeout 30;
-  client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
-  fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-  server {{ listen 127.0.0.1:{PORT} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
-           root {folder}; location / {{ }} }}
-}}""")
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
-        time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
+def _tls_nginx(folder: Path, work: Path, cert: Path, key: Path) -> NginxProcess:
+    server = f"""server {{ listen 127.0.0.1:{PORT} ssl; root {folder}; location / {{ }}
+    ssl_certificate {cert}; ssl_certificate_key {key}; }}"""
+    return NginxProcess(work, "nginx-tls", server)
 
 
 def _commands(sa1b: str, cert: Path, names: list[str], base: Path) -> dict[str, list[str]]:
@@ -72,7 +57,7 @@ def bench_https(sa1b: str, shards: Path, names: list[str], work: Path) -> dict[s
     if shutil.which("openssl") is None:
         return {"skipped": "openssl is not installed: no certificate"}
     cert, key = self_signed_certificate(work)
-    server = TlsNginx(shards, work, cert, key)
+    server = _tls_nginx(shards, work, cert, key)
     base = Path(tempfile.mkdtemp(dir="/dev/shm"))
     target = base / "dl"
 

@@ -54,11 +54,15 @@ def median_run(runs: list[Run]) -> Run:
     )
 
 
-def summary(run: Run, total: int) -> dict[str, float]:
-    """A download of ``total`` bytes as the reports show it."""
+_RATES = {"GB/s": (1e9, 3), "MiB/s": (2**20, 1)}  # unit -> (bytes, digits kept)
+
+
+def summary(run: Run, total: int, rate: str = "GB/s") -> dict[str, float]:
+    """A download of ``total`` bytes as the reports show it (``rate``: "GB/s" or "MiB/s")."""
+    unit, digits = _RATES[rate]
     return {
         "seconds": round(run.seconds, 3),
-        "GB/s": round(total / 1e9 / run.seconds, 3),
+        rate: round(total / unit / run.seconds, digits),
         "cpu_s_per_GiB": round(run.cpu / (total / GIB), 3),
         "peak_rss_MB": round(run.rss_mb, 1),
     }
