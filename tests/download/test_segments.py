@@ -212,13 +212,17 @@ async def test_one_connection_when_split_is_off(store, data):
 
 async def test_a_200_to_a_segment_never_writes_and_the_shard_falls_back(store, data):
     def ignore_past_zero(start: int, end: int | None, body: bytes) -> httpx.Response | None:
-        if start > 0:  # a server that ignores Range past byte 0: the whole file, as 200
+        if start > 0 and end is not None:  # a segment: marked "X", so a write would show
             return httpx.Response(200, stream=ChunkedStream(b"X" * len(body), 7000))
+        if start > 0:  # the fallback's request: a server that ignores Range sends the file
+            return httpx.Response(200, stream=ChunkedStream(body, 7000))
         return None
 
     cdn = SegmentCDN(data, ignore_past_zero)
     result = await fetch(cdn, store)
     assert result.status == "downloaded"
+    segments_past_zero = [r for r in cdn.ranges if re.fullmatch(r"bytes=[1-9]\d*-\d+", r or "")]
+    assert segments_past_zero  # they were answered with a 200 of "X"
     assert whole(store) == data  # not one "X" reached the file
     assert result.fallback and "one connection" in result.fallback
 
