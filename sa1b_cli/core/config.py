@@ -23,7 +23,7 @@ __all__ = [
 DEFAULT_ROOT = Path("sa1b")
 DEFAULT_LINKS = Path("links/segment_anything_links.txt")
 DEFAULT_JOBS = 4
-DEFAULT_CONNECTIONS = 64
+DEFAULT_CONNECTIONS = 128
 SPACE_MARGIN = 256 << 20  # leave room for records, indexes and the filesystem itself
 
 

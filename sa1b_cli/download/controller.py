@@ -59,7 +59,7 @@ class IdleCores:
 
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
-    ceiling: int = 64  # connections in all, whatever the measurements say
+    ceiling: int = 128  # connections in all, whatever the measurements say
     initial: int = 4
     interval: float = 0.2  # seconds between two measurements
     growth: float = 2.0  # each step multiplies the limit by this...

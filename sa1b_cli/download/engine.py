@@ -282,9 +282,9 @@ async def _run_pool(
     jobs: int,
     hooks: _Hooks,
 ) -> list[ShardResult]:
-    # A shard holds one of ``jobs`` turns until its tail starts freeing connections (a
-    # connection finds nothing left to fetch or split); then the next shard starts, so the
-    # connections freed find work.
+    # A shard holds one of ``jobs`` turns until its tail begins (a split shard has handed
+    # out its last range); then the next shard starts, and takes the connections the tail
+    # frees as they come (one-connection shards hold their turn to the end).
     turns = asyncio.Semaphore(jobs)
     results: dict[str, ShardResult] = {}
     failures: list[BaseException] = []

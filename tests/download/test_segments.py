@@ -184,6 +184,44 @@ async def test_slots_that_free_up_are_shared_by_the_shards_waiting_for_them(stor
     assert all(store.final_path(n).read_bytes() == data for n in names)
 
 
+def gated_cdn(data: bytes, gate: asyncio.Event) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        first, last = request.headers["Range"].removeprefix("bytes=").split("-")
+        start, stop = int(first), int(last) + 1 if last else len(data)
+        headers = {"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}
+        return httpx.Response(206, headers=headers, stream=GatedStream(data[start:stop], gate))
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize("connections", [8, 1])
+async def test_a_split_shard_lets_the_next_start_once_its_last_range_is_handed_out(
+    store, data, connections
+):
+    gate = asyncio.Event()
+    told: list[str] = []
+    controller = ConnectionController(ControllerSettings(ceiling=connections, initial=connections))
+    settings = TransferSettings(block_size=8192, min_piece=50_000, max_piece=50_000)
+    async with httpx.AsyncClient(transport=gated_cdn(data, gate)) as client:
+        ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
+        task = asyncio.create_task(
+            fetch_shard(
+                row_for(), store, ctx, size_hint=len(data), on_tail=lambda: told.append("tail")
+            )
+        )
+        for _ in range(50):
+            await asyncio.sleep(0)
+        # 8 x 50,000 bytes: every range is asked for and no body has come yet. Before, the
+        # engine heard only once a connection had finished and found nothing left, so the
+        # next shard waited for the tail's first free slot. One connection never tells.
+        assert told == (["tail"] if connections > 1 else [])
+        assert controller.active == connections
+        gate.set()
+        result = await task
+    assert result.status == "downloaded" and whole(store) == data
+    assert told == (["tail"] if connections > 1 else [])
+
+
 def test_idle_slots_in_a_runs_tail_are_used_even_after_a_fruitless_step():
     clock = iter(float(t) for t in range(100))
     controller = ConnectionController(
