@@ -460,7 +460,10 @@ class _Job:
         """One connection: takes pieces lowest first until none is left (holds a slot)."""
         async with self._slot(acquired=True) as slot:
             controller = self.ctx.controller
-            while (piece := pieces.take(len(workers), controller.per_connection)) is not None:
+            while True:
+                piece = pieces.take(self._expected(workers), controller.per_connection)
+                if piece is None:
+                    return
                 if not pieces and len(workers) > 1:
                     self._tail()  # every range is handed out: the next shard may have the rest
                 try:
@@ -471,6 +474,15 @@ class _Job:
                 pieces.finished(piece)
                 if controller.over_limit():
                     return  # the controller wants fewer connections: give the slot back
+
+    def _expected(self, workers: set[asyncio.Task[None]]) -> int:
+        """The connections to size pieces for: those the shard may hold, not only those it has.
+
+        Right after a step the limit is 8 times the connections running; pieces sized for the
+        few a shard had then (40 MiB at 24 MiB/s a connection) ended last and held the digest
+        frontier back: 250-330 MiB of a 384 MiB shard were read back after the last byte.
+        """
+        return max(len(workers), min(self.ctx.settings.per_shard, self.ctx.controller.limit))
 
     def _tail(self) -> None:
         """Tell the engine once that this split shard's tail has begun: it starts the next.

@@ -109,6 +109,15 @@ async def test_a_shard_is_split_across_connections_and_hashed_in_order(store, da
     assert record is not None and record.digests["xxh128"] == xxhash.xxh3_128(data).hexdigest()
 
 
+async def test_pieces_are_sized_for_the_connections_the_shard_may_hold(store, data):
+    cdn = SegmentCDN(data)
+    result = await fetch(cdn, store, connections=4)
+    assert result.status == "downloaded" and whole(store) == data
+    # The first piece is taken while the shard holds one connection of the 4 it may have:
+    # a share of the file for 4 (400,000 / 8), not for 1 (200,000, cut to max_piece).
+    assert cdn.ranges[0] == "bytes=0-49999"
+
+
 async def test_one_connection_once_more_connections_were_measured_to_bring_nothing(store, data):
     cdn = SegmentCDN(data)
     clock = iter(float(t) for t in range(100))
