@@ -90,6 +90,7 @@ class ConnectionController:
         self.active = 0
         self.streaming = 0  # connections currently receiving a body
         self.starting = 0  # shards started whose first connection has not asked for a slot
+        self.shards = 0  # shards fetching ranges now: they share the limit
         self.peak_active = 0
         self._bytes = 0
         self._mark = (clock(), 0)  # (time, bytes) at the last measurement

@@ -417,8 +417,9 @@ class _Job:
         )
         self.ctx.sink.started(self.name, size, self.part.written.total())
         workers: set[asyncio.Task[None]] = set()
+        controller = self.ctx.controller
+        controller.shards += 1
         try:
-            controller = self.ctx.controller
             while pieces or workers:
                 room = bool(pieces) and len(workers) < settings.per_shard
                 if workers and not controller.splitting_pays():
@@ -437,6 +438,7 @@ class _Job:
                     # connection each, and finished long after it.
                     await asyncio.sleep(0)
         finally:
+            controller.shards -= 1
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -476,13 +478,17 @@ class _Job:
                     return  # the controller wants fewer connections: give the slot back
 
     def _expected(self, workers: set[asyncio.Task[None]]) -> int:
-        """The connections to size pieces for: those the shard may hold, not only those it has.
+        """The connections to size pieces for: its share of the limit, not only those it has.
 
         Right after a step the limit is 8 times the connections running; pieces sized for the
         few a shard had then (40 MiB at 24 MiB/s a connection) ended last and held the digest
         frontier back: 250-330 MiB of a 384 MiB shard were read back after the last byte.
+        The shards running share the limit: sized for all of it, each of the 4 one-connection
+        shards of a loopback run took 30 pieces instead of 7 (tmpfs: 1.79 -> 2.06 s).
         """
-        return max(len(workers), min(self.ctx.settings.per_shard, self.ctx.controller.limit))
+        controller = self.ctx.controller
+        share = controller.limit // max(1, controller.shards)
+        return max(len(workers), min(self.ctx.settings.per_shard, share))
 
     def _tail(self) -> None:
         """Tell the engine once that this split shard's tail has begun: it starts the next.

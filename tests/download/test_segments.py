@@ -73,11 +73,14 @@ def row_for(*, oe: int = 0x7FFFFFFF) -> ManifestRow:
     return ManifestRow(NAME, url, "shard", 2, expiry_of(url))
 
 
-async def fetch(cdn: SegmentCDN, store: Store, *, sleeps: Sleeps | None = None, connections=4):
+async def fetch(
+    cdn: SegmentCDN, store: Store, *, sleeps: Sleeps | None = None, connections=4, others=0
+):
     settings = TransferSettings(
         stall_timeout=5, block_size=8192, min_piece=20_000, max_piece=100_000, max_attempts=4
     )
     controller = ConnectionController(ControllerSettings(ceiling=connections, initial=connections))
+    controller.shards = others  # shards fetching ranges besides this one
     async with httpx.AsyncClient(transport=httpx.MockTransport(cdn.handle)) as client:
         ctx = TransferContext(
             client,
@@ -109,13 +112,20 @@ async def test_a_shard_is_split_across_connections_and_hashed_in_order(store, da
     assert record is not None and record.digests["xxh128"] == xxhash.xxh3_128(data).hexdigest()
 
 
-async def test_pieces_are_sized_for_the_connections_the_shard_may_hold(store, data):
+@pytest.mark.parametrize(
+    ("connections", "others", "first"),
+    [(4, 0, "bytes=0-49999"), (8, 1, "bytes=0-49999"), (4, 3, "bytes=0-99999")],
+)
+async def test_pieces_are_sized_for_the_shards_share_of_the_connections(
+    store, data, connections, others, first
+):
     cdn = SegmentCDN(data)
-    result = await fetch(cdn, store, connections=4)
+    result = await fetch(cdn, store, connections=connections, others=others)
     assert result.status == "downloaded" and whole(store) == data
-    # The first piece is taken while the shard holds one connection of the 4 it may have:
-    # a share of the file for 4 (400,000 / 8), not for 1 (200,000, cut to max_piece).
-    assert cdn.ranges[0] == "bytes=0-49999"
+    # The first piece is taken while the shard holds one connection: a share of the file
+    # for its share of the limit (4 of 4, or 4 of 8 with another shard: 400,000 / 8), not
+    # for 1 (200,000, cut to max_piece), unless that share is 1 (4 shards, 4 connections).
+    assert cdn.ranges[0] == first
 
 
 async def test_one_connection_once_more_connections_were_measured_to_bring_nothing(store, data):
