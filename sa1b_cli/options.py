@@ -114,7 +114,8 @@ VerifyJobsOpt = Annotated[
     int, _jobs("Integrity", "Processes for --deep, files hashed at once otherwise.")
 ]
 ExtractJobsOpt = Annotated[int, _jobs("Extraction", "Shards extracted at once (one process each).")]
-JobsOpt = Annotated[int, _jobs(NETWORK, "Shards downloaded at once.", "SA1B_JOBS")]
+_JOBS_HELP = "Shards downloaded at once; a split shard's tail lets the next one start."
+JobsOpt = Annotated[int, _jobs(NETWORK, _JOBS_HELP, "SA1B_JOBS")]
 ConnectionsOpt = Annotated[
     int,
     typer.Option(
