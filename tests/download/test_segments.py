@@ -161,25 +161,32 @@ class GatedStream(httpx.AsyncByteStream):
             yield self.data[i : i + 7000]
 
 
-async def test_slots_that_free_up_are_shared_by_the_shards_waiting_for_them(store, data):
-    names = ["sa_000001.tar", "sa_000002.tar"]
-    gate = asyncio.Event()
-    asked: dict[str, int] = dict.fromkeys(names, 0)
+def gated_cdn(
+    data: bytes, gate: asyncio.Event, asked: dict[str, int] | None = None
+) -> httpx.MockTransport:
+    """Every file is ``data``, served in exact ranges behind ``gate``; ``asked`` counts by name."""
 
     def handle(request: httpx.Request) -> httpx.Response:
-        name = request.url.path.rsplit("/", 1)[-1]
-        asked[name] += 1
+        if asked is not None:
+            asked[request.url.path.rsplit("/", 1)[-1]] += 1
         first, last = request.headers["Range"].removeprefix("bytes=").split("-")
         start, stop = int(first), int(last) + 1 if last else len(data)
         headers = {"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}
         return httpx.Response(206, headers=headers, stream=GatedStream(data[start:stop], gate))
 
+    return httpx.MockTransport(handle)
+
+
+async def test_slots_that_free_up_are_shared_by_the_shards_waiting_for_them(store, data):
+    names = ["sa_000001.tar", "sa_000002.tar"]
+    gate = asyncio.Event()
+    asked: dict[str, int] = dict.fromkeys(names, 0)
     clock = iter(float(t) for t in range(100))
     controller = ConnectionController(
         ControllerSettings(ceiling=8, initial=2), clock=lambda: next(clock)
     )
     settings = TransferSettings(block_size=8192, min_piece=10_000, max_piece=50_000)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+    async with httpx.AsyncClient(transport=gated_cdn(data, gate, asked)) as client:
         ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
         rows = [ManifestRow(n, url_for(n), "shard", 2, expiry_of(url_for(n))) for n in names]
         starting = [controller.expect() for _ in rows]  # started together, as the engine does
@@ -201,16 +208,6 @@ async def test_slots_that_free_up_are_shared_by_the_shards_waiting_for_them(stor
         results = await asyncio.gather(*tasks)
     assert [r.status for r in results] == ["downloaded", "downloaded"]
     assert all(store.final_path(n).read_bytes() == data for n in names)
-
-
-def gated_cdn(data: bytes, gate: asyncio.Event) -> httpx.MockTransport:
-    def handle(request: httpx.Request) -> httpx.Response:
-        first, last = request.headers["Range"].removeprefix("bytes=").split("-")
-        start, stop = int(first), int(last) + 1 if last else len(data)
-        headers = {"Content-Range": f"bytes {start}-{stop - 1}/{len(data)}"}
-        return httpx.Response(206, headers=headers, stream=GatedStream(data[start:stop], gate))
-
-    return httpx.MockTransport(handle)
 
 
 @pytest.mark.parametrize("connections", [8, 1])
