@@ -71,6 +71,7 @@ class ControllerSettings:
     hold_seconds: float = 3.0  # after a step that brought nothing, probe again this much later
     pushback_hold: float = 5.0  # no growth for this long after the server pushes back
     idle_needed: float = 0.5  # cores that must have been idle over the interval to grow
+    start_limit: float = 2.0  # seconds a step's connections get to start before it is judged
 
 
 class ConnectionController:
@@ -99,6 +100,9 @@ class ConnectionController:
         self._previous_limit = self.limit
         self._hold_until = 0.0
         self._settling = False
+        self._settle_until = 0.0
+        self._judged_from = (0.0, 0)  # (time, bytes) where the step's judged interval began
+        self._looked_again = False
         self._fruitless = 0  # steps in a row that brought nothing
         self._more_pays = True  # the last judged step raised throughput (or none was judged)
         self._pushed_back = False  # the server has refused connections in this run
@@ -188,18 +192,10 @@ class ConnectionController:
             self.per_connection = rate / self.streaming
             self._wake.set()  # shards waiting to split look again at the new measurement
         if self._settling:  # new connections need a moment: judge a step on the interval after
-            self._settling = False
+            self._settle(now)
             return
-        if self._before is not None:  # judge the last step; if it paid, go on growing
-            before, self._before = self._before, None
-            if rate < before * self.settings.gain:
-                self._set_limit(self._previous_limit)  # it brought nothing: undo it, and hold
-                self._hold_until = now + self.settings.hold_seconds * 2**self._fruitless
-                self._fruitless = min(self._fruitless + 1, 5)  # probe less and less often
-                self._more_pays = False
-                return
-            self._fruitless = 0
-            self._more_pays = True
+        if self._before is not None and not self._judge(now):
+            return  # undone, or looked at once more
         if now < self._hold_until or self.active < self.limit:
             return  # held, or the slots we have are not all in use: more would not help
         if idle is not None and idle < self.settings.idle_needed:
@@ -217,6 +213,47 @@ class ConnectionController:
             self._before, self._previous_limit = rate, self.limit
             self._set_limit(grown)
             self._settling = True
+            self._settle_until = now + self.settings.start_limit
+
+    def _settle(self, now: float) -> None:
+        """Wait while most of a step's new connections are still starting, then judge it.
+
+        A new connection's first byte comes two round trips after it opens (handshake,
+        request), later still when the loop is busy. Judged on an interval in which most
+        of them had not started, a step that pays looks fruitless, and is undone.
+        """
+        if self.streaming * 2 < self.active and now < self._settle_until:
+            return
+        self._settling = False
+        self._judged_from = (now, self._bytes)  # the step is judged from here on
+        self._looked_again = False
+
+    def _judge(self, now: float) -> bool:
+        """Judge the last step: True when it paid (then growth may go on).
+
+        Less than before the step (not merely no more) is looked at once more, over both
+        intervals: bytes are counted when a receive call returns to the loop, and a busy
+        loop counts late. Measured with 0.1 s intervals: an interval with no byte counted
+        right after a step to 32 connections (71 MiB came in the next) undid the step, and
+        the holds that followed kept 4 connections for the rest of the run (17 s, not 2.3).
+        """
+        then, counted = self._judged_from
+        rate = (self._bytes - counted) / max(now - then, 1e-9)
+        before = self._before
+        assert before is not None
+        if rate < before and not self._looked_again:
+            self._looked_again = True
+            return False
+        self._before = None
+        if rate < before * self.settings.gain:
+            self._set_limit(self._previous_limit)  # it brought nothing: undo it, and hold
+            self._hold_until = now + self.settings.hold_seconds * 2**self._fruitless
+            self._fruitless = min(self._fruitless + 1, 5)  # probe less and less often
+            self._more_pays = False
+            return False
+        self._fruitless = 0
+        self._more_pays = True
+        return True
 
     def pushback(self, retry_after: float | None = None) -> None:
         """The server said no (429/503, a reset): keep only the connections it serves."""

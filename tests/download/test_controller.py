@@ -26,7 +26,10 @@ def step(controller: ConnectionController, clock: Clock, rate: float) -> None:
     if controller._settling:
         clock.now += 1.0
         controller.counted(int(rate))
+        streaming, per_connection = controller.streaming, controller.per_connection
+        controller.streaming = controller.active  # the step's connections receive by now
         controller.tick()
+        controller.streaming, controller.per_connection = streaming, per_connection
         assert not controller._settling
     clock.now += 1.0
     controller.counted(int(rate))
@@ -66,6 +69,62 @@ def test_it_holds_when_a_step_brings_nothing(clock):
         assert controller.limit == 8  # held for 4.5 s
     step(controller, clock, 200)  # the hold is over: probe again
     assert controller.limit == 16
+
+
+def test_a_step_is_judged_only_once_most_of_its_connections_receive(clock):
+    controller = make(clock, growth=4.0)
+    step(controller, clock, 100)
+    assert controller.limit == 16 and controller._settling
+    busy(controller)
+    controller.streaming = 4  # the 12 new ones wait for their first byte (2 round trips away)
+    for _ in range(5):
+        clock.now += 0.2
+        controller.counted(20)  # only the old connections' bytes: not a fruitless step
+        controller.tick()
+        assert controller.limit == 16 and controller._settling
+    controller.streaming = 16
+    clock.now += 0.2
+    controller.counted(80)
+    controller.tick()  # they receive now: the interval from here on is judged
+    assert controller._settling is False
+    clock.now += 1.0
+    controller.counted(400)
+    controller.tick()
+    assert controller.limit == 64  # the step brought four times as much: grow again
+
+
+def test_a_step_that_seems_to_lose_bytes_is_looked_at_once_more(clock):
+    controller = make(clock, capped_growth=8.0)
+    controller.streaming = 4
+    step(controller, clock, 100)
+    assert controller.limit == 32
+    step(controller, clock, 0)  # nothing counted: the loop was late, not the link
+    assert controller.limit == 32  # not undone on one interval below what 4 carried
+    clock.now += 1.0
+    controller.counted(800)
+    controller.tick()  # over both intervals: 400 a second against 100
+    assert controller.limit == 64  # the step paid: grow on
+    step(controller, clock, 0)
+    clock.now += 1.0
+    controller.counted(300)
+    controller.tick()  # 150 a second over both, below the 800 of 32 before: undone after all
+    assert controller.limit == 32
+
+
+def test_a_step_whose_connections_never_start_is_judged_after_start_limit(clock):
+    controller = make(clock, start_limit=2.0)
+    step(controller, clock, 100)
+    busy(controller)
+    controller.streaming = 4
+    for _ in range(2):
+        clock.now += 1.0
+        controller.counted(100)
+        controller.tick()
+    assert controller._settling is False  # two seconds: judged now, whatever they do
+    clock.now += 1.0
+    controller.counted(100)
+    controller.tick()
+    assert controller.limit == 4  # the step brought nothing: undone
 
 
 def test_it_does_not_grow_when_the_slots_it_has_are_not_all_used(clock):

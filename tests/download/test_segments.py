@@ -135,10 +135,12 @@ async def test_one_connection_once_more_connections_were_measured_to_bring_nothi
         ControllerSettings(ceiling=4, initial=1), clock=lambda: next(clock)
     )
     controller.try_acquire()  # one busy connection at 100 bytes/s
+    controller.streaming = 1
     controller.counted(100)
     controller.tick()  # grows to 2 and tries it
     controller.tick()  # settles
-    controller.tick()  # no more bytes with two: the step is undone
+    controller.tick()  # no byte with two, fewer than with one: looked at once more
+    controller.tick()  # still none: the step is undone
     assert controller.limit == 1 and not controller.splitting_pays()  # its one slot is busy
     controller.release()
     settings = TransferSettings(block_size=8192, min_piece=20_000, max_piece=100_000)
@@ -245,10 +247,12 @@ def test_idle_slots_in_a_runs_tail_are_used_even_after_a_fruitless_step():
     )
     for _ in range(4):  # four shards, one connection each
         controller.try_acquire()
+    controller.streaming = 4
     controller.counted(400)
     controller.tick()  # grows and tries it
     controller.tick()  # settles
-    controller.tick()  # no more bytes: undone to 4, and more connections do not pay
+    controller.tick()  # no byte: fewer than before, looked at once more
+    controller.tick()  # still none: undone to 4, and more connections do not pay
     assert controller.limit == 4 and not controller.splitting_pays()
     for _ in range(3):  # three shards finish: the last one may use their slots
         controller.release()
