@@ -33,6 +33,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -163,8 +164,9 @@ class _Connection:
         ``settled`` runs on the loop with the outcome once the thread is done, even when
         the caller was cancelled meanwhile (what the thread did must still be accounted for).
         """
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._calls.put((fn, args, (future, settled)))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((fn, args, (future, settled, _Mailbox.of(loop))))
         try:
             return await future
         except asyncio.CancelledError:
@@ -173,7 +175,7 @@ class _Connection:
 
     def _serve(self) -> None:
         while (item := self._calls.get()) is not None:
-            fn, args, (future, settled) = item
+            fn, args, (future, settled, mailbox) = item
             with self._lock:
                 self._busy = not self._abandoned
             try:
@@ -187,8 +189,7 @@ class _Connection:
                     self._busy = False
                     if self._abandoned:
                         self._close_socket()
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                future.get_loop().call_soon_threadsafe(_settle, future, outcome, settled)
+            mailbox.post((future, outcome, settled))
 
     def close(self) -> None:
         with self._lock:
@@ -216,6 +217,51 @@ class _Connection:
         except (OSError, ValueError):
             return False
         return not readable
+
+
+class _Mailbox:
+    """Outcomes from the connection threads, handed to the loop in batches.
+
+    ``call_soon_threadsafe`` writes to the loop's self-pipe on every call: a system call
+    on the thread (which gives up the GIL and must win it back) and a wake-up of the loop
+    for each outcome. Here only the first outcome of a batch does that; the others join
+    the queue the loop is about to empty. (A deque's append and popleft are atomic.)
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)  # not the loop itself: the loop is this entry's key
+        self.items: deque[tuple[asyncio.Future[Any], Outcome, Any]] = deque()
+        self.scheduled = False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        """The loop's mailbox (called on the loop's thread only)."""
+        mailbox = _MAILBOXES.get(loop)
+        if mailbox is None:
+            mailbox = _MAILBOXES[loop] = cls(loop)
+        return mailbox
+
+    def post(self, item: tuple[asyncio.Future[Any], Outcome, Any]) -> None:
+        """On a connection's thread."""
+        self.items.append(item)
+        if not self.scheduled and (loop := self.loop()) is not None:
+            self.scheduled = True
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                loop.call_soon_threadsafe(self.drain)
+
+    def drain(self) -> None:
+        """On the loop: settle every outcome posted so far, in order."""
+        self.scheduled = False  # first: an outcome posted from now on schedules another drain
+        while self.items:
+            try:
+                _settle(*self.items.popleft())
+            except Exception as exc:  # as the loop does with a callback's error: report, go on
+                context = {"message": "settling a connection call", "exception": exc}
+                asyncio.get_running_loop().call_exception_handler(context)
+
+
+_MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]
+_MAILBOXES = weakref.WeakKeyDictionary()
 
 
 def _settle(

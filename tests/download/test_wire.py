@@ -19,6 +19,7 @@ from sa1b_cli.download.wire import (
     CHUNK_EXTENSION,
     BufferPool,
     WireTransport,
+    _Mailbox,
     make_transport,
 )
 
@@ -341,3 +342,52 @@ async def test_ssl_cert_file_is_trusted_as_httpx_would(certificate, monkeypatch)
             assert (await client.get(url)).text == "ok"
     finally:
         srv.close()
+
+
+async def test_outcomes_posted_by_many_threads_all_settle_in_order_with_few_wake_ups(monkeypatch):
+    import threading
+
+    loop = asyncio.get_running_loop()
+    mailbox = _Mailbox.of(loop)
+    assert _Mailbox.of(loop) is mailbox  # one per loop
+    wakeups = []
+    real = loop.call_soon_threadsafe
+
+    def counted(*args):
+        wakeups.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    futures = [loop.create_future() for _ in range(400)]
+
+    def post(indexes: range) -> None:
+        for i in indexes:
+            mailbox.post((futures[i], (True, i), None))
+
+    threads = [
+        threading.Thread(target=post, args=(range(k * 100, k * 100 + 100),)) for k in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # the loop is blocked meanwhile: every post finds a drain already due
+    assert await asyncio.gather(*futures) == list(range(400))
+    assert 1 <= len(wakeups) <= len(threads)  # not one self-pipe write per outcome
+
+
+async def test_an_error_while_settling_one_outcome_does_not_hold_up_the_others():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+    mailbox = _Mailbox.of(loop)
+    first, second = loop.create_future(), loop.create_future()
+
+    def broken(outcome):
+        raise ValueError(outcome)
+
+    mailbox.post((first, (True, 1), broken))
+    mailbox.post((second, (False, OSError("lost")), None))
+    assert await first == 1  # resolved all the same: its caller must not wait for ever
+    with pytest.raises(OSError, match="lost"):
+        await second
+    assert [type(e) for e in errors] == [ValueError]
