@@ -137,6 +137,7 @@ class _Job:
         self.connections = 0  # the most this shard held at once
         self.fallback: str | None = None
         self._holding = 0
+        self._template: tuple[httpx.URL, httpx.Headers, dict[str, Any]] | None = None
 
     # -- results -------------------------------------------------------------------------
 
@@ -292,22 +293,33 @@ class _Job:
         await self.ledger.checkpoint(force=True)
         await self.ctx.sleep(delay)
 
+    def _build(self, ask: Ask) -> httpx.Request:
+        """The GET for ``ask``: the client's headers and timeout, and this shard's link.
+
+        Not ``build_request``, which merges the client's URL, headers and cookies anew for
+        every request (the link parsed again, a urllib request made for the cookie jar):
+        py-spy put 15% of the event loop's samples there at 10 x 96 MiB and 8 MiB/s.
+        """
+        if self._template is None:
+            client = self.ctx.client
+            timeout = {"timeout": client.timeout.as_dict()}
+            self._template = (httpx.URL(self.row.url), client.headers, timeout)
+        url, headers, timeout = self._template
+        asked = {"Accept-Encoding": "identity"}
+        if (wanted := ask.range_header()) is not None:
+            asked["Range"] = wanted
+        merged = headers.copy()
+        merged.update(asked)  # as build_request merges them (the same order on the wire)
+        extensions = {**timeout, CHUNK_EXTENSION: self._block_size()}
+        return httpx.Request("GET", url, headers=merged, extensions=extensions)
+
     @contextlib.asynccontextmanager
     async def _request(self, ask: Ask) -> AsyncIterator[tuple[httpx.Response, Verdict]]:
         """Send one GET for ``ask`` and judge the answer; transport errors become retries."""
-        headers = {"Accept-Encoding": "identity"}
-        if (wanted := ask.range_header()) is not None:
-            headers["Range"] = wanted
         client = self.ctx.client
         try:
             async with asyncio.timeout(self.ctx.settings.stall_timeout):
-                request = client.build_request(
-                    "GET",
-                    self.row.url,
-                    headers=headers,
-                    extensions={CHUNK_EXTENSION: self._block_size()},
-                )
-                response = await client.send(request, stream=True)
+                response = await client.send(self._build(ask), stream=True)
         except TimeoutError as exc:
             msg = "no answer from the server"
             raise _Retry(msg) from exc

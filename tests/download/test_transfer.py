@@ -278,3 +278,23 @@ async def test_a_cdn_error_body_never_shows_the_signed_query(store, payload, ech
     result = await fetch(cdn, store)
     assert result.status == "failed" and result.detail
     assert "SECRET" not in result.detail and "7FFFFFFF" not in result.detail
+
+
+async def test_requests_carry_what_the_client_s_build_request_would_give_them(store, payload):
+    cdn, seen = FakeCDN({NAME: payload}), []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return cdn.handle(request)
+
+    headers = {"User-Agent": "sa1b/test", "X-Site": "1"}
+    transport = httpx.MockTransport(handle)
+    async with httpx.AsyncClient(transport=transport, headers=headers, timeout=7.0) as client:
+        ctx = TransferContext(client, TransferSettings(split=False), wall_clock=lambda: NOW)
+        result = await fetch_shard(row_for(), store, ctx)
+        built = client.build_request("GET", row_for().url, headers={"Accept-Encoding": "identity"})
+    assert result.status == "downloaded"
+    (sent,) = seen
+    assert sent.url.raw_path == built.url.raw_path  # the signed query, byte for byte
+    assert sent.headers.multi_items() == built.headers.multi_items()
+    assert sent.extensions["timeout"] == built.extensions["timeout"]
