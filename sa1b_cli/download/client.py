@@ -63,9 +63,13 @@ class _Client(httpx.AsyncClient):
     10% of the event loop's samples there at 10 x 96 MiB and 8 MiB/s a connection.
     """
 
+    _jar: _NoCookies | None = None
+
     @property
     def cookies(self) -> httpx.Cookies:
-        return _NoCookies()
+        if self._jar is None:  # one per client: httpx asks for it with every response
+            self._jar = _NoCookies()
+        return self._jar
 
     @cookies.setter
     def cookies(self, cookies: object) -> None:
