@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 from sa1b_cli.devtools.bench_tls import self_signed_certificate
+from sa1b_cli.download.conn import _Mailbox
 from sa1b_cli.download.wire import (
     BODY_EXTENSION,
     CHUNK_EXTENSION,
     BufferPool,
     WireTransport,
-    _Mailbox,
     make_transport,
 )
 
@@ -265,7 +265,7 @@ async def test_read_through_cancelled_mid_body_still_lands_what_was_written(serv
         client.stream("GET", f"{base}/x") as r,
     ):
         body = r.extensions[BODY_EXTENSION]
-        while body.conn.leftover:  # bytes that came with the head: written on the loop
+        while body.leftover:  # bytes that came with the head: written on the loop
             await body.read_through(len(BODY), sink)
         call = asyncio.ensure_future(body.read_through(len(BODY), sink))
         await asyncio.sleep(0.3)
@@ -298,31 +298,28 @@ async def test_read_through_raises_the_disk_s_error_itself(server):
     assert len(sink.landings) == 1 and isinstance(sink.landings[0], OSError)
 
 
-def test_a_pooled_buffer_is_reused_only_once_no_view_of_it_is_left():
+def test_a_buffer_is_lent_until_given_back_and_then_reused():
     pool = BufferPool()
     first = pool.take(100_000)
     assert len(first) == 1 << 17  # a power of two: few sizes, many reuses
-    view = memoryview(first)[10:20]
-    del first
     second = pool.take(100_000)
-    assert view.obj is not second  # still viewed: a fresh one
-    del second
-    view.release()
-    del view
-    assert len(pool.rings[1 << 17]) == 2
-    third = pool.take(70_000)
-    assert third is pool.rings[1 << 17][-1] or third is pool.rings[1 << 17][0]
+    assert second is not first  # still lent: never handed out twice
+    pool.give(first)
+    assert pool.take(70_000) is first  # same bucket, given back: reused
+    assert pool.kept == 0
 
 
-def test_the_pool_lets_idle_buffers_of_a_size_no_longer_asked_for_go():
+def test_the_pool_keeps_at_most_its_bound_and_drops_sizes_no_longer_asked_for_first():
     pool = BufferPool(keep=2 << 20)
-    big = [pool.take(1 << 20), pool.take(1 << 20)]  # few connections: 1 MiB blocks
-    assert pool.kept == 2 << 20
-    view = memoryview(big[0])[:10]  # the first is still being written somewhere
-    del big
+    big = [pool.take(1 << 20), pool.take(1 << 20), pool.take(1 << 20)]
+    for buffer in big:
+        pool.give(buffer)
+    assert pool.kept == 2 << 20 and big[2] not in pool.free[1 << 20]  # did not fit: dropped
     small = pool.take(256 << 10)  # many connections now: smaller blocks
-    assert len(pool.rings[1 << 20]) == 1 and pool.rings[1 << 20][0] is view.obj
-    assert pool.rings[1 << 18] == deque([small]) and pool.kept == (1 << 20) + (256 << 10)
+    view = memoryview(small)[:10]  # a stale view left somewhere: giving back must not fail
+    pool.give(small)
+    assert len(pool.free[1 << 20]) == 1 and big[0] not in pool.free[1 << 20]  # made room
+    assert pool.free[1 << 18] == deque([small]) and pool.kept == (1 << 20) + (256 << 10)
     view.release()
 
 

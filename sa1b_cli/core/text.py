@@ -1,0 +1,30 @@
+"""Text for people: sizes in binary units, and foreign strings made safe to show."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["format_size", "shown"]
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def format_size(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``: binary units, as everywhere in sa1b."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def shown(text: str, limit: int = 120) -> str:
+    """A foreign string (server body, member or file name) safe for a terminal or a log line.
+
+    Control characters, line breaks and bidirectional overrides appear escaped
+    (``\\x1b``, ``\\n``), and anything past ``limit`` characters is cut with a marker.
+    """
+    escaped = _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    if len(escaped) > limit:
+        return escaped[:limit] + f"… ({len(escaped) - limit:,} more characters)"
+    return escaped
