@@ -35,6 +35,7 @@ __all__ = [
     "PngOpt",
     "QuietOpt",
     "RateOpt",
+    "RetriesOpt",
     "RootOpt",
     "SeedOpt",
     "ShardOpt",
@@ -149,6 +150,18 @@ TimeoutOpt = Annotated[
         min=1.0,
         rich_help_panel=NETWORK,
         help="Drop and resume a connection silent this many seconds.",
+    ),
+]
+RetriesOpt = Annotated[
+    int,
+    typer.Option(
+        "--retries",
+        min=0,
+        max=100,
+        envvar="SA1B_RETRIES",
+        rich_help_panel=NETWORK,
+        help="Attempts a shard may fail in a row before it gives up (renewed by each piece "
+        "that lands; a shard also gives up after 2 minutes without progress).",
     ),
 ]
 WorkersOpt = Annotated[

@@ -33,6 +33,7 @@ from sa1b_cli.core.events import Outcome
 from sa1b_cli.core.manifest import Manifest, redact_url
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.status import ShardState
+from sa1b_cli.core.text import format_size
 
 if TYPE_CHECKING:
     from sa1b_cli.download.engine import DownloadReport
@@ -68,11 +69,7 @@ STATUS_STYLE = {
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return format_size(n)
 
 
 def format_duration(seconds: float) -> str:

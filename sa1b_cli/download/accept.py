@@ -39,7 +39,7 @@ VerdictKind = Literal[
     "append",  # write the body at the asked offset
     "restart",  # a 200 to a resume: drop what we have and take this body from byte 0
     "whole",  # a 416 confirming every byte is already here
-    "size_changed",  # the total differs from what we knew: another object, start over
+    "size_changed",  # the total differs from what we knew: the shard fails
     "mismatch",  # not the range asked for (segment: fall back to one connection)
     "refused",  # a 416 that does not confirm a whole file
     "retry",  # transient: try again after a wait
@@ -114,6 +114,8 @@ def _partial(response: httpx.Response, ask: Ask) -> Verdict:
 def _unsatisfiable(response: httpx.Response, ask: Ask) -> Verdict:
     match = _UNSATISFIED_RE.fullmatch(response.headers.get("Content-Range", "").strip())
     total = int(match.group(1)) if match else None
+    if total is not None and ask.expected_size is not None and total != ask.expected_size:
+        return Verdict("size_changed", f"the file size changed to {total:,} bytes", total)
     if ask.to_the_end and total is not None and total == ask.held:
         return Verdict("whole", total=total)
     return Verdict("refused", "server refused the range (416)", total)
@@ -126,6 +128,8 @@ async def judge(response: httpx.Response, ask: Ask, *, now: float) -> Verdict:
         return _partial(response, ask)
     if code == 200:
         total = _int_header(response, "Content-Length")
+        if total is not None and ask.expected_size is not None and total != ask.expected_size:
+            return Verdict("size_changed", f"the file size changed to {total:,} bytes", total)
         if ask.range_header() is None:  # a plain GET: this body is the whole file
             return Verdict("append", total=total)
         return Verdict("restart", "server ignored the Range request", total)

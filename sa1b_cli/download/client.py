@@ -40,7 +40,7 @@ def make_client(
         transport=transport,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
         limits=limits,
-        follow_redirects=True,
+        follow_redirects=False,  # redirects.send_following applies sa1b's policy
         headers={"User-Agent": f"sa1b/{__version__}"},
     )
 

@@ -27,6 +27,7 @@ from sa1b_cli.download.client import make_client
 from sa1b_cli.download.controller import ConnectionController, ControllerSettings, IdleCores
 from sa1b_cli.download.ledger import kept_spans
 from sa1b_cli.download.ratelimit import RateLimiter
+from sa1b_cli.download.redirects import RedirectRefused, send_following
 from sa1b_cli.download.transfer import TransferContext, TransferSettings, fetch_shard
 
 __all__ = ["DownloadReport", "check_run_space", "run_downloads"]
@@ -66,14 +67,18 @@ def _already_complete(store: Store, row: ManifestRow) -> ShardResult | None:
 async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> int | None:
     """Total size from a one-byte Range request; None when the server will not say."""
     headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
-    with contextlib.suppress(httpx.HTTPError):
-        async with client.stream("GET", row.url, headers=headers) as response:
+    request = client.build_request("GET", row.url, headers=headers)
+    with contextlib.suppress(httpx.HTTPError, RedirectRefused):  # the transfer says why
+        response = await send_following(client, request)
+        try:
             if response.status_code == 206:
                 total = response.headers.get("Content-Range", "").rpartition("/")[2]
                 return int(total) if total.isdigit() else None
             if response.status_code == 200:
                 length = response.headers.get("Content-Length", "")
                 return int(length) if length.isdigit() else None
+        finally:
+            await response.aclose()
     return None
 
 

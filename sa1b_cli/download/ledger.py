@@ -16,14 +16,25 @@ from typing import Any
 from sa1b_cli.core.claims import Claim
 from sa1b_cli.core.manifest import ManifestRow, object_path
 from sa1b_cli.core.store import Record, RecordStatus, Store
+from sa1b_cli.core.text import format_size
 from sa1b_cli.download.partfile import PartFile
 from sa1b_cli.download.spans import SpanSet
 
-__all__ = ["ClaimLost", "Ledger", "kept_spans"]
+__all__ = ["ClaimLost", "Ledger", "SizeChanged", "kept_spans"]
 
 
 class ClaimLost(Exception):
     """Another process took over this shard's claim: touch nothing more."""
+
+
+class SizeChanged(Exception):
+    """A reply implies another total than the one known: a shard's size never changes."""
+
+    def __init__(self, known: int, now: int | None, *, more: bool = False) -> None:
+        said = f"sent more than the {format_size(known)}" if more else "now says"
+        now_shown = "" if now is None or more else f" {format_size(now)}"
+        super().__init__(f"the server {said}{now_shown}; it said {format_size(known)} before")
+        self.known, self.now = known, now
 
 
 def kept_spans(record: Record | None) -> SpanSet:
@@ -85,9 +96,13 @@ class Ledger:
             self._busy = False
 
     async def learn_size(self, total: int | None) -> None:
-        if total is not None and total != self.expected_size:
-            self.expected_size = total
-            await self.record("partial")
+        """Fix the size once known; a different total later raises ``SizeChanged``."""
+        if total is None or total == self.expected_size:
+            return
+        if self.expected_size is not None:
+            raise SizeChanged(self.expected_size, total)
+        self.expected_size = total
+        await self.record("partial")
 
     async def record(self, status: RecordStatus, **extra: Any) -> None:
         """Write the record from a worker thread: its fsync must not stall every connection."""

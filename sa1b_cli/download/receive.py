@@ -17,15 +17,24 @@ from typing import Any
 import httpx
 
 from sa1b_cli.core.events import ProgressSink
+from sa1b_cli.core.text import format_size
 from sa1b_cli.download.partfile import PartFile
 from sa1b_cli.download.pieces import Piece
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.wire import BODY_EXTENSION
 
-__all__ = ["Receiver", "StallWatchdog"]
+__all__ = ["Overrun", "Receiver", "StallWatchdog"]
 
 PROGRESS_EVERY = 256 << 10
 _PACED_AT_LEAST = 64 << 10  # bytes a --max-rate read asks for, at the least
+
+
+class Overrun(Exception):
+    """The body goes on past the shard's known size (a size never changes)."""
+
+    def __init__(self, name: str, size: int) -> None:
+        super().__init__(f"the server sent more than the {format_size(size)} it said before")
+        self.name, self.size = name, size
 
 
 class Receiver:
@@ -45,6 +54,7 @@ class Receiver:
         checkpoint: Callable[[], Awaitable[None]],
         checkpoint_due: Callable[[], bool],
         piece: Piece | None = None,
+        end: int | None = None,
     ) -> None:
         self.part, self.name, self.pos = part, name, pos
         self.sink, self.block_size, self.limiter = sink, block_size, limiter
@@ -54,6 +64,7 @@ class Receiver:
         self.counted = counted  # every byte, as it arrives (the connection controller)
         self.checkpoint, self.checkpoint_due = checkpoint, checkpoint_due
         self.piece = piece  # when set, never write past piece.end (another connection's now)
+        self.end = end  # the shard's size, when known: a byte past it fails the shard
         self.fetched = 0
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -78,6 +89,8 @@ class Receiver:
         async for chunk in response.aiter_raw():
             watchdog.fed()
             size = len(chunk)
+            if self.end is not None and self.pos + self._buffered + size > self.end:
+                raise Overrun(self.name, self.end)  # checked first: a piece may end there too
             if piece is not None and size > (room := piece.end - self.pos - self._buffered):
                 if room > 0:
                     self._take(chunk[:room], room)

@@ -29,13 +29,16 @@ from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.manifest import ManifestRow, object_path
 from sa1b_cli.core.results import EXPIRED_HINT, DownloadStatus, ShardResult
 from sa1b_cli.core.store import Store
+from sa1b_cli.core.text import format_size
 from sa1b_cli.download.accept import Ask, Verdict, judge, retry_after_seconds
 from sa1b_cli.download.controller import ConnectionController, ControllerSettings
-from sa1b_cli.download.ledger import ClaimLost, Ledger, kept_spans
+from sa1b_cli.download.ledger import ClaimLost, Ledger, SizeChanged, kept_spans
 from sa1b_cli.download.partfile import PartFile, is_disk_full
 from sa1b_cli.download.pieces import Piece, Pieces
 from sa1b_cli.download.ratelimit import RateLimiter
-from sa1b_cli.download.receive import Receiver
+from sa1b_cli.download.receive import Overrun, Receiver
+from sa1b_cli.download.redirects import RedirectRefused, send_following
+from sa1b_cli.download.retries import RetryBudget
 from sa1b_cli.download.wire import CHUNK_EXTENSION
 
 __all__ = ["TransferContext", "TransferSettings", "fetch_shard", "retry_after_seconds"]
@@ -44,7 +47,8 @@ __all__ = ["TransferContext", "TransferSettings", "fetch_shard", "retry_after_se
 @dataclass(frozen=True, slots=True)
 class TransferSettings:
     stall_timeout: float = 30.0
-    max_attempts: int = 8  # consecutive attempts that deliver no byte, per shard
+    max_attempts: int = 8  # attempts in a row without a whole piece landing, per shard
+    patience: float = 120.0  # seconds of failing attempts without progress, per shard
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
     retry_after_cap: float = 900.0
@@ -133,7 +137,10 @@ class _Job:
         )
         self.split = settings.split
         self.fetched = 0
-        self.failures = 0
+        self.budget = RetryBudget(
+            settings.max_attempts, settings.patience, settings.min_piece, ctx.monotonic
+        )
+        self._hosts: set[str] = set()  # other hosts a redirect led to, told once each
         self.connections = 0  # the most this shard held at once
         self.fallback: str | None = None
         self._holding = 0
@@ -176,8 +183,11 @@ class _Job:
             self.ledger.expected_size = self.size_hint
         async with await self.part.open(keep=kept or kept_spans(None)):
             self.ledger.begin(self.part.written)
+            self._start_budget()
             try:
                 return await self._loop()
+            except (SizeChanged, Overrun) as exc:
+                return await self._stopped(self._failed(str(exc)))
             except ClaimLost:
                 return self._busy()  # the shard is someone else's now: touch nothing
             except _Stop as stop:
@@ -190,6 +200,16 @@ class _Job:
                 if is_disk_full(exc):
                     raise self._disk_full() from exc
                 raise
+
+    def _start_budget(self) -> None:
+        written = self.part.written.total()
+        self.budget.start(written)
+        if (size := self.ledger.expected_size) is not None:
+            self.budget.refetch_limit = max(0, size - written) + size
+
+    def _failed(self, detail: str) -> ShardResult:
+        kept = self.part.written.total()
+        return self._result("failed", f"{detail}; {format_size(kept)} kept")
 
     def _busy(self) -> ShardResult:
         return self._result("busy", "another process took over this shard's claim")
@@ -263,6 +283,7 @@ class _Job:
         this connection gives its slot up while it waits, and that wait is not a failure.
         """
         controller = self.ctx.controller
+        streak = self.budget.streak()
         while True:
             self._check_expiry()
             try:
@@ -276,20 +297,23 @@ class _Job:
                         await self._wait_before_retry(retry)
                         await slot.take()
                         continue
-                self.failures += 1  # bytes arriving on any connection reset it (_receive)
-                if self.failures > self.ctx.settings.max_attempts:
-                    detail = f"gave up after {self.failures - 1} retries: {retry.reason}"
-                    raise _Stop(self._result("failed", detail)) from retry
-                await self._wait_before_retry(retry)
+                await self.ledger.checkpoint(force=True)
+                self.budget.progress(self.part.written.total())
+                given_up = streak.failed(retry.reason, fetched=self.fetched)
+                if given_up is not None:
+                    raise _Stop(self._failed(given_up)) from retry
+                await self._wait_before_retry(retry, streak.failures)
 
-    async def _wait_before_retry(self, retry: _Retry) -> None:
+    async def _wait_before_retry(self, retry: _Retry, failures: int = 1) -> None:
         settings = self.ctx.settings
+        failures = max(1, failures)
         if retry.retry_after is not None:
             delay = min(retry.retry_after, settings.retry_after_cap)
+            self.budget.excuse(delay)
         else:
-            ceiling = min(settings.backoff_cap, settings.backoff_base * 2 ** (self.failures - 1))
+            ceiling = min(settings.backoff_cap, settings.backoff_base * 2 ** (failures - 1))
             delay = ceiling * self.ctx.rng.uniform(0.5, 1.0)
-        self.ctx.sink.note(self.name, f"{retry.reason}; retry {self.failures} in {delay:.1f}s")
+        self.ctx.sink.note(self.name, f"{retry.reason}; retry {failures} in {delay:.1f}s")
         await self.ledger.checkpoint(force=True)
         await self.ctx.sleep(delay)
 
@@ -319,10 +343,16 @@ class _Job:
         client = self.ctx.client
         try:
             async with asyncio.timeout(self.ctx.settings.stall_timeout):
-                response = await client.send(self._build(ask), stream=True)
+                response = await send_following(client, self._build(ask), on_host=self._moved)
         except TimeoutError as exc:
             msg = "no answer from the server"
             raise _Retry(msg) from exc
+        except RedirectRefused as exc:
+            raise _Stop(self._failed(f"not followed: {exc.reason}")) from exc
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
+            raise _Stop(self._failed(f"the request cannot be sent ({exc})")) from exc
+        except httpx.RemoteProtocolError as exc:
+            raise _Retry(str(exc)) from exc
         except httpx.TransportError as exc:
             msg = f"network error ({type(exc).__name__})"
             raise _Retry(msg, push=isinstance(exc, httpx.ConnectError)) from exc
@@ -334,11 +364,18 @@ class _Job:
                 push = response.status_code in _PUSHBACK_STATUS
                 raise _Retry(verdict.reason, retry_after=verdict.retry_after, push=push)
             if verdict.kind == "reject":
-                kept = self.part.written.total()
-                raise _Stop(self._result("failed", f"{verdict.reason}; {kept:,} bytes kept"))
+                raise _Stop(self._failed(verdict.reason))
+            if verdict.kind == "size_changed" and self.ledger.expected_size is not None:
+                assert verdict.total is not None
+                raise SizeChanged(self.ledger.expected_size, verdict.total)
             yield response, verdict
         finally:
             await response.aclose()
+
+    def _moved(self, host: str) -> None:
+        if host not in self._hosts:
+            self._hosts.add(host)
+            self.ctx.sink.note(self.name, f"redirected to another host, {host}")
 
     async def _receive(
         self, response: httpx.Response, pos: int, *, upto: int | None, piece: Piece | None = None
@@ -363,6 +400,7 @@ class _Job:
             checkpoint=self.ledger.checkpoint,
             checkpoint_due=self.ledger.due,
             piece=piece,
+            end=self.ledger.expected_size,
         )
         controller.streaming += 1
         try:
@@ -370,18 +408,18 @@ class _Job:
         except TimeoutError as exc:
             msg = f"no data for {settings.stall_timeout:g}s"
             raise _Retry(msg) from exc
+        except httpx.RemoteProtocolError as exc:  # its message is already in words
+            raise _Retry(str(exc), push=self.split) from exc
         except httpx.TransportError as exc:
-            msg = f"connection dropped ({type(exc).__name__})"
+            msg = f"connection dropped ({type(exc).__name__}: {exc})"
             raise _Retry(msg, push=self.split) from exc
         finally:
             controller.streaming -= 1
             self.fetched += receiver.fetched
             self.ctx.fetched[self.name] = self.fetched  # an interrupted run still counts them
-            if receiver.fetched:
-                self.failures = 0  # the budget is renewed while bytes keep arriving
         end = piece.end if piece is not None else upto
         if end is not None and receiver.pos < end:
-            msg = f"connection closed at {receiver.pos:,} of {end:,} bytes"
+            msg = f"the connection closed {format_size(end - receiver.pos)} before the end"
             raise _Retry(msg)
 
     def _block_size(self) -> int:
@@ -403,7 +441,7 @@ class _Job:
             if verdict.kind == "whole":
                 await self.ledger.learn_size(verdict.total)
                 return
-            if verdict.kind in ("size_changed", "refused"):
+            if verdict.kind in ("size_changed", "refused"):  # the size was not known yet
                 self.ledger.expected_size = None  # another object: keep nothing of the old one
                 await self.ledger.start_over()
                 msg = f"{verdict.reason}; starting over"
@@ -417,6 +455,9 @@ class _Job:
             await self.ledger.learn_size(verdict.total)
             self.ctx.sink.started(self.name, self.ledger.expected_size, self.part.written.total())
             await self._receive(response, offset, upto=self.ledger.expected_size)
+            if self.ledger.expected_size is None and not self.part.written.total():
+                msg = "the server sent an empty body"  # no SA-1B file is empty
+                raise _Retry(msg)
 
     # -- parallel segments -------------------------------------------------------------------------
 
@@ -486,6 +527,7 @@ class _Job:
                     pieces.give_back(piece)
                     raise
                 pieces.finished(piece)
+                self.budget.progress(self.part.written.total())
                 if controller.over_limit():
                     return  # the controller wants fewer connections: give the slot back
 

@@ -303,6 +303,10 @@ async def test_a_206_for_another_range_never_writes(store, data, wrong):
 
     cdn = SegmentCDN(data, lying)
     result = await fetch(cdn, store)
+    if wrong == "total":  # a shard's size never changes: the shard fails, nothing is final
+        assert result.status == "failed" and "now says" in (result.detail or "")
+        assert not store.final_path("sa_000000.tar").exists()
+        return
     assert result.status == "downloaded" and whole(store) == data
     assert result.fallback
 

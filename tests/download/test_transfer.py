@@ -51,9 +51,15 @@ async def fetch(
     sleeps: Sleeps | None = None,
     attempts: int = 8,
     claim=None,
+    piece: int = 4 << 20,
 ):
     settings = TransferSettings(
-        stall_timeout=stall, max_attempts=attempts, block_size=50_000, split=False
+        stall_timeout=stall,
+        max_attempts=attempts,
+        block_size=50_000,
+        split=False,
+        min_piece=piece,
+        reserve=min(piece, 4 << 20),
     )
     async with httpx.AsyncClient(transport=cdn.transport()) as client:
         ctx = TransferContext(
@@ -125,12 +131,13 @@ async def test_content_range_starting_elsewhere_is_never_appended(store, payload
     assert [s.range for s in cdn.seen] == [None, "bytes=100000-", "bytes=100000-"]
 
 
-async def test_total_size_change_restarts_from_zero(store, payload):
+async def test_a_total_that_changes_fails_the_shard_and_keeps_its_bytes(store, payload):
     cdn = FakeCDN({NAME: payload}, faults=["drop:100000", "size_changed"])
     result = await fetch(cdn, store)
-    assert result.status == "downloaded"
-    assert final_bytes(store) == payload
-    assert cdn.seen[-1].range is None
+    assert result.status == "failed"
+    assert "the server now says" in (result.detail or "") and "it said" in (result.detail or "")
+    assert not store.final_path(NAME).exists()
+    assert result.bytes_done == 100_000  # what came before is kept for a later run
 
 
 async def test_416_with_matching_size_finishes_without_refetching(store, payload):
@@ -195,10 +202,19 @@ async def test_5xx_backs_off_exponentially_with_jitter_then_gives_up(store, payl
         assert 0.5 * 2**n <= delay <= 2**n
 
 
-async def test_budget_is_renewed_while_bytes_arrive(store, payload):
-    faults = [f"drop:{10_000}"] * 12  # more drops than max_attempts, but each makes progress
+async def test_a_trickle_does_not_renew_the_budget(store, payload):
+    faults = [f"drop:{10_000}"] * 12  # each attempt brings a little, never a whole piece
     cdn = FakeCDN({NAME: payload}, faults=faults)
-    result = await fetch(cdn, store, attempts=3)
+    result = await fetch(cdn, store, attempts=3, piece=200_000)
+    assert result.status == "failed"
+    assert "gave up after 4 attempts" in (result.detail or "")
+    assert len(cdn.seen) == 4
+
+
+async def test_the_budget_is_renewed_by_whole_pieces_landing(store, payload):
+    faults = ["drop:45000"] * 5  # more drops than max_attempts, each brings a whole piece
+    cdn = FakeCDN({NAME: payload}, faults=faults)
+    result = await fetch(cdn, store, attempts=3, piece=40_000)
     assert result.status == "downloaded"
     assert final_bytes(store) == payload
 
@@ -298,3 +314,30 @@ async def test_requests_carry_what_the_client_s_build_request_would_give_them(st
     assert sent.url.raw_path == built.url.raw_path  # the signed query, byte for byte
     assert sent.headers.multi_items() == built.headers.multi_items()
     assert sent.extensions["timeout"] == built.extensions["timeout"]
+
+
+async def test_a_dead_server_is_given_up_within_about_two_minutes_on_defaults(store, payload):
+    """Each attempt costs one timeout (30 s here, on a fake clock); patience bounds the total."""
+    clock = [NOW]
+
+    def dead(request: httpx.Request) -> httpx.Response:
+        clock[0] += 30.0  # headers then silence: one read timeout per attempt
+        msg = "no data before the read timeout"
+        raise httpx.ReadTimeout(msg, request=request)
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(dead)) as client:
+        ctx = TransferContext(
+            client,
+            TransferSettings(split=False),
+            sleep=sleep,
+            wall_clock=lambda: NOW,
+            monotonic=lambda: clock[0],
+            rng=random.Random(1),
+        )
+        result = await fetch_shard(row_for(), store, ctx)
+    assert result.status == "failed" and "without progress" in (result.detail or "")
+    assert "ReadTimeout" in (result.detail or "")
+    assert clock[0] - NOW <= 160  # about two minutes, not 8 attempts with a minute's backoff

@@ -1,0 +1,73 @@
+"""Following redirects by a stated policy, for every request a download sends.
+
+At most ``MAX_REDIRECTS`` hops; http and https targets only; never from https down to
+plain http; a loop or anything else refused fails the shard (``RedirectRefused``), never
+the run. A hop to another host is reported once through ``on_host`` (the host alone: a
+redirect target's query is as secret as the manifest's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+__all__ = ["MAX_REDIRECTS", "RedirectRefused", "send_following"]
+
+MAX_REDIRECTS = 5
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+
+
+class RedirectRefused(Exception):
+    """A redirect the policy does not follow; ``reason`` says why, without the target's query."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _target(request: httpx.Request, location: str | None) -> httpx.URL:
+    if not location:
+        msg = "a redirect without a Location"
+        raise RedirectRefused(msg)
+    try:
+        target = request.url.join(location)
+    except (httpx.InvalidURL, ValueError) as exc:
+        msg = "a redirect to an unusable address"
+        raise RedirectRefused(msg) from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        shown = target.scheme[:16].encode("ascii", "replace").decode() or "no scheme"
+        msg = f"a redirect to a {shown!r} address (only http and https are followed)"
+        raise RedirectRefused(msg)
+    if request.url.scheme == "https" and target.scheme == "http":
+        msg = f"a redirect from https down to plain http ({target.host})"
+        raise RedirectRefused(msg)
+    return target
+
+
+async def send_following(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    on_host: Callable[[str], None] = lambda host: None,
+) -> httpx.Response:
+    """Send ``request`` (streamed), following redirects by the policy above."""
+    first = request.url
+    seen = {first}
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await client.send(request, stream=True, follow_redirects=False)
+        if response.status_code not in _REDIRECT_STATUS:
+            return response
+        await response.aclose()
+        target = _target(request, response.headers.get("Location"))
+        if target in seen:
+            msg = "a redirect loop"
+            raise RedirectRefused(msg)
+        seen.add(target)
+        if target.host != first.host:
+            on_host(target.host)
+        headers = request.headers.copy()
+        del headers["Host"]
+        request = httpx.Request("GET", target, headers=headers, extensions=dict(request.extensions))
+    msg = f"more than {MAX_REDIRECTS} redirects"
+    raise RedirectRefused(msg)

@@ -1,0 +1,104 @@
+"""Hostile and broken HTTP servers, checked from outside through the installed ``sa1b download``.
+
+Each row points shard 0 at one misbehaviour and shard 1 at a good server in the same run.
+Every row checks: the exit code; one line naming shard 0 and the cause; no traceback and no
+signed query on screen; nothing at a final name that is not the source's bytes; shard 1
+finishes. A new behaviour is one row here and one entry in tests/hostile.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.hostile import BEHAVIOURS, DATA, HostileServer
+from tests.site import SA1B, env
+
+pytestmark = pytest.mark.slow
+
+BAD, GOOD = "sa_000000.tar", "sa_000001.tar"
+TIMEOUT, RETRIES = 2, 1  # small, so a row that must give up does so in seconds
+
+
+@dataclass(frozen=True)
+class Row:
+    behaviour: str
+    ok: bool  # shard 0 ends downloaded (a harmless quirk) or failed
+    says: str  # a piece of shard 0's line
+
+
+ROWS = [
+    Row("bad_status", False, "malformed HTTP response"),
+    Row("no_colon", False, "malformed HTTP response"),
+    Row("two_lengths", False, "conflicting Content-Length"),
+    Row("length_and_chunked", False, "both Content-Length and Transfer-Encoding"),
+    Row("chunk_negative", False, "malformed HTTP response"),
+    Row("chunk_not_hex", False, "malformed HTTP response"),
+    Row("chunk_extension", False, "malformed HTTP response"),
+    Row("chunk_too_big", False, "sent more than the 293.0 KiB it said before"),
+    Row("interim_flood", False, "more than 8 interim (1xx) responses"),
+    Row("huge_head", False, "malformed HTTP response"),
+    Row("slow_head", False, "no answer from the server, 2 times"),
+    Row("longer_body", True, ""),
+    Row("shorter_body", False, "gave up after"),
+    Row("size_changes", False, "the server now says 62.5 KiB; it said 7.0 KiB before"),
+    Row("redirect_loop", False, "not followed: a redirect loop"),
+    Row("redirect_chain", False, "not followed: more than 5 redirects"),
+    Row("redirect_file", False, "not followed: a redirect to a 'file' address"),
+    Row("redirect_host", True, "redirected to another host, localhost"),
+    Row("hangup_near_end", False, "the connection closed 1.2 KiB before the end, 2 times"),
+    Row("silence", False, "gave up after"),
+]
+
+
+def test_every_behaviour_has_a_row():
+    assert {r.behaviour for r in ROWS} | {"good"} == set(BEHAVIOURS)
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileServer]:
+    with HostileServer() as server:
+        yield server
+
+
+def download(server: HostileServer, behaviour: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    links = tmp / "links.txt"
+    rows = [f"{BAD}\t{server.url(behaviour, BAD)}", f"{GOOD}\t{server.url('good', GOOD)}"]
+    links.write_text("file_name\tcdn_link\n" + "\n".join(rows) + "\n")
+    args = ["download", "--links", str(links), "--root", str(tmp / "root"), "--shards", "0,1"]
+    args += ["--timeout", str(TIMEOUT), "--retries", str(RETRIES)]
+    return subprocess.run(
+        [SA1B, *args], capture_output=True, text=True, timeout=120, env=env(), check=False
+    )
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.behaviour)
+def test_a_hostile_server_fails_its_shard_and_never_the_run(hostile, row, tmp_path):
+    started = time.monotonic()
+    done = download(hostile, row.behaviour, tmp_path)
+    seconds = time.monotonic() - started
+    out = done.stdout + done.stderr
+    assert done.returncode == (0 if row.ok else 1), out
+    assert "Traceback" not in out and "unexpected error" not in out, out
+    assert "SECRET" not in out, out  # no signed query, ours or a redirect's
+    lines = [line for line in out.splitlines() if BAD in line and row.says in line]
+    assert lines, f"no line names {BAD} with {row.says!r}:\n{out}"
+    tars = tmp_path / "root" / "tars"
+    assert (tars / GOOD).read_bytes() == DATA[GOOD]  # the other shard finished
+    if row.ok:
+        assert (tars / BAD).read_bytes() == DATA[BAD]
+    else:
+        assert not (tars / BAD).exists()  # nothing of another size or content is final
+    # A dead or hostile shard is given up within its budget: attempts x timeout plus backoff.
+    assert seconds < (RETRIES + 1) * (TIMEOUT + 2) + 15, seconds
+
+
+def test_a_cross_host_redirect_is_told_once(hostile, tmp_path):
+    done = download(hostile, "redirect_host", tmp_path)
+    told = [line for line in done.stderr.splitlines() if "redirected to another host" in line]
+    assert len(told) == 1, done.stderr
