@@ -479,12 +479,14 @@ def far_cases(work: Path) -> dict[str, object]:
         bench_far_cdn,
         far_files,
     )
+    from sa1b_cli.devtools.bench_tls import self_signed_certificate
 
     files = far_files(work / "far")
-    server = CappedNginx(work / "far", work)
+    cert = self_signed_certificate(work)[0] if shutil.which("openssl") else None
+    server = CappedNginx(work / "far", work, cert)
     try:
         return {
-            "far_cdn": bench_far_cdn(SA1B, files),
+            "far_cdn": bench_far_cdn(SA1B, files, cert),
             "connection_limited": bench_connection_limited(SA1B, files["10x96MiB"], server.log),
         }
     finally:

@@ -4,7 +4,9 @@ A far CDN gives each TCP connection window/RTT of the link; nginx's ``limit_rate
 that cap on loopback, ``limit_conn`` (answering 503) a server that counts connections.
 sa1b on its defaults is compared, side by side in the same run, with ``aria2c -x16 -s16
 -k4M -j<shards>`` (what power users run) and ``aria2c -x1`` (one connection per file),
-downloading into tmpfs. Files are random bytes: a download does not look inside.
+downloading into tmpfs, over plain HTTP and over HTTPS (nginx with a throwaway self-signed
+certificate, trusted through ``SSL_CERT_FILE`` by sa1b and ``--ca-certificate`` by aria2c:
+Meta's CDN is HTTPS). Files are random bytes: a download does not look inside.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from sa1b_cli.devtools.timing import REPEAT, Run, measure, median_run, summary
 
 __all__ = ["bench_connection_limited", "bench_far_cdn", "far_files"]
 
-CAPS_MIB = (8, 24)
+CAPS_MIB = tuple(int(c) for c in os.environ.get("BENCH_FAR_CAPS", "8,24").split(","))
 CASES = {"1x768MiB": (1, 768), "2x384MiB": (2, 384), "10x96MiB": (10, 96)}
+SCHEMES = tuple(os.environ.get("BENCH_FAR_SCHEMES", "http,https").split(","))
 BASE_PORT = 18490
+TLS_PORT = 18510  # + the cap's index, as BASE_PORT
 LIMITED_PORT = 18499
 ARIA2_X1 = os.environ.get("BENCH_ARIA2_X1", "1") == "1"  # one-connection baseline: slow, once
 KNOWN = os.environ.get("BENCH_FAR_KNOWN", "1") == "1"  # also sa1b download --known (md5)
@@ -54,12 +58,19 @@ def far_files(folder: Path) -> dict[str, list[Path]]:
 class CappedNginx(NginxProcess):
     """nginx on loopback: one server per cap, plus one allowing 3 connections (503 past that)."""
 
-    def __init__(self, folder: Path, work: Path) -> None:
+    def __init__(self, folder: Path, work: Path, cert: Path | None = None) -> None:
         servers = "".join(
             f"server {{ listen 127.0.0.1:{BASE_PORT + i}; root {folder}; limit_rate {cap}m; "
             "location / { } }\n"
             for i, cap in enumerate(CAPS_MIB)
         )
+        if cert is not None:  # the key lies beside it
+            servers += "".join(
+                f"server {{ listen 127.0.0.1:{TLS_PORT + i} ssl; root {folder}; "
+                f"limit_rate {cap}m; ssl_certificate {cert}; "
+                f"ssl_certificate_key {cert.with_name('tls-key.pem')}; location / {{ }} }}\n"
+                for i, cap in enumerate(CAPS_MIB)
+            )
         servers += (
             f"server {{ listen 127.0.0.1:{LIMITED_PORT}; root {folder}; limit_rate 24m; "
             f"access_log {work}/limited.log status; "
@@ -71,29 +82,39 @@ class CappedNginx(NginxProcess):
         super().__init__(work, "nginx-far", servers, http=http, connections=2048)
 
 
-def _write_lists(base: Path, port: int, files: list[Path]) -> tuple[Path, Path]:
+def _write_lists(
+    base: Path, port: int, files: list[Path], scheme: str = "http"
+) -> tuple[Path, Path]:
     query = "_nc_gid&ccb=10-5&oh=00_x&oe=7FFFFFFF&_nc_sid=1"
     links = base / "far-links.txt"
     rows = [
-        f"sa_{k:06d}.tar\thttp://127.0.0.1:{port}/{p.name}?{query}" for k, p in enumerate(files)
+        f"sa_{k:06d}.tar\t{scheme}://127.0.0.1:{port}/{p.name}?{query}" for k, p in enumerate(files)
     ]
     links.write_text("file_name\tcdn_link\n" + "\n".join(rows))
     urls = base / "far-urls.txt"
-    urls.write_text("".join(f"http://127.0.0.1:{port}/{p.name}\n" for p in files))
+    urls.write_text("".join(f"{scheme}://127.0.0.1:{port}/{p.name}\n" for p in files))
     return links, urls
 
 
-def _commands(sa1b: str, links: Path, urls: Path, target: Path, count: int) -> dict[str, list[str]]:
+def _commands(
+    sa1b: str, links: Path, urls: Path, target: Path, count: int, cert: Path | None = None
+) -> dict[str, list[str]]:
     aria = ["aria2c", "-q", "--file-allocation=none", "-d", str(target), "-i", str(urls)]
+    mine = [sa1b, "download", "--links", str(links), "--root", str(target / "r"), "--quiet"]
+    if cert is not None:
+        aria.append(f"--ca-certificate={cert}")
+        mine = ["env", f"SSL_CERT_FILE={cert}", *mine]
     return {
-        "sa1b": [sa1b, "download", "--links", str(links), "--root", str(target / "r"), "--quiet"],
+        "sa1b": mine,
         "aria2c_x16": [*aria, "-x16", "-s16", "-k4M", f"-j{count}"],
         "aria2c_x1": [*aria, "-x1", f"-j{count}"],
     }
 
 
-def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
-    """Each cap x case: sa1b and aria2c -x16 alternated REPEAT times, aria2c -x1 once."""
+def bench_far_cdn(
+    sa1b: str, files: dict[str, list[Path]], cert: Path | None = None
+) -> dict[str, object]:
+    """Each scheme x cap x case: sa1b and aria2c -x16 alternated REPEAT times, aria2c -x1 once."""
     report: dict[str, object] = {}
     target = Path(tempfile.mkdtemp(dir="/dev/shm"))
 
@@ -101,11 +122,16 @@ def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
 
+    cases = [(s, i, cap) for s in SCHEMES for i, cap in enumerate(CAPS_MIB)]
     try:
-        for i, cap in enumerate(CAPS_MIB):
+        for scheme, i, cap in cases:
+            tls = cert if scheme == "https" else None
+            if scheme == "https" and tls is None:
+                continue
+            port = (TLS_PORT if tls else BASE_PORT) + i
             for case, paths in files.items():
-                links, urls = _write_lists(target.parent, BASE_PORT + i, paths)
-                cmds = _commands(sa1b, links, urls, target, len(paths))
+                links, urls = _write_lists(target.parent, port, paths, scheme)
+                cmds = _commands(sa1b, links, urls, target, len(paths), tls)
                 total = sum(p.stat().st_size for p in paths)
                 runs: dict[str, list[Run]] = {"sa1b": [], "aria2c_x16": []}
                 before: dict[str, Callable[[], None]] = {"sa1b": wipe, "aria2c_x16": wipe}
@@ -132,8 +158,9 @@ def bench_far_cdn(sa1b: str, files: dict[str, list[Path]]) -> dict[str, object]:
                     row["aria2c_x1"] = summary(
                         measure(cmds["aria2c_x1"], before=wipe), total, "MiB/s"
                     )
-                report[f"{cap}MiB/s_{case}"] = row
-                print(f"far CDN {cap} MiB/s {case}: {row}", flush=True)
+                key = f"{cap}MiB/s_{case}" if scheme == "http" else f"https_{cap}MiB/s_{case}"
+                report[key] = row
+                print(f"far CDN {key}: {row}", flush=True)
     finally:
         shutil.rmtree(target, ignore_errors=True)
     return report
