@@ -191,6 +191,9 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "redirect_host": _redirect(
         lambda r: f"http://localhost:{r.port}/b/good/{r.name}?oh=REDIRECTSECRET&oe=7FFFFFFF"
     ),
+    "forbidden_escapes": _raw(
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 32\r\n\r\n\x1b[2J\x1b[31mgone\nerror: forged line"
+    ),
     "hangup_near_end": hangup_near_end,
     "silence": silence,
 }

@@ -17,6 +17,7 @@ from typing import Literal
 import httpx
 
 from sa1b_cli.core.manifest import redact_text
+from sa1b_cli.core.text import shown
 
 __all__ = [
     "RETRYABLE_STATUS",
@@ -141,7 +142,7 @@ async def judge(response: httpx.Response, ask: Ask, *, now: float) -> Verdict:
     if code in RETRYABLE_STATUS:
         wait = retry_after_seconds(response.headers.get("Retry-After"), now=now)
         return Verdict("retry", f"HTTP {code}", retry_after=wait)
-    reason = f"HTTP {code}" + (f" '{body[:80]}'" if body else "")
+    reason = f"HTTP {code}" + (f" '{shown(body, 80)}'" if body else "")  # escaped and cut
     hint = _REJECT_HINTS.get(code, "check the link and the manifest")
     return Verdict("reject", f"{reason}: {hint}")
 

@@ -51,6 +51,7 @@ ROWS = [
     Row("redirect_chain", False, "not followed: more than 5 redirects"),
     Row("redirect_file", False, "not followed: a redirect to a 'file' address"),
     Row("redirect_host", True, "redirected to another host, localhost"),
+    Row("forbidden_escapes", False, r"HTTP 403 '\x1b[2J\x1b[31mgone\nerror: forged line'"),
     Row("hangup_near_end", False, "the connection closed 1.2 KiB before the end, 2 times"),
     Row("silence", False, "gave up after"),
 ]
@@ -86,6 +87,7 @@ def test_a_hostile_server_fails_its_shard_and_never_the_run(hostile, row, tmp_pa
     assert done.returncode == (0 if row.ok else 1), out
     assert "Traceback" not in out and "unexpected error" not in out, out
     assert "SECRET" not in out, out  # no signed query, ours or a redirect's
+    assert "\x1b" not in out and "\nerror: forged" not in out, out  # nothing foreign raw
     lines = [line for line in out.splitlines() if BAD in line and row.says in line]
     assert lines, f"no line names {BAD} with {row.says!r}:\n{out}"
     tars = tmp_path / "root" / "tars"
