@@ -133,17 +133,23 @@ _URL_QUERY_RE = re.compile(r"(https?://[^\s?'\"<>]+)\?[^\s'\"<>]*")
 _SIGNED_PARAM_RE = re.compile(r"\b(oh|oe|_nc_sid|_nc_ohc|_nc_ht)=[\w.~%-]*")
 
 
+_URL_USERINFO_RE = re.compile(r"(https?://)[^\s/?#@'\"<>]+@")
+
+
 def redact_text(text: str) -> str:
-    """Free text without signed queries: URLs lose their query, loose parameters their value."""
+    """Free text without secrets: URLs lose userinfo and query, loose parameters their value."""
+    text = _URL_USERINFO_RE.sub(r"\1<credentials hidden>@", text)
     text = _URL_QUERY_RE.sub(r"\1?<signed query hidden>", text)
     return _SIGNED_PARAM_RE.sub(r"\1=<hidden>", text)
 
 
 def redact_url(url: str) -> str:
-    """A URL safe to print: scheme, host and path; the signed query is dropped."""
+    """A URL safe to print: scheme, host and path; userinfo and the signed query are dropped."""
     parts = urlsplit(url)
     suffix = "?<signed query hidden>" if parts.query else ""
-    return f"{parts.scheme}://{parts.netloc}{parts.path}{suffix}"
+    host = parts.netloc.rpartition("@")[2]  # a password in a link is a secret too
+    hidden = "<credentials hidden>@" if "@" in parts.netloc else ""
+    return f"{parts.scheme}://{hidden}{host}{parts.path}{suffix}"
 
 
 def _check_name(name: str, line: int, path: Path | None) -> None:

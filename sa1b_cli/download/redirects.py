@@ -3,7 +3,8 @@
 At most ``MAX_REDIRECTS`` hops; http and https targets only; never from https down to
 plain http; a loop or anything else refused fails the shard (``RedirectRefused``), never
 the run. A hop to another host is reported once through ``on_host`` (the host alone: a
-redirect target's query is as secret as the manifest's).
+redirect target's query is as secret as the manifest's), and never carries the
+credentials of a ``user:password@`` link.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ async def send_following(
             on_host(target.host)
         headers = request.headers.copy()
         del headers["Host"]
+        if (target.scheme, target.host, target.port) != (
+            request.url.scheme,
+            request.url.host,
+            request.url.port,
+        ):
+            headers.pop("Authorization", None)  # a link's credentials stay with its origin
         request = httpx.Request("GET", target, headers=headers, extensions=dict(request.extensions))
     msg = f"more than {MAX_REDIRECTS} redirects"
     raise RedirectRefused(msg)

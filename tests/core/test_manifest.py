@@ -107,6 +107,23 @@ def test_redact_text_hides_queries_inside_free_text():
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:pa55word@cdn.example/m1/a.tar?oh=SIG",
+        "http://pa55word@cdn.example:8080/m1/a.tar",
+        "https://user:pa55word@cdn.example/m1/a.tar",
+    ],
+)
+def test_a_link_s_userinfo_is_a_secret_like_its_query(url):
+    from sa1b_cli.core.manifest import redact_text
+
+    for shown in (redact_url(url), redact_text(f"failed for {url} (HTTP 403)")):
+        assert "pa55word" not in shown and "user" not in shown, shown
+        assert "cdn.example" in shown and "<credentials hidden>@" in shown
+    assert redact_url("https://cdn.example/a.tar") == "https://cdn.example/a.tar"
+
+
+@pytest.mark.parametrize(
     ("data", "said"),
     [
         (b"\x1f\x8b\x08\x00" + bytes(100), "gzip stream"),

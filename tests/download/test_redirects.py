@@ -71,3 +71,20 @@ async def test_more_than_the_limit_of_hops_is_refused():
         await follow(routes)
     five = {START: "/h1"} | {f"https://cdn.example/h{k}": f"/h{k + 1}" for k in range(1, 5)}
     assert (await follow(five)).status_code == 200  # exactly the limit: followed
+
+
+async def test_credentials_in_a_link_never_follow_a_redirect_to_another_host():
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "cdn.example":
+            return httpx.Response(302, headers={"Location": "https://mirror.example/a.tar"})
+        return httpx.Response(200, content=b"ok")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        request = client.build_request("GET", "https://user:pass@cdn.example/a.tar")
+        response = await send_following(client, request)
+        await response.aclose()
+    assert "Authorization" in seen[0].headers  # the link's own host gets them
+    assert "Authorization" not in seen[1].headers
