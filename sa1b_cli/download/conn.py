@@ -26,9 +26,9 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["POLL", "Abandoned", "Connection", "Outcome"]
+__all__ = ["POLL", "Abandoned", "BlockSink", "Connection", "Outcome", "post"]
 
 POLL = 1.0  # seconds one blocking call may wait before it reports back
 _HANDSHAKE_READ = 16 << 10
@@ -39,6 +39,16 @@ _DECRYPTING = threading.Lock()  # the most one TLS record can hold beyond what i
 
 T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, the call's result) or (False, the exception it raised)
+
+
+class BlockSink(Protocol):
+    """Where a body's bytes go as they arrive (see ``wire._Body.read_through``)."""
+
+    def write(self, view: memoryview) -> None:
+        """Blocking, on the connection's thread; called once per buffer filled, in order."""
+
+    def landed(self, error: OSError | None) -> None:
+        """On the event loop, once ``write`` is over (or was not needed)."""
 
 
 class Abandoned(OSError):
@@ -122,6 +132,25 @@ class Connection:
             self.close()  # the call may still be receiving: nothing else may use the socket
             raise
 
+    def reply_to(self, future: asyncio.Future[Any], settled: Any) -> tuple[Any, Any, Any]:
+        """Where a call's outcome goes (on the loop's thread), for a call run elsewhere."""
+        return (future, settled, _Mailbox.of(future.get_loop()))
+
+    def lend(self) -> bool:
+        """Mark the socket in use by another thread (the TLS reactor); False once closed."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self._busy = True
+            return True
+
+    def restore(self) -> None:
+        """The other thread is done with the socket (closed now, if a close came meanwhile)."""
+        with self._lock:
+            self._busy = False
+            if self._abandoned:
+                self._close_socket()
+
     def _serve(self) -> None:
         while (item := self._calls.get()) is not None:
             fn, args, (future, settled, mailbox) = item
@@ -171,7 +200,14 @@ class Connection:
 
     # -- blocking steps, run on the connection's thread ------------------------------------
 
-    def open(self, host: str, port: int, tls: ssl.SSLContext | None, limit: float) -> None:
+    def open(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        limit: float,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
         """Connect (and shake hands) in slices of POLL seconds, so a close stops it."""
         deadline = time.monotonic() + limit
         error: Exception | None = None
@@ -193,7 +229,9 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
             sock.settimeout(POLL)
-            secure = tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+            secure = tls.wrap_socket(
+                sock, server_hostname=host, do_handshake_on_connect=False, session=session
+            )
             self.sock, self.tls = secure, True
             _handshake(self, secure, deadline)
             return
@@ -220,6 +258,12 @@ class Connection:
         if code:
             raise OSError(code, os.strerror(code))
 
+    def session(self) -> ssl.SSLSession | None:
+        """The TLS session to resume on the next connection to this host (a short handshake)."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            return self.sock.session
+        return None
+
     def sendall(self, data: bytes) -> None:
         assert self.sock is not None
         self.sock.sendall(data)
@@ -233,6 +277,12 @@ class Connection:
         if isinstance(self.sock, ssl.SSLSocket):
             return _recv_tls(self.sock, view, wait_all=wait_all)
         return _recv_raw(self.sock, view, wait_all=wait_all)
+
+
+def post(reply: tuple[Any, Any, Any], outcome: Outcome) -> None:
+    """Hand ``outcome`` to the loop, as a connection's thread does (see ``reply_to``)."""
+    future, settled, mailbox = reply
+    mailbox.post((future, outcome, settled))
 
 
 class _Mailbox:

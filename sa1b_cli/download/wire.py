@@ -25,13 +25,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import h11
 import httpx
 
 from sa1b_cli.core.text import format_size
-from sa1b_cli.download.conn import POLL, Abandoned, Connection, Outcome
+from sa1b_cli.download.conn import POLL, Abandoned, BlockSink, Connection, Outcome
+from sa1b_cli.download.reactor import TlsReactor
 
 __all__ = [
     "BODY_EXTENSION",
@@ -54,16 +55,6 @@ _HEAD_READ = 16 << 10
 _STREAM_READ = 64 << 10  # chunked and close-delimited bodies: rare, and never the fast path
 T = TypeVar("T")
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-
-
-class BlockSink(Protocol):
-    """Where a body's bytes go as they arrive (see ``_Body.read_through``)."""
-
-    def write(self, view: memoryview) -> None:
-        """Blocking, on the connection's thread; called once per buffer filled, in order."""
-
-    def landed(self, error: OSError | None) -> None:
-        """On the event loop, once ``write`` is over (or was not needed)."""
 
 
 class BufferPool:
@@ -377,9 +368,15 @@ class _Body(httpx.AsyncByteStream):
                 pool.give(buffer)
 
         view = memoryview(buffer)[:size]
-        call = self.conn.call(
-            _receive_through, self.conn, view, want, sink, self.timeout, settled=settled
-        )
+        if self.conn.tls:  # one thread receives every TLS body (see reactor.py)
+            reactor = self.transport.reactor
+            call = reactor.receive_through(
+                self.conn, view, want, sink, self.timeout, settled=settled
+            )
+        else:
+            call = self.conn.call(
+                _receive_through, self.conn, view, want, sink, self.timeout, settled=settled
+            )
         n, error = await self._call(call)
         del view
         if error is not None:
@@ -419,7 +416,11 @@ class WireTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
         self.buffers = BufferPool()
+        self.reactor = TlsReactor()
         self.idle: dict[tuple[str, str, int], list[Connection]] = {}
+        # A TLS session ticket per host: later connections resume it (no certificate
+        # exchange, no signature on the server), verified as the first one was.
+        self.sessions: dict[tuple[str, str, int], ssl.SSLSession] = {}
 
     def give_back(self, conn: Connection) -> None:
         self.idle.setdefault(conn.key, []).append(conn)
@@ -458,7 +459,8 @@ class WireTransport(httpx.AsyncBaseTransport):
         conn = Connection(key)
         secure = self._context() if scheme == "https" else None
         try:
-            await conn.call(conn.open, url.host, port, secure, limit or 3600.0)
+            session = self.sessions.get(key)
+            await conn.call(conn.open, url.host, port, secure, limit or 3600.0, session)
         except TimeoutError as exc:
             conn.close()
             msg = f"could not connect to {url.host} in time"
@@ -489,6 +491,8 @@ class WireTransport(httpx.AsyncBaseTransport):
             raise
         chunk = int(request.extensions.get(CHUNK_EXTENSION, CHUNK))
         stream = _Body(self, conn, head, timeout=timeouts.get("read"), chunk=chunk)
+        if conn.tls and conn.key not in self.sessions and (session := conn.session()):
+            self.sessions[conn.key] = session  # TLS 1.3 sends its ticket after the handshake
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if head.length is not None:
             extensions[BODY_EXTENSION] = stream  # for readers that write as bytes arrive
@@ -497,6 +501,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
+        self.reactor.close()
         for conns in self.idle.values():
             for conn in conns:
                 conn.close()

@@ -191,6 +191,63 @@ async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
         srv.close()
 
 
+async def test_tls_bodies_are_received_on_the_one_tls_thread_and_sessions_resume(certificate):
+    cert, _ = certificate
+    body = bytes(range(256)) * 20_000  # ~5 MiB: many records, several calls
+    srv = await tls_server(certificate, body)
+    port = srv.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert))
+    url = f"https://127.0.0.1:{port}/t"
+    try:
+        async with httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client:
+            sinks, responses = [Sink(), Sink()], []
+            for _ in sinks:  # two open at once: two connections
+                responses.append(await client.send(client.build_request("GET", url), stream=True))
+            for sink, r in zip(sinks, responses, strict=True):
+                while await r.extensions[BODY_EXTENSION].read_through(1 << 20, sink):
+                    pass
+                await r.aclose()
+            reused = [r.extensions[BODY_EXTENSION].conn.sock.session_reused for r in responses]
+    finally:
+        srv.close()
+    assert all(bytes(sink.data) == body for sink in sinks)
+    # (bytes that came with the head are written on the loop, the rest on the TLS thread)
+    assert {t for sink in sinks for t in sink.threads} <= {"sa1b-tls", "MainThread"}
+    assert all("sa1b-tls" in sink.threads for sink in sinks)
+    assert len(sinks[0].landings) > 1  # the loop heard once per call, not once at the end
+    assert reused == [False, True]  # the second connection resumed the first one's session
+
+
+async def test_a_silent_tls_body_raises_read_timeout_and_lands_once(certificate):
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(10)
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    port = srv.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert))
+    sink = Sink()
+    try:
+        transport = WireTransport(ssl_context=trusted)
+        async with (
+            httpx.AsyncClient(transport=transport, timeout=1.5) as client,
+            client.stream("GET", f"https://127.0.0.1:{port}/t") as r,
+        ):
+            with pytest.raises(httpx.ReadTimeout):
+                await r.extensions[BODY_EXTENSION].read_through(1000, sink)
+    finally:
+        srv.close()
+    assert sink.landings == [None] and not sink.data
+
+
 class Sink:
     """A BlockSink that keeps what the connection's thread wrote, and counts landings."""
 
