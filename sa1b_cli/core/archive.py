@@ -19,8 +19,10 @@ from typing import BinaryIO
 from isal import igzip_threaded
 
 from sa1b_cli.core.checksums import Hasher
+from sa1b_cli.core.text import format_size, shown
 
 __all__ = [
+    "MAX_MEMBER",
     "ArchiveError",
     "HashingReader",
     "Member",
@@ -36,6 +38,10 @@ READ_BLOCK = 4 << 20
 # buffer makes each 512-byte header read cost megabytes (measured: 4 MiB 3.7 s,
 # 256 KiB 2.8 s for a 1.4 GB shard). The reader below it already reads 4 MiB at once.
 TAR_BUFSIZE = 256 << 10
+# Members are read whole, so their size is bounded before a byte is read. No SA-1B member
+# is known to come near this (images are a few MiB at most, annotations less): a member
+# past it (a gzip bomb, a forged header) fails its shard instead of filling memory.
+MAX_MEMBER = 64 << 20
 _SA_RE = re.compile(r"sa_([1-9]\d*)\.(jpg|json)")
 
 
@@ -137,6 +143,12 @@ def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
                 if problem is not None:
                     yield Refusal(info.name, problem)
                     continue
+                if info.size > MAX_MEMBER:
+                    msg = (
+                        f"{shown(info.name)} declares {format_size(info.size)}, over the "
+                        f"{format_size(MAX_MEMBER)} a member may have"
+                    )
+                    raise ArchiveError(msg)
                 handle = tar.extractfile(info)
                 data = handle.read() if handle is not None else b""
                 if len(data) != info.size:

@@ -1,0 +1,99 @@
+"""Hostile shards through every command that reads them, checked from outside.
+
+Each row is a crafted shard 0 beside a good shard 1 in the same run. Each cell checks: the
+exit code, a line naming shard 0 and the cause, no traceback, the peak RSS of the sa1b
+process under the stated bound, and shard 1 processed. A new kind of damage is one row.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sa1b_cli.core.store import Store
+from tests.shards import good_pair, install, tar_bytes
+from tests.site import SA1B, env
+
+pytestmark = pytest.mark.slow
+
+BAD, GOOD = "sa_000000.tar", "sa_000001.tar"
+RSS_BOUND_MB = 200  # README: every command that reads shards stays under this on any input
+
+
+def bomb() -> bytes:
+    """One member declaring 65 MiB of zeros: 65 KiB of gzip, past the member limit."""
+    return tar_bytes([*good_pair(1), ("./sa_2.jpg", bytes(65 << 20)), *good_pair(3)[1:]])
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    shard: Callable[[], bytes]
+    says: str
+
+
+ROWS = [Row("gzip bomb", bomb, "declares 65.0 MiB, over the 64.0 MiB a member may have")]
+
+
+def run_measured(args: list[str]) -> tuple[int, str, float]:
+    """Run the installed sa1b in a fresh helper: exit code, output, its peak RSS in MB."""
+    probe = (
+        "import json,resource,subprocess,sys;"
+        "r=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+        "print(json.dumps([r.returncode,r.stdout+r.stderr,"
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, SA1B, *args],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+        check=True,
+    )
+    code, out, rss = json.loads(done.stdout)
+    return code, out, rss
+
+
+LAYOUTS = ("shard", "split", "images-masks", "flat", "webdataset")
+
+
+def command_args(command: str, root: Path) -> list[str]:
+    """The arguments of one cell's command, reading ``root``."""
+    where = ["--root", str(root)]
+    if command.startswith("extract"):
+        layout = command.rpartition(" ")[2]
+        out = str(root.parent / f"out-{layout}")
+        return ["extract", *where, "--shards", "0,1", "--layout", layout, "--out", out]
+    if command == "verify --deep":
+        return ["verify", *where, "--shards", "0,1", "--deep"]
+    return ["show", "2", *where, "--shard", "0", "--json"]
+
+
+COMMANDS = [*(f"extract --layout {layout}" for layout in LAYOUTS), "verify --deep", "show"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
+def test_a_hostile_shard_fails_itself_within_bounded_memory(row, command, tmp_path):
+    root = tmp_path / "root"
+    store = Store(root)
+    install(store, BAD, row.shard())
+    install(store, GOOD, tar_bytes([*good_pair(11187), *good_pair(11188)]))
+    code, out, rss = run_measured(command_args(command, root))
+    assert code == 1, out
+    assert "Traceback" not in out and "unexpected error" not in out, out
+    assert any(BAD in line and row.says in line for line in out.splitlines()) or (
+        command.startswith("show") and row.says in out
+    ), out
+    assert rss < RSS_BOUND_MB, f"{command}: peak RSS {rss:.0f} MB"
+    if command.startswith("extract"):  # the good shard beside it was extracted all the same
+        out_dir = root.parent / f"out-{command.rpartition(' ')[2]}"
+        names = {p.name for p in out_dir.rglob("*")}
+        assert "sa_11187.jpg" in names or GOOD in names, sorted(names)[:20]
