@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sa1b_cli.core.annotation import BadAnnotation, image_fields, load_annotation
+from sa1b_cli.core.archive import ArchiveError
 from sa1b_cli.core.store import atomic_write_text
 
 __all__ = [
@@ -46,8 +48,12 @@ def index_row(image_id: int, data: bytes) -> dict[str, int]:
     head = data[:4096]
     values = {k: int(m.group(1)) for k, r in _HEAD_RE.items() if (m := r.search(head))}
     if len(values) < 3:  # unusual key order: parse it properly
-        image = json.loads(data).get("image", {})
-        values = {k: int(image.get(k, 0)) for k in ("image_id", "width", "height")}
+        try:
+            _, width, height = image_fields(load_annotation(data))
+        except BadAnnotation as exc:  # fails the shard, never the run
+            msg = f"sa_{image_id}.json {exc}"
+            raise ArchiveError(msg) from exc
+        values = {"width": width, "height": height}
     return {
         "image_id": image_id,
         "width": values["width"],

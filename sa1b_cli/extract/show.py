@@ -9,7 +9,6 @@ at alpha 0.4, with optional outlines.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import tarfile
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from sa1b_cli.core.annotation import BadAnnotation, check_masks, image_fields, load_annotation
 from sa1b_cli.core.archive import ArchiveError, Refusal, iter_members, member_id, open_shard
 from sa1b_cli.core.errors import ImageNotFoundError, UsageError
 from sa1b_cli.core.store import Store
@@ -163,12 +163,14 @@ def show_image(config: ShowConfig) -> ShowResult:
     """Find the image, collect its mask statistics and (unless told not to) draw the PNG."""
     shard, jpg, raw, where = find_image(config)
     try:
-        doc = json.loads(raw)
-        info, annotations = doc["image"], doc["annotations"]
-    except (ValueError, KeyError, TypeError) as exc:
-        msg = f"sa_{config.image_id}.json in {shard} is not an SA-1B annotation: {exc}"
+        doc = load_annotation(raw)
+        _, width, height = image_fields(doc)
+        check_masks(doc)
+    except BadAnnotation as exc:
+        msg = f"sa_{config.image_id}.json in {shard} {exc}"
         raise ImageNotFoundError(msg, hint="Run sa1b verify --deep on that shard.") from exc
-    result = ShowResult(config.image_id, shard, where, int(info["width"]), int(info["height"]))
+    annotations = doc["annotations"]
+    result = ShowResult(config.image_id, shard, where, width, height)
     result.masks = _mask_stats(annotations)
     if config.draw:
         target = config.output or Path(f"sa_{config.image_id}-masks.png")

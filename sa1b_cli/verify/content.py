@@ -7,13 +7,20 @@ from the JSON); warnings are what real data shows now and then.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
 from typing import Any
+
+from sa1b_cli.core.annotation import (
+    BadAnnotation,
+    image_fields,
+    load_annotation,
+    mask_size_problem,
+)
+from sa1b_cli.core.text import shown
 
 __all__ = ["ImageCheck", "PairInput", "check_batch", "check_pair", "jpeg_size"]
 
@@ -99,12 +106,8 @@ def _rle_of(check: ImageCheck, ann: Any, size: tuple[int, int]) -> dict[str, Any
         check.errors.append(f"annotation {ann.get('id') if isinstance(ann, dict) else '?'}: no RLE")
         return None
     declared = seg.get("size")
-    if not (
-        isinstance(declared, list)
-        and len(declared) == 2
-        and all(isinstance(v, int) for v in declared)
-    ):
-        check.errors.append(f"annotation {ann.get('id')}: segmentation.size is {declared!r}")
+    if (problem := mask_size_problem(declared)) is not None:  # never to the decoder
+        check.errors.append(f"annotation {shown(str(ann.get('id')), 20)}: {problem}")
         return None
     if declared != [height, width]:
         check.warnings["mask size differs from the image size"] += 1
@@ -157,9 +160,10 @@ def _check_masks(
 def check_pair(item: PairInput, *, decode: bool = False) -> ImageCheck:
     check = ImageCheck(item.image_id)
     try:
-        doc = json.loads(item.annotation)
-    except (ValueError, UnicodeDecodeError) as exc:
-        check.errors.append(f"sa_{item.image_id}.json is not valid JSON ({exc})")
+        doc = load_annotation(item.annotation)
+        image_fields(doc)
+    except BadAnnotation as exc:
+        check.errors.append(f"sa_{item.image_id}.json {exc}")
         return check
     size = _check_image(check, doc, item)
     if size is None:
