@@ -7,6 +7,7 @@ Members come out with safe, normalised names or as refusals: nothing absolute, n
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import re
 import tarfile
@@ -155,9 +156,40 @@ def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
                     msg = f"{info.name}: the archive ends inside this member"
                     raise ArchiveError(msg)
                 yield Member(_normalise(info.name), data)
+            _check_end(tar)
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
-        msg = f"{type(exc).__name__}: {exc}"
-        raise ArchiveError(msg) from exc
+        raise ArchiveError(_in_words(exc)) from exc
+
+
+def _in_words(exc: BaseException) -> str:
+    """What a decoder's error means for a shard, without Python's names."""
+    if isinstance(exc, EOFError):
+        return "the gzip stream is cut short (an incomplete download?)"
+    if isinstance(exc, gzip.BadGzipFile):
+        return f"bytes that are not gzip follow the gzip stream ({exc})"
+    if isinstance(exc, zlib.error | ValueError) or "CRC" in str(exc) or "inflate" in str(exc):
+        return f"the gzip stream is corrupt ({exc})"
+    if isinstance(exc, tarfile.TarError):
+        return f"the tar stream is damaged ({exc})"
+    return f"the shard cannot be read ({exc})"
+
+
+def _check_end(tar: tarfile.TarFile) -> None:
+    """The archive really ended: its end-of-archive blocks, then zeros to the end of the stream.
+
+    tarfile in stream mode takes a damaged header after the first member, or no header at
+    all, for the end of the archive. Reading what follows to the end also makes the gzip
+    layer check its trailer (CRC and length) and refuse garbage after it.
+    """
+    stream = tar.fileobj
+    assert stream is not None
+    if stream.tell() < tar.offset + tarfile.BLOCKSIZE:
+        msg = f"the archive ends at byte {tar.offset:,} without its end-of-archive blocks"
+        raise ArchiveError(msg)
+    while block := stream.read(1 << 20):
+        if block.strip(b"\0"):
+            msg = f"a damaged tar header at byte {tar.offset:,}: the archive goes on past it"
+            raise ArchiveError(msg)
 
 
 def member_id(name: str) -> tuple[int, str] | None:
