@@ -36,9 +36,11 @@ from sa1b_cli.core.archive import (
 )
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store, atomic_write_text
+from sa1b_cli.core.text import shown
 from sa1b_cli.extract.marks import (
     INDEX_FIELDS,
     Rows,
+    marker_path,
     read_marker,
     stem,
     write_marker,
@@ -64,6 +66,7 @@ ExtractStatus = Literal[
     "not_downloaded",
     "failed_verification",
     "corrupt_archive",
+    "unsafe_members",  # its safe members were written; links, devices or escapes were not
     "no_space",
     "busy",  # another process is extracting it
     "interrupted",
@@ -330,8 +333,11 @@ def extract_one(
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return ExtractResult(name, "no_space", "the disk filled up; nothing of it was kept")
         raise
-    if result.refused:
-        result.detail = f"refused {len(result.refused)} unsafe member(s): {result.refused[0]}"
+    if result.refused:  # no SA-1B shard has such members: never counted as extracted
+        result.status = "unsafe_members"
+        first = shown(result.refused[0])
+        result.detail = f"refused {len(result.refused)} unsafe member(s), first {first}"
+        marker_path(out, name).unlink(missing_ok=True)  # a rerun checks and says it again
     if config.delete_tar:
         _delete_tar(store, name)
     result.seconds = time.monotonic() - started

@@ -69,6 +69,20 @@ def truncated() -> bytes:
     return data[: len(data) - 40]
 
 
+def unsafe(kind: str) -> Callable[[], bytes]:
+    """Good pairs 1-3 and one member no SA-1B shard has: a link, a device or a path escape."""
+
+    def build() -> bytes:
+        if kind == "escape":
+            return tar_bytes([*PAIRS[:6], ("../../evil.jpg", b"x")])
+        info = tarfile.TarInfo("./sa_9.jpg")
+        info.type = tarfile.SYMTYPE if kind == "link" else tarfile.CHRTYPE
+        info.linkname = "/etc/passwd"
+        return tar_bytes([*PAIRS[:6], info])
+
+    return build
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -89,6 +103,9 @@ ROWS = [
         "is nested too deeply",
     ),
     Row("RLE size huge", lambda: with_annotation(huge_rle())(), "200000x200000", extract_ok=True),
+    Row("a link member", unsafe("link"), "unsafe member", show_ok=True, member="sa_9.jpg"),
+    Row("a device member", unsafe("device"), "unsafe member", show_ok=True, member="sa_9.jpg"),
+    Row("a path escape", unsafe("escape"), "unsafe member", show_ok=True, member="evil.jpg"),
     Row(
         "damaged header mid-archive",
         corrupt_header,
