@@ -8,6 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from sa1b_cli.core.errors import RootError
+from sa1b_cli.core.text import shown
+
 __all__ = [
     "DEFAULT_VERIFY_JOBS",
     "AlgoOpt",
@@ -56,11 +59,24 @@ INTEGRITY = "Integrity"
 EXTRACTION = "Extraction"
 OUTPUT = "Output"
 
+
+def check_root(root: Path) -> Path:
+    """The --root of any command: a folder that can be read, or one still to create."""
+    if root.exists() and not root.is_dir():
+        msg = f"the root {shown(str(root))} is a file, not a folder"
+        raise RootError(msg, hint="Give --root a folder (it is created when missing).")
+    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        msg = f"the root {shown(str(root))} cannot be read"
+        raise RootError(msg, hint="Fix its permissions or pick another --root.")
+    return root
+
+
 RootOpt = Annotated[
     Path,
     typer.Option(
         "--root",
         envvar="SA1B_ROOT",
+        callback=check_root,  # checked once, the same way, for every command
         rich_help_panel=WHERE,
         help="Folder that holds everything sa1b owns (tars, records, extracted).",
     ),

@@ -105,7 +105,9 @@ class DiskFullError(Sa1bError):
 
 
 class RootError(Sa1bError):
-    """The root directory cannot be used."""
+    """The root directory cannot be used (bad input: the same exit code as bad usage)."""
+
+    exit_code = 2
 
 
 class SlurmEnvError(Sa1bError):

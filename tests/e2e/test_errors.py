@@ -47,6 +47,10 @@ def links(tmp: Path) -> list[str]:
     return ["--links", str(tmp / "links.txt"), "--root", str(tmp / "root")]
 
 
+def root_file(command: str) -> Callable[[Path], list[str]]:
+    return lambda t: [*command.split(), "--root", str(t / "rootfile")]
+
+
 CASES = [
     Case("links: missing manifest", lambda t: ["links", str(t / "nope.txt")], 2, "not found"),
     Case("links: empty manifest", lambda t: ["links", str(t / "empty.txt")], 2, "header"),
@@ -94,8 +98,12 @@ CASES = [
     Case(
         "download: the root is a file",
         lambda t: ["download", "--links", str(t / "links.txt"), "--root", str(t / "rootfile")],
-        1,
-        "root",
+        2,
+        "is a file, not a folder",
+    ),
+    *(
+        Case(f"{command}: the root is a file", root_file(command), 2, "is a file, not a folder")
+        for command in ("verify", "extract", "status", "show 1")
     ),
     Case("verify: --algo crc", lambda t: ["verify", "--export", "x", "--algo", "crc"], 2, "--algo"),
     Case(
@@ -234,7 +242,7 @@ def test_a_read_only_root_says_so_and_what_to_do(tmp_path: Path):
         args = ["download", "--links", str(tmp / "links.txt"), "--root", str(readonly / "root")]
         for extra in ([], ["--json"]):
             done = run([*args, *extra], tmp)
-            assert done.returncode == 1, done.stderr
+            assert done.returncode == 2, done.stderr  # bad input, as README's exit codes say
             assert "error:" in done.stderr and "hint:" in done.stderr
             assert "Traceback" not in done.stderr and "SECRET" not in done.stderr
-        assert json.loads(done.stdout)["exit_code"] == 1
+        assert json.loads(done.stdout)["exit_code"] == 2
