@@ -206,6 +206,7 @@ class HostileServer:
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self.requests: dict[tuple[str, str], int] = {}
+        self.writers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -219,9 +220,26 @@ class HostileServer:
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self.loop.run_forever()
+        # Shut down whole: no socket or task is left for the collector to find later.
         server.close()
+        for writer in list(self.writers):
+            writer.close()
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.run_until_complete(server.wait_closed())
+        self.loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, w: Writer) -> None:
+        self.writers.add(w)
+        try:
+            await self._serve(reader, w)
+        finally:
+            self.writers.discard(w)
+            w.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, w: Writer) -> None:
         with contextlib.suppress(
             ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
         ):
@@ -232,7 +250,6 @@ class HostileServer:
                 await w.drain()
                 if not keep:
                     break
-        w.close()
 
     async def _read(self, reader: asyncio.StreamReader) -> Req | None:
         try:
