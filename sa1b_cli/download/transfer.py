@@ -297,7 +297,6 @@ class _Job:
                         await self._wait_before_retry(retry)
                         await slot.take()
                         continue
-                await self.ledger.checkpoint(force=True)
                 self.budget.progress(self.part.written.total())
                 given_up = streak.failed(retry.reason, fetched=self.fetched)
                 if given_up is not None:
