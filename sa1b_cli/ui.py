@@ -63,6 +63,7 @@ STATUS_STYLE = {
     "busy": "cyan",
     "interrupted": "yellow",
     "missing": "dim",
+    "unrecorded": "yellow",
     "not_covered": "yellow",
     "disputed": "yellow",
 }

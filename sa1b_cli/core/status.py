@@ -14,7 +14,10 @@ from sa1b_cli.core.store import Store
 
 __all__ = ["ShardState", "StateName", "root_status", "selected_status"]
 
-StateName = Literal["missing", "partial", "complete", "failed", "expired", "bad", "active"]
+StateName = Literal[
+    "missing", "partial", "complete", "failed", "expired", "bad", "active", "unrecorded"
+]
+UNRECORDED = "on disk, not recorded (or its record is damaged): run sa1b verify"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,10 @@ def _sizes(folder: os.PathLike[str]) -> dict[str, int]:
         return {}
 
 
+def _final_names(store: Store) -> set[str]:
+    return {name for name in _sizes(store.tars) if not name.endswith(".part")}
+
+
 def _holders(store: Store, stale_after: float) -> dict[str, str]:
     found: dict[str, str] = {}
     if not store.claims.is_dir():
@@ -55,7 +62,7 @@ def _holders(store: Store, stale_after: float) -> dict[str, str]:
 
 def selected_status(store: Store, selection: Selection) -> list[ShardState]:
     """The state of the selected shards among those recorded or in the remembered manifest."""
-    known = set(store.records())
+    known = set(store.records()) | _final_names(store)  # a tar whose record is lost counts
     remembered = store.remembered_manifest()
     if remembered is not None:
         known |= set(read_manifest(remembered).rows)
@@ -86,6 +93,8 @@ def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -
             state = ShardState(name, "active", part or 0, expected, holder=holder)
         elif record and record.status in ("failed", "expired"):
             state = ShardState(name, record.status, part or 0, expected, record.detail)
+        elif final is not None:  # whole-looking, but nothing vouches for it: verify says
+            state = ShardState(name, "unrecorded", final, expected, UNRECORDED)
         elif part is not None:
             state = ShardState(name, "partial", part, expected)
         else:
