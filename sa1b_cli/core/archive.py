@@ -134,12 +134,22 @@ def _is_root_dir(info: tarfile.TarInfo) -> bool:
 
 
 def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
-    """Every member in archive order; raises ArchiveError when the stream is damaged."""
+    """Every member in archive order; raises ArchiveError when the stream is damaged.
+
+    A name that comes twice fails the shard, in every layout and check alike: no SA-1B
+    shard has one, and which copy is right cannot be known.
+    """
+    seen: set[str] = set()
     try:
         with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFSIZE) as tar:
             for info in tar:
                 if _is_root_dir(info):
                     continue
+                name = _normalise(info.name)
+                if name in seen:
+                    msg = f"{shown(name)} appears twice in the archive"
+                    raise ArchiveError(msg)
+                seen.add(name)
                 problem = member_problem(info)
                 if problem is not None:
                     yield Refusal(info.name, problem)
@@ -155,7 +165,7 @@ def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
                 if len(data) != info.size:
                     msg = f"{info.name}: the archive ends inside this member"
                     raise ArchiveError(msg)
-                yield Member(_normalise(info.name), data)
+                yield Member(name, data)
             _check_end(tar)
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise ArchiveError(_in_words(exc)) from exc

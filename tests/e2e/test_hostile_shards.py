@@ -103,6 +103,13 @@ ROWS = [
         "is nested too deeply",
     ),
     Row("RLE size huge", lambda: with_annotation(huge_rle())(), "200000x200000", extract_ok=True),
+    Row(
+        "a duplicated member",
+        lambda: tar_bytes([*PAIRS, ("./sa_3.jpg", b"another copy")]),
+        "sa_3.jpg appears twice in the archive",
+        show_ok=True,
+        member="sa_3.jpg",
+    ),
     Row("a link member", unsafe("link"), "unsafe member", show_ok=True, member="sa_9.jpg"),
     Row("a device member", unsafe("device"), "unsafe member", show_ok=True, member="sa_9.jpg"),
     Row("a path escape", unsafe("escape"), "unsafe member", show_ok=True, member="evil.jpg"),
