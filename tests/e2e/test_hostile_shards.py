@@ -110,6 +110,13 @@ ROWS = [
         show_ok=True,
         member="sa_3.jpg",
     ),
+    Row(
+        "escapes in a member name",
+        lambda: tar_bytes([*PAIRS, ("./sa_5\x1b[2J.jpg", b"x"), ("./x\nerror: forged.jpg", b"y")]),
+        "unsafe member",
+        show_ok=True,
+        member="sa_5\\x1b[2J.jpg",
+    ),
     Row("a link member", unsafe("link"), "unsafe member", show_ok=True, member="sa_9.jpg"),
     Row("a device member", unsafe("device"), "unsafe member", show_ok=True, member="sa_9.jpg"),
     Row("a path escape", unsafe("escape"), "unsafe member", show_ok=True, member="evil.jpg"),
@@ -205,9 +212,11 @@ def test_a_hostile_shard_fails_itself_within_bounded_memory(row, command, tmp_pa
     if ok is not False:  # that command may read what it needs from before the damage
         assert code in ((0, 1) if ok is None else (0,)), out
         assert "Traceback" not in out and "unexpected error" not in out, out
+        assert "\x1b" not in out and "\nerror: forged" not in out, out  # nothing foreign raw
         return
     assert code == 1, out
     assert "Traceback" not in out and "unexpected error" not in out, out
+    assert "\x1b" not in out and "\nerror: forged" not in out, out  # nothing foreign raw
     named = [line for line in out.splitlines() if row.says in line]
     assert any(BAD in line for line in named) or (command == "show" and named), out
     assert row.member is None or row.member in out, out  # the member (or its image) is named
