@@ -130,14 +130,32 @@ def _mask_stats(annotations: list[Any]) -> list[dict[str, Any]]:
     return [{k: ann.get(k) for k in keys} for ann in annotations]
 
 
-def _draw(jpg: bytes, annotations: list[Any], config: ShowConfig, target: Path) -> None:
+def _decoded(jpg: bytes, image_id: int, shard: str, size: tuple[int, int]) -> Any:
+    """The JPEG as an RGB image, if it is one of the size its annotation says (checked first)."""
     import io
 
+    from PIL import Image, UnidentifiedImageError
+
+    where = f"sa_{image_id}.jpg in {shard}"
+    hint = "Run sa1b verify --deep on that shard."
+    try:
+        image = Image.open(io.BytesIO(jpg))
+        if image.size != size:  # before decoding: the header's size is all that is read yet
+            (w, h), (aw, ah) = image.size, size
+            msg = f"{where} is {w}x{h}, its annotation says {aw}x{ah}"
+            raise ImageNotFoundError(msg, hint=hint)
+        return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        msg = f"{where} is not a readable JPEG"
+        raise ImageNotFoundError(msg, hint=hint) from exc
+
+
+def _draw(rgb: Any, annotations: list[Any], config: ShowConfig, target: Path) -> None:
     import numpy as np
     from PIL import Image
     from pycocotools import mask as mask_utils
 
-    image = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")).astype(np.float32)
+    image = np.asarray(rgb).astype(np.float32)
     rng = random.Random(config.seed)
     for ann in sorted(annotations, key=lambda a: -int(a.get("area", 0))):  # largest first
         seg = ann["segmentation"]
@@ -174,6 +192,6 @@ def show_image(config: ShowConfig) -> ShowResult:
     result.masks = _mask_stats(annotations)
     if config.draw:
         target = config.output or Path(f"sa_{config.image_id}-masks.png")
-        _draw(jpg, annotations, config, target)
+        _draw(_decoded(jpg, config.image_id, shard, (width, height)), annotations, config, target)
         result.png = target
     return result

@@ -104,6 +104,13 @@ ROWS = [
     ),
     Row("RLE size huge", lambda: with_annotation(huge_rle())(), "200000x200000", extract_ok=True),
     Row(
+        "not a JPEG",
+        lambda: tar_bytes([*good_pair(1), ("./sa_2.jpg", b"not a jpeg"), good_pair(2)[1]]),
+        "JPEG",  # verify: its header is unreadable (show --json does not decode it)
+        extract_ok=True,
+        show_ok=True,
+    ),
+    Row(
         "a duplicated member",
         lambda: tar_bytes([*PAIRS, ("./sa_3.jpg", b"another copy")]),
         "sa_3.jpg appears twice in the archive",
@@ -225,3 +232,12 @@ def test_a_hostile_shard_fails_itself_within_bounded_memory(row, command, tmp_pa
         out_dir = root.parent / f"out-{command.rpartition(' ')[2]}"
         names = {p.name for p in out_dir.rglob("*")}
         assert "sa_11187.jpg" in names or GOOD in names, sorted(names)[:20]
+
+
+def test_show_says_a_jpeg_it_cannot_draw_is_not_readable(tmp_path):
+    root = tmp_path / "root"
+    install(Store(root), BAD, tar_bytes([("./sa_2.jpg", b"not a jpeg"), good_pair(2)[1]]))
+    png = tmp_path / "x.png"
+    code, out, _ = run_measured(["show", "2", "--root", str(root), "--shard", "0", "-o", str(png)])
+    assert code == 1 and "sa_2.jpg in sa_000000.tar is not a readable JPEG" in out, out
+    assert "BytesIO" not in out and "permissions" not in out and not png.exists(), out
