@@ -456,10 +456,10 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
     counts = Counter(r.status for r in report.results)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     payload = verify_json(report)
-    speed = f"{payload['throughput_mib_s']} MiB/s" if payload["throughput_mib_s"] else ""
+    rates = [f"{payload['throughput_mib_s']} MiB/s"] if payload["throughput_mib_s"] else []
     if deep and payload["images_per_s"]:
-        speed += f", {payload['images_per_s']} images/s"
-    shown = f" ({speed})" if speed else ""
+        rates.append(f"{payload['images_per_s']} images/s")
+    shown = f" ({', '.join(rates)})" if rates else ""  # never "(, 6.3 images/s)"
     console.print(
         f"[bold]{len(report.results)} shards:[/] {summary} in {report.seconds:.1f}s{shown}",
         highlight=False,
