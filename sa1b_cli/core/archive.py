@@ -160,12 +160,7 @@ def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
                         f"{format_size(MAX_MEMBER)} a member may have"
                     )
                     raise ArchiveError(msg)
-                handle = tar.extractfile(info)
-                data = handle.read() if handle is not None else b""
-                if len(data) != info.size:
-                    msg = f"{info.name}: the archive ends inside this member"
-                    raise ArchiveError(msg)
-                yield Member(name, data)
+                yield Member(name, _read_whole(tar, info, name))
             _check_end(tar)
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise ArchiveError(_in_words(exc)) from exc
@@ -182,6 +177,21 @@ def _in_words(exc: BaseException) -> str:
     if isinstance(exc, tarfile.TarError):
         return f"the tar stream is damaged ({exc})"
     return f"the shard cannot be read ({exc})"
+
+
+def _read_whole(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> bytes:
+    handle = tar.extractfile(info)
+    try:
+        data = handle.read() if handle is not None else b""
+    except (tarfile.ReadError, EOFError) as exc:  # the stream ended inside it
+        data = b""
+        error: BaseException | None = exc
+    else:
+        error = None
+    if len(data) != info.size:
+        msg = f"{shown(name)}: the archive ends inside this member"
+        raise ArchiveError(msg) from error
+    return data
 
 
 def _check_end(tar: tarfile.TarFile) -> None:
