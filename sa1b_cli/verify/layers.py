@@ -8,6 +8,7 @@ member names, image/annotation pairs, JSON schema, RLE pixel counts, JPEG sizes)
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import time
@@ -30,6 +31,7 @@ from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.known import MIRRORS, KnownList, load_known, remember_mismatch
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Record, Store, atomic_write_text
+from sa1b_cli.core.text import shown
 
 if TYPE_CHECKING:  # --deep alone needs these; a plain verify should not pay their import
     from sa1b_cli.core.archive import Member, Refusal
@@ -279,15 +281,40 @@ def _algorithms(config: VerifyConfig, refs: _Refs, name: str, record: Record | N
     return sorted(wanted)
 
 
+def _process_pool(jobs: int) -> Executor:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sa1b_cli.core.procs import die_with_parent
+
+    return ProcessPoolExecutor(max_workers=jobs, initializer=die_with_parent)
+
+
 class _Deep:
     """Streams one shard's members and fans the content checks out to worker processes."""
 
-    def __init__(self, pool: Executor, decode: bool, jobs: int) -> None:
-        self.pool = pool
+    def __init__(self, make_pool: Callable[[], Executor], decode: bool, jobs: int) -> None:
+        self.make_pool = make_pool
+        self.pool = make_pool()
         self.decode = decode
         self.window = max(2, 2 * jobs)
 
     def run(
+        self, result: VerifyResult, path: Path, hashers: dict[str, Hasher], sink: ProgressSink
+    ) -> str | None:
+        """A content problem, if any; a worker that dies fails this shard, never the run."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        from sa1b_cli.core.archive import ArchiveError
+
+        try:
+            return self._run(result, path, hashers, sink)
+        except BrokenProcessPool as exc:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self.make_pool()  # a fresh one for the shards after it
+            msg = "a worker checking its content died (a crafted member?)"
+            raise ArchiveError(msg) from exc
+
+    def _run(
         self, result: VerifyResult, path: Path, hashers: dict[str, Hasher], sink: ProgressSink
     ) -> str | None:
         from sa1b_cli.core.archive import iter_members, open_shard
@@ -333,7 +360,7 @@ class _Deep:
             raise ArchiveError(msg)
         parsed = member_id(item.name)
         if parsed is None:
-            result.warnings[f"unexpected member {item.name}"[:80]] += 1
+            result.warnings[f"unexpected member {shown(item.name, 60)}"] += 1
             return None
         image_id, kind = parsed
         if kind == "jpg":
@@ -499,22 +526,18 @@ def verify_shards(
     finals = [store.final_path(n) for n in names]
     sink.planned(sum(p.stat().st_size for p in finals if p.is_file()))
     results: list[VerifyResult] = []
-    pool: Executor
     if config.deep:
-        from concurrent.futures import ProcessPoolExecutor
-
-        from sa1b_cli.core.procs import die_with_parent
-
-        pool = ProcessPoolExecutor(max_workers=config.jobs, initializer=die_with_parent)
-    else:
-        pool = ThreadPoolExecutor(max_workers=config.jobs)
-    with pool:
-        if config.deep:
-            deep = _Deep(pool, config.decode_masks, config.jobs)
+        deep = _Deep(
+            functools.partial(_process_pool, config.jobs), config.decode_masks, config.jobs
+        )
+        try:
             for name in names:
                 results.append(_verify_one(store, name, config, refs, deep, sink))
                 sink.finished(results[-1])
-        else:
+        finally:
+            deep.pool.shutdown(cancel_futures=True)
+    else:
+        with ThreadPoolExecutor(max_workers=config.jobs) as pool:
             futures = [
                 pool.submit(_verify_one, store, n, config, refs, None, sink, ahead) for n in names
             ]

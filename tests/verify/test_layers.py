@@ -12,6 +12,7 @@ import pytest
 
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
+from sa1b_cli.verify.content import check_batch as REAL_CHECK_BATCH
 from sa1b_cli.verify.layers import VerifyConfig, VerifyResult, verify_shards
 from tests.shards import edit_json, good_pair, install, tar_bytes
 
@@ -217,3 +218,23 @@ def test_export_is_accepted_by_the_standard_tool(store, tmp_path, algo, tool):
         [tool, "-c", str(target)], cwd=store.tars, capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _dies_on_image_2(items, decode):  # run in a worker process (forked with the patch)
+    import os
+
+    if any(item.image_id == 2 for item in items):
+        os._exit(3)  # as a crash in a decoder would
+    return REAL_CHECK_BATCH(items, decode)
+
+
+def test_a_worker_that_dies_fails_its_shard_and_the_next_shard_is_checked(store, monkeypatch):
+    from sa1b_cli.verify import content
+
+    monkeypatch.setattr(content, "check_batch", _dies_on_image_2)
+    install(store, NAME, good_shard())
+    install(store, "sa_000001.tar", tar_bytes(good_pair(11187)))
+    config = VerifyConfig(store.root, Selection((NAME, "sa_000001.tar")), (), deep=True, jobs=1)
+    first, second = verify_shards(config).results
+    assert first.status == "corrupt_archive" and "worker" in (first.detail or "")
+    assert second.status == "ok", second.detail
