@@ -261,6 +261,7 @@ def test_a_hostile_shard_fails_itself_within_bounded_memory(row, command, tmp_pa
     install(store, BAD, row.shard())
     install(store, GOOD, tar_bytes([*good_pair(11187), *good_pair(11188)]))
     code, out, rss = run_measured(command_args(command, root))
+    nothing_outside(tmp_path)
     ok = (
         row.extract_ok
         if command.startswith("extract")
@@ -284,6 +285,15 @@ def test_a_hostile_shard_fails_itself_within_bounded_memory(row, command, tmp_pa
         out_dir = root.parent / f"out-{command.rpartition(' ')[2]}"
         names = {p.name for p in out_dir.rglob("*")}
         assert "sa_11187.jpg" in names or GOOD in names, sorted(names)[:20]
+    elif command.startswith("verify"):
+        assert any(GOOD in line and " ok" in line for line in out.splitlines()), out
+
+
+def nothing_outside(tmp_path: Path) -> None:
+    """Only the root and the --out folders were written (a path escape lands nowhere else)."""
+    made = {p.name for p in tmp_path.iterdir()}
+    assert made <= {"root", *(f"out-{layout}" for layout in LAYOUTS)}, made
+    assert not list(tmp_path.parent.glob("evil.jpg")) and not Path("/tmp/evil.jpg").exists()
 
 
 def test_show_says_a_jpeg_it_cannot_draw_is_not_readable(tmp_path):
