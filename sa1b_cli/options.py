@@ -157,7 +157,8 @@ RateOpt = Annotated[
     typer.Option(
         envvar="SA1B_MAX_RATE",
         rich_help_panel=NETWORK,
-        help="Cap the total rate in bytes/s: 200M, 1.5G, 50MiB.",
+        help="Cap the total rate, in binary units like every size here: 200M, 200MB and "
+        "200MiB all mean 200 MiB/s; 1.5G, 512K.",
     ),
 ]
 TimeoutOpt = Annotated[

@@ -57,16 +57,17 @@ def resolve_links(given: Path | None, root: Path) -> Path:
     raise ManifestError(msg, path=Path(os.fspath(DEFAULT_LINKS)))
 
 
-_RATE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+# Binary, like every size sa1b shows: 200M, 200MB and 200MiB are all 200 MiB/s.
+_RATE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 
 def parse_rate(value: str | None) -> float | None:
-    """``"200M"``, ``"1.5GB/s"``, ``"50MiB"`` -> bytes per second; None or "0" -> unlimited."""
+    """``"200M"``, ``"1.5GB/s"``, ``"50MiB"`` -> bytes per second (binary units); "0" -> none."""
     if value is None:
         return None
     match = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgG]i?)?[bB]?(?:/s)?\s*", value)
     if not match:
         msg = f"--max-rate {value!r}: use a rate such as 200M, 1.5G or 50MiB (bytes per second)"
         raise UsageError(msg, hint="Leave --max-rate out (or give 0) for no cap.")
-    rate = float(match.group(1)) * _RATE_UNITS[(match.group(2) or "").lower()]
+    rate = float(match.group(1)) * _RATE_UNITS[(match.group(2) or "").lower().rstrip("i")]
     return rate or None

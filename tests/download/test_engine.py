@@ -135,10 +135,11 @@ async def test_rate_limiter_paces_the_total():
 @pytest.mark.parametrize(
     ("text", "rate"),
     [
-        ("200M", 200e6),
-        ("1.5G", 1.5e9),
+        ("200M", 200 * 2**20),  # binary, like every size sa1b shows
+        ("1.5G", 1.5 * 2**30),
         ("50MiB", 50 * 2**20),
-        ("100MB/s", 100e6),
+        ("100MB/s", 100 * 2**20),
+        ("512k", 512 * 2**10),
         ("0", None),
         (None, None),
     ],

@@ -246,3 +246,11 @@ def test_a_read_only_root_says_so_and_what_to_do(tmp_path: Path):
             assert "error:" in done.stderr and "hint:" in done.stderr
             assert "Traceback" not in done.stderr and "SECRET" not in done.stderr
         assert json.loads(done.stdout)["exit_code"] == 2
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["download"], ["verify"], ["extract"], ["status"], ["show"]]
+)
+def test_dash_h_is_help(command: list[str]):
+    done = subprocess.run([SA1B, *command, "-h"], capture_output=True, text=True, env=env())
+    assert done.returncode == 0 and "Usage: sa1b" in done.stdout, done.stderr
