@@ -101,14 +101,20 @@ app = typer.Typer(
 def _err() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True)
+    if sys.stderr.isatty():
+        return Console(stderr=True)
+    # A pipe, a CI or SLURM log: one event, one line, never wrapped at 80 columns (grep).
+    return Console(stderr=True, soft_wrap=True, width=_LOG_WIDTH)
+
+
+_LOG_WIDTH = 1000  # wide enough that no table cell or message is folded in a log
 
 
 @cache
 def _out() -> Console:
     from rich.console import Console
 
-    return Console(soft_wrap=True)
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else _LOG_WIDTH)
 
 
 def _print_version(value: bool) -> None:

@@ -254,3 +254,18 @@ def test_a_read_only_root_says_so_and_what_to_do(tmp_path: Path):
 def test_dash_h_is_help(command: list[str]):
     done = subprocess.run([SA1B, *command, "-h"], capture_output=True, text=True, env=env())
     assert done.returncode == 0 and "Usage: sa1b" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["show", "99999"], ["download", "--subset", "150%", "--links", "/dev/null"]],
+    ids=["show", "download"],
+)
+def test_lines_are_never_cut_in_a_pipe_or_a_log(tmp_path: Path, args: list[str]):
+    quiet = {k: v for k, v in env().items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run(
+        [SA1B, *args, "--root", str(tmp_path)], capture_output=True, text=True, env=quiet
+    )
+    lines = done.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["error", "hint"], done.stderr
+    assert max(map(len, lines)) > 80  # one line each, though longer than a terminal's 80
