@@ -160,7 +160,15 @@ def _check_name(name: str, line: int, path: Path | None) -> None:
 
 
 def _check_url(url: str, line: int, path: Path | None) -> None:
-    parts = urlsplit(url)
+    if any(ord(c) < 0x21 or 0x7F <= ord(c) <= 0x9F for c in url):
+        msg = "the link holds spaces or control characters"
+        raise ManifestError(msg, path=path, line=line)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # urlsplit checks the port only when it is asked for
+    except ValueError as exc:
+        msg = f"the link is not a usable URL ({exc})"
+        raise ManifestError(msg, path=path, line=line) from exc
     if parts.scheme not in ("http", "https") or not parts.netloc:
         msg = f"the link is not an http(s) URL ({parts.scheme or 'no scheme'})"
         raise ManifestError(msg, path=path, line=line)

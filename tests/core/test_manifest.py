@@ -78,6 +78,23 @@ def test_bad_headers_and_rows(text):
         parse_manifest(text)
 
 
+@pytest.mark.parametrize(
+    ("link", "said"),
+    [
+        ("https://cdn.exa\x1b[2Jmple/m1/a.tar?oh=SIG", "control characters"),
+        ("https://cdn.example/m1/a\x7fb.tar", "control characters"),
+        ("https://cdn.example/m1/a b.tar", "spaces"),
+        ("https://cdn.exa[mple/m1/a.tar", "not a usable URL"),
+        ("https://cdn.example:99999999/a.tar", "not a usable URL"),
+    ],
+)
+def test_hostile_links_are_rejected_with_line_number(link, said):
+    text = "file_name\tcdn_link\nsa_000000.tar\t" + link
+    with pytest.raises(ManifestError, match=said) as info:
+        parse_manifest(text)
+    assert info.value.line == 2
+
+
 def test_non_http_link_is_rejected():
     with pytest.raises(ManifestError, match="not an http"):
         parse_manifest("file_name\tcdn_link\nsa_000000.tar\tfile:///etc/passwd")
