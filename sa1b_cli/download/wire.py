@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import h11
 import httpx
 
-from sa1b_cli.core.text import format_size
+from sa1b_cli.core.text import format_size, shown
 from sa1b_cli.download.conn import POLL, Abandoned, BlockSink, Connection, Outcome
 from sa1b_cli.download.reactor import TlsReactor
 
@@ -118,7 +118,8 @@ class _Head:
 
 
 def _protocol_error(exc: h11.ProtocolError) -> httpx.RemoteProtocolError:
-    msg = f"malformed HTTP response ({exc})"
+    # h11 quotes the offending line: the server's bytes, escaped but up to 64 KiB of them.
+    msg = f"malformed HTTP response ({shown(str(exc), 100)})"
     return httpx.RemoteProtocolError(msg)
 
 

@@ -90,6 +90,7 @@ def test_a_hostile_server_fails_its_shard_and_never_the_run(hostile, row, tmp_pa
     assert "\x1b" not in out and "\nerror: forged" not in out, out  # nothing foreign raw
     lines = [line for line in out.splitlines() if BAD in line and row.says in line]
     assert lines, f"no line names {BAD} with {row.says!r}:\n{out}"
+    assert max(map(len, out.splitlines())) < 2000, "a server's bytes were quoted at length"
     tars = tmp_path / "root" / "tars"
     assert (tars / GOOD).read_bytes() == DATA[GOOD]  # the other shard finished
     if row.ok:
