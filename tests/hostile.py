@@ -169,6 +169,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "good": good,
     "bad_status": _raw(b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n"),
     "no_colon": _raw(b"HTTP/1.1 200 OK\r\nContent-Length 5\r\n\r\nhello"),
+    "long_bad_line": _raw(b"HTTP/1.1 200 OK\r\n" + b"x" * 10_000 + b"\r\n\r\n"),
     "two_lengths": _raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
     "length_and_chunked": _raw(
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"

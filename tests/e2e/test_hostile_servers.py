@@ -35,6 +35,7 @@ class Row:
 ROWS = [
     Row("bad_status", False, "malformed HTTP response"),
     Row("no_colon", False, "malformed HTTP response"),
+    Row("long_bad_line", False, "malformed HTTP response"),
     Row("two_lengths", False, "conflicting Content-Length"),
     Row("length_and_chunked", False, "both Content-Length and Transfer-Encoding"),
     Row("chunk_negative", False, "malformed HTTP response"),
