@@ -30,10 +30,9 @@ class ClaimLost(Exception):
 class SizeChanged(Exception):
     """A reply implies another total than the one known: a shard's size never changes."""
 
-    def __init__(self, known: int, now: int | None, *, more: bool = False) -> None:
-        said = f"sent more than the {format_size(known)}" if more else "now says"
-        now_shown = "" if now is None or more else f" {format_size(now)}"
-        super().__init__(f"the server {said}{now_shown}; it said {format_size(known)} before")
+    def __init__(self, known: int, now: int) -> None:
+        said = f"now says {format_size(now)}; it said {format_size(known)} before"
+        super().__init__(f"the server {said}")
         self.known, self.now = known, now
 
 

@@ -187,8 +187,6 @@ def _framing(parser: h11.Connection, event: h11.Response, method: bytes) -> _Hea
     length: int | None = int(length_field) if length_field is not None else None
     if method == b"HEAD" or event.status_code in (204, 304):
         length = 0
-    elif chunked:
-        length = None
     headers = [(bytes(k), bytes(v)) for k, v in event.headers.raw_items()]
     head = _Head(event.status_code, headers, parser, length, chunked or length is not None, b"")
     if length is not None:
@@ -379,7 +377,6 @@ class _Body(httpx.AsyncByteStream):
                 _receive_through, self.conn, view, want, sink, self.timeout, settled=settled
             )
         n, error = await self._call(call)
-        del view
         if error is not None:
             raise error
         if n == 0:
