@@ -75,15 +75,11 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_image(check: ImageCheck, doc: Any, item: PairInput) -> tuple[int, int] | None:
-    image = doc.get("image") if isinstance(doc, dict) else None
-    if not isinstance(image, dict) or not isinstance(doc.get("annotations"), list):
-        check.errors.append("annotation JSON lacks 'image' or 'annotations'")
-        return None
-    width, height = image.get("width"), image.get("height")
-    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-        check.errors.append(f"image width/height are not positive integers: {width!r}, {height!r}")
-        return None
+def _check_image(
+    check: ImageCheck, doc: dict[str, Any], item: PairInput, size: tuple[int, int]
+) -> None:
+    """The image's fields against its pair (shape and limits were checked on loading)."""
+    image, (width, height) = doc["image"], size
     if image.get("image_id") != item.image_id:
         check.errors.append(f"image_id {image.get('image_id')!r} in sa_{item.image_id}.json")
     if image.get("file_name") != f"sa_{item.image_id}.jpg":
@@ -95,7 +91,6 @@ def _check_image(check: ImageCheck, doc: Any, item: PairInput) -> tuple[int, int
         check.errors.append(f"JPEG is {jw}x{jh}, annotation says {width}x{height}")
     if min(width, height) != 1500:
         check.warnings["shortest side is not 1500 px"] += 1
-    return width, height
 
 
 def _rle_of(check: ImageCheck, ann: Any, size: tuple[int, int]) -> dict[str, Any] | None:
@@ -161,13 +156,12 @@ def check_pair(item: PairInput, *, decode: bool = False) -> ImageCheck:
     check = ImageCheck(item.image_id)
     try:
         doc = load_annotation(item.annotation)
-        image_fields(doc)
+        _, width, height = image_fields(doc)
     except BadAnnotation as exc:
         check.errors.append(f"sa_{item.image_id}.json {exc}")
         return check
-    size = _check_image(check, doc, item)
-    if size is None:
-        return check
+    size = (width, height)
+    _check_image(check, doc, item, size)
     annotations = doc["annotations"]
     if not annotations:
         check.warnings["image without masks"] += 1
