@@ -10,6 +10,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from sa1b_cli.core.errors import ManifestError
+from sa1b_cli.core.text import shown
 
 __all__ = [
     "SHARD_COUNT",
@@ -154,8 +155,8 @@ def redact_url(url: str) -> str:
 
 def _check_name(name: str, line: int, path: Path | None) -> None:
     if not _SAFE_NAME_RE.fullmatch(name) or ".." in name:
-        shown = name.encode("unicode_escape").decode("ascii")[:80]
-        msg = f"unsafe file name {shown!r}: names must be plain file names such as sa_000000.tar"
+        example = "names must be plain file names such as sa_000000.tar"
+        msg = f"unsafe file name '{shown(name, 80)}': {example}"
         raise ManifestError(msg, path=path, line=line)
 
 
