@@ -96,6 +96,18 @@ CASES = [
         "--layout",
     ),
     Case(
+        "download: --retries -1",
+        lambda t: ["download", *links(t), "--retries", "-1"],
+        2,
+        "--retries",
+    ),
+    Case(
+        "download: --retries many",
+        lambda t: ["download", *links(t), "--retries", "many"],
+        2,
+        "--retries",
+    ),
+    Case(
         "download: the root is a file",
         lambda t: ["download", "--links", str(t / "links.txt"), "--root", str(t / "rootfile")],
         2,
