@@ -20,7 +20,8 @@ from sa1b_cli.core.errors import DiskFullError, UsageError
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.procs import die_with_parent
 from sa1b_cli.core.store import Store
-from sa1b_cli.extract.marks import stem
+from sa1b_cli.core.text import shown
+from sa1b_cli.extract.marks import read_marker, stem
 from sa1b_cli.extract.shard import ExtractConfig, ExtractResult, extract_one, write_overall_index
 
 __all__ = ["ExtractReport", "Extractor", "extract_shards"]
@@ -86,6 +87,7 @@ class Extractor:
     """A pool of extraction processes; submit shards, poll progress, stop on request."""
 
     def __init__(self, config: ExtractConfig, sink: ProgressSink | None = None) -> None:
+        _layout_check(config.out_dir, config.layout)  # before any download or worker starts
         context = multiprocessing.get_context("fork")
         self.config = config
         self.sink = sink or NullSink()
@@ -167,6 +169,23 @@ def extract_shards(
         msg = f"the disk is full: {', '.join(r.name for r in full)} could not be extracted"
         raise DiskFullError(msg, hint="Nothing half-written was kept. Free space or use --out.")
     return ExtractReport(results, time.monotonic() - started, index, warnings)
+
+
+def _layout_check(out: Path, layout: str) -> None:
+    """One folder holds one layout: its lists (file_list.txt, wids) describe one shape."""
+    held = {
+        shown(str(m.get("layout")), 20) for p in out.glob(".done/sa_*.json") if (m := _marker(p))
+    }
+    held.discard(layout)
+    if held:
+        other = " and ".join(sorted(held))
+        msg = f"{out} holds the {other} layout; this run asked for --layout {layout}"
+        hint = f"Extract with --layout {sorted(held)[0]} there, or pass --out another folder."
+        raise UsageError(msg, hint=hint)
+
+
+def _marker(path: Path) -> dict[str, Any] | None:
+    return read_marker(path.parent.parent, f"{path.stem}.tar")
 
 
 def _flat_check(config: ExtractConfig, chosen: list[str]) -> tuple[str, ...]:

@@ -240,14 +240,15 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def _marked_whole(out: Path, name: str) -> bool:
-    """The marker is there, and a repacked tar still has the size it recorded.
+def _marked_whole(out: Path, name: str, only: Only | None) -> bool:
+    """The marker is there, holds what was asked, and a repacked tar still has its size.
 
-    A repacked tar is not fsync'ed while its source is kept (the recipe it replaces does
-    not either); after a power cut it may be short while its marker survived: redo it.
+    A marker of ``--only images`` does not hold the annotations a later run asks for: that
+    shard is extracted again. A repacked tar is not fsync'ed while its source is kept (the
+    recipe it replaces does not either); after a power cut it may be short: redo it.
     """
     marker = read_marker(out, name)
-    if marker is None:
+    if marker is None or marker.get("only") not in (None, only):
         return False
     if marker.get("layout") != "webdataset":
         return True
@@ -257,8 +258,8 @@ def _marked_whole(out: Path, name: str) -> bool:
         return False
 
 
-def _precheck(store: Store, name: str, out: Path) -> ExtractResult | None:
-    if _marked_whole(out, name):
+def _precheck(store: Store, name: str, out: Path, only: Only | None) -> ExtractResult | None:
+    if _marked_whole(out, name, only):
         return ExtractResult(name, "present")
     record = store.read(name)
     tar = store.final_path(name)
@@ -311,7 +312,7 @@ def extract_one(
     started = time.monotonic()
     store = Store(config.root)
     out = config.out_dir
-    early = _precheck(store, name, out)
+    early = _precheck(store, name, out, config.only)
     if early is not None:
         return early  # nothing was created for a shard that is not extracted now
     out.mkdir(parents=True, exist_ok=True)

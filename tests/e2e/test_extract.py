@@ -96,3 +96,47 @@ def test_kill_9_during_extraction_never_leaves_a_half_shard_marked_done(tmp_path
     assert done.returncode == 0, done.stderr
     assert check_marked() == 3
     assert not list(out.glob(".tmp-*"))
+
+
+def test_a_folder_of_only_images_gets_its_annotations_when_asked_for_all(site: Site):
+    links, root = str(site.manifest()), str(site.root)
+    out = site.root / "out" / "x"
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    common = ("extract", "--root", root, "--layout", "flat", "--out", str(out))
+    code, _ = site.run_json(*common, "--only", "images")
+    assert code == 0 and not list(out.glob("*.json"))
+    code, report = site.run_json(*common)
+    assert code == 0, report
+    assert {s["status"] for s in report["shards"]} == {"extracted"}
+    assert len(list(out.glob("sa_*.json"))) == len(list(out.glob("sa_*.jpg"))) == 18
+    code, report = site.run_json(*common, "--only", "images")  # all of it holds the images
+    assert code == 0 and {s["status"] for s in report["shards"]} == {"present"}
+
+
+def test_a_folder_of_one_layout_refuses_another(site: Site):
+    links, root = str(site.manifest()), str(site.root)
+    out = site.root / "out" / "webdataset"
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    assert (
+        site.run("extract", "--root", root, "--layout", "webdataset", "--out", str(out)).returncode
+        == 0
+    )
+    before = sorted(p.name for p in out.iterdir())
+    done = site.run("extract", "--root", root, "--layout", "shard", "--out", str(out))
+    assert done.returncode == 2
+    assert f"error: {out} holds the webdataset layout" in done.stderr
+    assert "--out another folder" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_download_extract_into_a_folder_of_another_layout_fetches_nothing(site: Site):
+    links, root = str(site.manifest()), str(site.root)
+    out = site.root / "out" / "split"
+    assert site.run("download", "--links", links, "--root", root, "--subset", "1").returncode == 0
+    assert (
+        site.run("extract", "--root", root, "--layout", "split", "--out", str(out)).returncode == 0
+    )
+    before = len(site.mirror.requests)
+    done = site.run("download", "--links", links, "--root", root, "--extract", "--out", str(out))
+    assert done.returncode == 2 and "holds the split layout" in done.stderr
+    assert len(site.mirror.requests) == before
