@@ -95,6 +95,7 @@ class PartFile:
         self.algorithms = tuple(dict.fromkeys(algorithms))
         self.written = SpanSet()  # bytes whose write has finished
         self.received = 0  # bytes written or being written, for progress and checkpoints
+        self.arrived = 0  # bytes this run wrote into the file (a reset keeps counting)
         self.hashed = 0  # bytes [0, hashed) fed, or being fed, to the hashers
         self.hashers: dict[str, Hasher] = {}
         self._fd: int | None = None
@@ -174,6 +175,7 @@ class PartFile:
         if block.wrote:
             self.written.add(block.offset, block.offset + block.wrote)
             self.received += block.wrote
+            self.arrived += block.wrote
         block.done.set_result(None)
         self._advance()
 
@@ -191,6 +193,7 @@ class PartFile:
             if hashers:
                 self._hashing = None
         self.written.add(offset, offset + size)
+        self.arrived += size
         self._advance()
 
     def _advance(self) -> None:

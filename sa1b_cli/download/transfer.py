@@ -99,6 +99,7 @@ class _Stop(Exception):
 
 
 _PUSHBACK_STATUS = frozenset({429, 503})
+LAND_WITHIN = 3.0  # seconds a stop waits for blocks in flight (a closed socket: one poll)
 
 
 class _Job:
@@ -136,7 +137,6 @@ class _Job:
             every_seconds=settings.checkpoint_seconds,
         )
         self.split = settings.split
-        self.fetched = 0
         self.budget = RetryBudget(
             settings.max_attempts, settings.patience, settings.min_piece, ctx.monotonic
         )
@@ -194,6 +194,7 @@ class _Job:
                 return await self._stopped(stop.result)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
+                    await self._land_in_flight()
                     await self.ledger.checkpoint(force=True)  # bytes received are good
                 raise
             except OSError as exc:
@@ -214,7 +215,22 @@ class _Job:
     def _busy(self) -> ShardResult:
         return self._result("busy", "another process took over this shard's claim")
 
+    @property
+    def fetched(self) -> int:
+        return self.part.arrived
+
+    async def _land_in_flight(self) -> None:
+        """Wait (briefly) for blocks still being written, so the record keeps all of them.
+
+        A connection's thread may have written bytes its caller, cancelled, never heard of;
+        its closed socket returns it within a poll, and counting it makes the record exact.
+        """
+        with contextlib.suppress(Exception):  # a timeout or a disk error: keep what landed
+            await asyncio.wait_for(self.part.drain(), LAND_WITHIN)
+        self.ctx.fetched[self.name] = self.fetched
+
     async def _stopped(self, result: ShardResult) -> ShardResult:
+        await self._land_in_flight()
         try:
             await self.ledger.checkpoint(force=True)
         except ClaimLost:  # the claim went while we stopped: leave it alone
@@ -414,7 +430,6 @@ class _Job:
             raise _Retry(msg, push=self.split) from exc
         finally:
             controller.streaming -= 1
-            self.fetched += receiver.fetched
             self.ctx.fetched[self.name] = self.fetched  # an interrupted run still counts them
         end = piece.end if piece is not None else upto
         if end is not None and receiver.pos < end:

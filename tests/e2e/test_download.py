@@ -262,3 +262,38 @@ def test_disk_filling_mid_run_keeps_partial_bytes(big_site: Site, tiny_disk: Pat
     assert durable_bytes(root, "sa_000000.tar") > 0
     (tiny_disk / "filler").unlink()
     time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("split", "delay"), [(False, 0.4), (False, 1.1), (True, 0.7)])
+def test_ctrl_c_keeps_every_byte_it_wrote_and_counts_them_exactly(
+    tmp_path: Path, split: bool, delay: float
+):
+    from tests.site import build_site
+
+    site = build_site(tmp_path, shards=1, images=4, pad=2_000_000)  # ~8 MB
+    try:
+        name, links, root = "sa_000000.tar", str(site.manifest()), str(site.root)
+        site.mirror.faults.rate = 400_000  # per connection
+        args = ("download", "--links", links, "--root", root, "--json")
+        proc = site.popen(*args, *(() if split else ("--no-split",)))
+        part = site.root / "tars" / f"{name}.part"
+        wait_for(lambda: part.exists() and part.stat().st_size > 200_000, what="bytes")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        record = json.loads((site.root / "state" / f"{name}.json").read_text())
+        kept = sum(end - start for start, end in record["spans"])
+        shard = json.loads(out)["shards"][0]
+        assert shard["bytes_fetched"] == shard["bytes_done"] == kept > 0
+        data, source = part.read_bytes(), site.source(name)
+        for start, end in record["spans"]:
+            assert data[start:end] == source[start:end]
+        if not split:  # one stream: the record names every byte in the file
+            assert record["spans"] == [[0, len(data)]]
+        site.mirror.faults.rate = None
+        code, again = site.run_json(*args[:-1])
+        assert code == 0 and again["shards"][0]["bytes_fetched"] == len(source) - kept
+        assert (site.root / "tars" / name).read_bytes() == source
+    finally:
+        site.mirror.stop()
