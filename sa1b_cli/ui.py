@@ -7,8 +7,8 @@ Units: sizes and rates are binary everywhere (KiB, MiB, GiB; MiB/s), on screen a
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +24,6 @@ from rich.progress import (
     Task,
     TaskID,
     TextColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -117,14 +116,59 @@ class StatusColumn(ProgressColumn):
         return Text(str(task.fields.get("note", ""))[:48], style="dim")
 
 
+class RateMeter:
+    """A rate worth showing: none before ``MIN_SPAN`` seconds of samples, then a sliding mean.
+
+    Progress comes in steps (a connection reports every 256 KiB or so): two steps a
+    millisecond apart are not a rate. Measured from the first step on (a resumed file's
+    bytes never count), over the last ``WINDOW`` seconds, so a stall shows as a falling rate.
+    """
+
+    MIN_SPAN = 2.0
+    WINDOW = 10.0
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, int]] = deque()  # (time, bytes so far)
+        self.count = 0
+
+    def add(self, nbytes: int, now: float) -> None:
+        self.count += nbytes
+        self.samples.append((now, self.count))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.WINDOW:
+            self.samples.popleft()
+
+    def rate(self, now: float) -> float | None:
+        if not self.samples or now - self.samples[0][0] < self.MIN_SPAN:
+            return None
+        since, counted = self.samples[0]
+        return (self.count - counted) / (now - since)
+
+
+def _meter(task: Task) -> RateMeter | None:
+    meter = task.fields.get("meter")
+    return meter if isinstance(meter, RateMeter) else None
+
+
 class SpeedColumn(ProgressColumn):
-    """Transfer speed in the same binary units as every other figure (rich's column is decimal)."""
+    """Speed in binary units (rich's column is decimal), blank until it means something."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(
-            "?" if speed is None else f"{format_bytes(speed)}/s", style="progress.data.speed"
-        )
+        meter = _meter(task)
+        speed = meter.rate(task.get_time()) if meter is not None else None
+        text = "" if speed is None else f"{format_bytes(speed)}/s"
+        return Text(text, style="progress.data.speed")
+
+
+class LeftColumn(ProgressColumn):
+    """Time left at the meter's rate: blank while there is no rate to go by."""
+
+    def render(self, task: Task) -> Text:
+        meter = _meter(task)
+        speed = meter.rate(task.get_time()) if meter is not None else None
+        if not speed or task.total is None:
+            return Text("")
+        left = max(0.0, task.total - task.completed) / speed
+        return Text(format_duration(left), style="progress.remaining")
 
 
 class _ExpiryProgress(Progress):
@@ -141,8 +185,10 @@ class _ExpiryProgress(Progress):
             header = render_expiry((self.expiry, self.expiry), now=time.time())
             if self.total_task is not None:
                 task = self._tasks[self.total_task]
-                eta = task.time_remaining
-                if eta and time.time() + eta > self.expiry.timestamp():
+                meter, now = _meter(task), task.get_time()
+                speed = meter.rate(now) if meter is not None else None
+                eta = (task.total or 0) - task.completed
+                if speed and time.time() + eta / speed > self.expiry.timestamp():
                     header.append(
                         "  ETA runs past the expiry: get a fresh manifest soon", "bold red"
                     )
@@ -153,22 +199,38 @@ class _ExpiryProgress(Progress):
 class RichSink:
     """Live progress: one line per active shard and a total with speed and ETA."""
 
-    def __init__(self, console: Console, *, expiry: datetime | None = None) -> None:
+    def __init__(
+        self,
+        console: Console,
+        *,
+        expiry: datetime | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
         self.progress = _ExpiryProgress(
             TextColumn("{task.description:>16}"),
             BarColumn(bar_width=28),
             DownloadColumn(binary_units=True),
             SpeedColumn(),
-            TimeRemainingColumn(),
+            LeftColumn(),
             StatusColumn(),
             console=console,
             transient=False,
             refresh_per_second=4,
+            get_time=clock,
         )
         self.progress.expiry = expiry
-        self.total = self.progress.add_task("total", total=None)  # planned() fills it in
+        # planned() fills the total in
+        self.meters: dict[TaskID, RateMeter] = {}
+        self.total = self._add("total", total=None)
         self.progress.total_task = self.total
         self.tasks: dict[str, TaskID] = {}
+
+    def _add(self, label: str, **fields: Any) -> TaskID:
+        meter = RateMeter()
+        task = self.progress.add_task(label, meter=meter, **fields)
+        self.meters[task] = meter
+        return task
 
     def __enter__(self) -> RichSink:
         self.progress.start()
@@ -186,17 +248,16 @@ class RichSink:
         label = name.removesuffix(".tar")
         note = f"resumed at {format_bytes(resumed_from)}" if resumed_from else ""
         if task is None:
-            self.tasks[name] = self.progress.add_task(
-                label, total=total, completed=resumed_from, note=note
-            )
+            self.tasks[name] = self._add(label, total=total, completed=resumed_from, note=note)
         else:
             self.progress.update(task, total=total, completed=resumed_from, note=note)
 
     def advanced(self, name: str, nbytes: int) -> None:
-        task = self.tasks.get(name)
-        if task is not None:
-            self.progress.advance(task, nbytes)
-        self.progress.advance(self.total, nbytes)
+        now = self.clock()
+        for task in (self.tasks.get(name), self.total):
+            if task is not None:
+                self.progress.advance(task, nbytes)
+                self.meters[task].add(nbytes, now)
 
     def note(self, name: str, text: str) -> None:
         task = self.tasks.get(name)
@@ -210,6 +271,7 @@ class RichSink:
         task = self.tasks.pop(result.name, None)
         if task is not None:
             self.progress.remove_task(task)
+            del self.meters[task]
         if result.status not in ("present",):
             line = Text(f"{result.name:>16} ").append(status_text(result.status))
             if result.detail:

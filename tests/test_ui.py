@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import UTC, datetime
 
 from rich.console import Console
@@ -99,3 +100,33 @@ def test_verify_of_partial_downloads_says_incomplete_not_failed():
     assert "4 partial in 0.0s\n" in text and "()" not in text
     assert "not fully downloaded yet" in text and "failed" not in text
     assert "sa1b download" in text
+
+
+def test_the_live_rate_waits_until_it_means_something_then_follows_the_bytes():
+    out, buffer = console()
+    now = [1000.0]
+    sink = ui.RichSink(out, clock=lambda: now[0])
+    sink.planned(100 << 20)
+    sink.started("sa_000000.tar", 100 << 20, 50 << 20)  # resumed bytes are not a rate
+    for _ in range(2):  # two 1 MiB steps a millisecond apart: no rate at all yet
+        now[0] += 0.001
+        sink.advanced("sa_000000.tar", 1 << 20)
+    out.print(sink.progress.get_renderable())
+    assert "/s" not in buffer.getvalue()
+    for _ in range(40):  # then 1 MiB every 0.1 s: 10 MiB/s, on both lines
+        now[0] += 0.1
+        sink.advanced("sa_000000.tar", 1 << 20)
+    buffer.seek(0)
+    buffer.truncate()
+    out.print(sink.progress.get_renderable())
+    rates = [float(r) for r in re.findall(r"([\d.]+) MiB/s", buffer.getvalue())]
+    assert len(rates) == 2 and all(9.5 < r < 10.5 for r in rates), buffer.getvalue()
+
+
+def test_a_rate_meter_falls_when_bytes_stop():
+    meter = ui.RateMeter()
+    for step in range(31):
+        meter.add(1 << 20, 10.0 + step * 0.1)  # 10 MiB/s for 3 s
+    assert meter.rate(13.0) == 10 << 20
+    assert meter.rate(16.0) == (30 << 20) / 6  # nothing for 3 s: half the rate
+    assert ui.RateMeter().rate(5.0) is None
