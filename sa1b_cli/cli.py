@@ -208,15 +208,17 @@ def _progress(as_json: bool, quiet: bool, expiry: datetime | None = None) -> Ite
 def links(
     manifest: ManifestArg = None,
     root: RootOpt = DEFAULT_ROOT,
+    links_file: LinksOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Inspect a manifest: rows, kinds, missing shards, expiry and warnings.
 
+    The manifest is given as an argument or with --links, like every other command.
     Signed query strings are never shown.
     """
     from sa1b_cli import ui
 
-    parsed = read_manifest(resolve_links(manifest, root))
+    parsed = read_manifest(resolve_links(manifest or links_file, root))
     summary = ui.manifest_summary(parsed, now=time.time())
     if as_json:
         _emit_json(summary)

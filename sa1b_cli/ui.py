@@ -29,10 +29,10 @@ from rich.table import Table
 from rich.text import Text
 
 from sa1b_cli.core.events import Outcome
-from sa1b_cli.core.manifest import Manifest, redact_url
+from sa1b_cli.core.manifest import Manifest, redact_url, shard_index
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.status import ShardState
-from sa1b_cli.core.text import format_size
+from sa1b_cli.core.text import counted, format_size
 
 if TYPE_CHECKING:
     from sa1b_cli.download.engine import DownloadReport
@@ -272,7 +272,7 @@ class RichSink:
         if task is not None:
             self.progress.remove_task(task)
             del self.meters[task]
-        if result.status not in ("present",):
+        if result.status not in ("present", "expired"):  # expired: once, in the summary
             line = Text(f"{result.name:>16} ").append(status_text(result.status))
             if result.detail:
                 line.append(f"  {result.detail}", style="dim")
@@ -313,7 +313,7 @@ class PlainSink:
             rate = self.done / max(now - self.started_at, 1e-9)
             self.console.print(
                 f"progress: {format_bytes(self.done)} at {format_bytes(rate)}/s"
-                f" over {self.links} connection(s)",
+                f" over {counted(self.links, 'connection')}",
                 highlight=False,
             )
 
@@ -324,6 +324,8 @@ class PlainSink:
         self.links = count
 
     def finished(self, result: Outcome) -> None:
+        if result.status == "expired":  # said once for all of them, in the summary
+            return
         detail = f" ({result.detail})" if result.detail else ""
         self.console.print(f"{result.name}: {result.status}{detail}", highlight=False, markup=False)
 
@@ -363,8 +365,19 @@ def manifest_summary(manifest: Manifest, *, now: float) -> dict[str, object]:
         "expires_last": window[1].isoformat() if window else None,
         "seconds_left": round(window[0].timestamp() - now) if window else None,
         "hosts": sorted({redact_url(r.url).split("/")[2] for r in manifest.rows.values()}),
-        "warnings": list(manifest.warnings),
+        "warnings": [*manifest.warnings, *_expiry_warning(window, now)],
     }
+
+
+def _expiry_warning(window: tuple[datetime, datetime] | None, now: float) -> list[str]:
+    if window is None or window[0].timestamp() > now:
+        return []
+    when = f"{window[0]:%Y-%m-%d %H:%M} UTC"
+    ago = format_duration(now - window[0].timestamp())
+    return [
+        f"these links expired on {when} ({ago} ago); get a fresh manifest from Meta's "
+        "SA-1B page and pass it with --links"
+    ]
 
 
 def print_manifest_summary(console: Console, summary: dict[str, Any]) -> None:
@@ -388,11 +401,6 @@ def print_manifest_summary(console: Console, summary: dict[str, Any]) -> None:
     console.print(table)
     for warning in summary["warnings"]:
         console.print(Text("warning: ", style="yellow").append(warning), highlight=False)
-    if summary["seconds_left"] is not None and summary["seconds_left"] <= 0:
-        console.print(
-            "[red]These links have expired.[/] Get a fresh manifest from Meta's SA-1B "
-            "page and pass it with --links."
-        )
 
 
 # -- download summary ----------------------------------------------------------------------
@@ -420,29 +428,37 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
         f"{format_bytes(fetched)} in {elapsed:,.1f}s ({format_bytes(rate)}/s)",
         highlight=False,
     )
-    troubled = [r for r in report.results if not r.ok]
-    expired = [r for r in troubled if r.status == "expired"]
-    if expired:  # the advice once, above the table, not in every row
-        when = min((r.expired_at for r in expired if r.expired_at), default=None)
-        shown = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
-        console.print(
-            f"[yellow]{len(expired)} shard(s) stopped because the links expired{shown}.[/]"
-            " Partial bytes are kept. Get a fresh manifest from Meta's SA-1B page, then "
-            "run: [bold]sa1b download --links NEW_MANIFEST[/] with the same options.",
-            highlight=False,
-        )
+    troubled = [r for r in report.results if not r.ok and r.status != "expired"]
+    _print_expired(console, [r for r in report.results if r.status == "expired"])
     if troubled:
         console.print(results_table(troubled))
     fell_back = [r for r in report.results if r.fallback]
     if fell_back:
         names = ", ".join(r.name for r in fell_back)
         console.print(
-            f"[yellow]{len(fell_back)} shard(s) fell back to one connection[/] ({names}): "
+            f"[yellow]{counted(len(fell_back), 'shard')} fell back to one connection[/] ({names}): "
             f"{escape(fell_back[0].fallback or '')}",
             highlight=False,
         )
     if counts.get("interrupted"):
         console.print("[yellow]Interrupted.[/] Run the same command again to continue.")
+
+
+def _print_expired(console: Console, expired: list[ShardResult]) -> None:
+    """Expired links, said once for all their shards (the table would only repeat it)."""
+    if not expired:
+        return
+    when = min((r.expired_at for r in expired if r.expired_at), default=None)
+    shown = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
+    kept = sum(r.bytes_done for r in expired)
+    names = _ranges(sorted(n for r in expired if (n := shard_index(r.name)) is not None))
+    saved = f" {format_bytes(kept)} of them are kept." if kept else ""
+    console.print(
+        f"[yellow]The links expired{shown}:[/] {counted(len(expired), 'shard')} stopped "
+        f"({escape(names)}).{saved} Get a fresh manifest from Meta's SA-1B page, then run "
+        "[bold]sa1b download --links NEW_MANIFEST[/] with the same options.",
+        highlight=False,
+    )
 
 
 # -- status --------------------------------------------------------------------------------
@@ -539,21 +555,21 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
     bad = [r.name for r in report.results if not r.ok and r.name not in unfinished + disputed]
     if unfinished:  # incomplete, not corrupt: nothing failed there
         console.print(
-            f"[yellow]{len(unfinished)} shard(s) not fully downloaded yet:[/] "
+            f"[yellow]{counted(len(unfinished), 'shard')} not fully downloaded yet:[/] "
             f"{', '.join(unfinished)}. Run [bold]sa1b download[/] with the same selection "
             "to finish them, then verify again.",
             highlight=False,
         )
     if bad:
         console.print(
-            f"[red]{len(bad)} shard(s) failed:[/] {', '.join(bad)}. Run [bold]sa1b download"
-            "[/] with the same selection to fetch them again.",
+            f"[red]{counted(len(bad), 'shard')} failed:[/] {', '.join(bad)}. Run "
+            "[bold]sa1b download[/] with the same selection to fetch them again.",
             highlight=False,
         )
     if disputed:
         console.print(
-            f"[yellow]{len(disputed)} shard(s) disputed:[/] {', '.join(disputed)}: two copies "
-            "agree on being different from the community md5 list; not fetched again.",
+            f"[yellow]{counted(len(disputed), 'shard')} disputed:[/] {', '.join(disputed)}: "
+            "two copies agree on being different from the community md5 list; not fetched again.",
             highlight=False,
         )
     if report.exported:

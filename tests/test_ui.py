@@ -38,7 +38,7 @@ def test_expired_summary_says_what_to_do():
     ui.print_download_summary(out, DownloadReport([result], None), elapsed=2.0)
     text = buffer.getvalue()
     assert "2026-12-01 12:00 UTC" in text and "--links NEW_MANIFEST" in text
-    assert "Partial bytes are kept" in text
+    assert "10 B of them are kept" in text
 
 
 def test_expiry_header_and_time_left():
@@ -56,24 +56,21 @@ def test_an_expired_manifest_says_how_long_ago():
     assert "expired 2d 0h ago" in header and "left" not in header
 
 
-def test_expired_advice_is_said_once_above_the_table():
+def test_expired_shards_are_one_line_and_no_table_row():
     out, buffer = console()
     when = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     results = [
         ShardResult(
-            f"sa_00000{k}.tar",
-            "expired",
-            detail="link expired (its 'oe' time has passed); 0 bytes kept",
-            hint="Get a fresh manifest",
-            expired_at=when,
+            f"sa_00000{k}.tar", "expired", detail="its 'oe' time has passed", expired_at=when
         )
         for k in range(3)
     ]
-    ui.print_download_summary(out, DownloadReport(results, None), elapsed=1.0)
+    failed = ShardResult("sa_000009.tar", "failed", detail="md5 mismatch")
+    ui.print_download_summary(out, DownloadReport([*results, failed], None), elapsed=1.0)
     text = buffer.getvalue()
-    assert text.count("fresh manifest") == 1
-    assert text.index("fresh manifest") < text.index("sa_000000.tar")
-    assert text.count("link expired") == 3
+    assert text.count("fresh manifest") == 1 and "3 shards stopped (0-2)" in text
+    assert "sa_000000.tar" not in text and "sa_000009.tar" in text  # the table: the rest
+    assert "kept" not in text  # nothing was
 
 
 def test_units_are_binary_on_screen_and_in_json(tmp_path):

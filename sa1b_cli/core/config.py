@@ -54,7 +54,12 @@ def resolve_links(given: Path | None, root: Path) -> Path:
     if remembered.is_file():
         return remembered
     msg = "no manifest given and none found"
-    raise ManifestError(msg, path=Path(os.fspath(DEFAULT_LINKS)))
+    error = ManifestError(msg, path=Path(os.fspath(DEFAULT_LINKS)))
+    error.hint = (
+        "Pass Meta's manifest with --links FILE (or save it as "
+        f"{DEFAULT_LINKS}); links/README.md says where to get it."
+    )
+    raise error
 
 
 # Binary, like every size sa1b shows: 200M, 200MB and 200MiB are all 200 MiB/s.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_size", "shown"]
+__all__ = ["counted", "format_size", "shown"]
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -16,6 +16,11 @@ def format_size(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def counted(n: int, word: str) -> str:
+    """``counted(1, "shard")`` -> ``"1 shard"``; ``counted(10, "shard")`` -> ``"10 shards"``."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 def shown(text: str, limit: int = 120) -> str:

@@ -99,6 +99,7 @@ class _Stop(Exception):
 
 
 _PUSHBACK_STATUS = frozenset({429, 503})
+EXPIRED_WHY = "its 'oe' time has passed"
 LAND_WITHIN = 3.0  # seconds a stop waits for blocks in flight (a closed socket: one poll)
 
 
@@ -164,10 +165,10 @@ class _Job:
         )
 
     def _expired(self, why: str) -> _Stop:
-        when = self.row.expires_at
-        shown = when.strftime("%Y-%m-%d %H:%M UTC") if when else "an unknown time"
+        """The when and what next are said once for all expired shards; here only why."""
         kept = self.part.written.total()
-        detail = f"link expired ({why}, expiry {shown}); {kept:,} bytes kept"
+        detail = f"{why}; {format_size(kept)} kept" if kept else why
+        when = self.row.expires_at
         return _Stop(self._result("expired", detail, expired_at=when, hint=EXPIRED_HINT))
 
     # -- the shard -------------------------------------------------------------------------
@@ -181,6 +182,8 @@ class _Job:
             self.ledger.expected_size = previous.expected_size
         if self.ledger.expected_size is None:
             self.ledger.expected_size = self.size_hint
+        if not kept and self._link_expired():  # never started: leave no empty part file behind
+            return self._expired("its 'oe' time has passed").result
         async with await self.part.open(keep=kept or kept_spans(None)):
             self.ledger.begin(self.part.written)
             self._start_budget()
@@ -286,11 +289,13 @@ class _Job:
         finally:
             slot.give()
 
-    def _check_expiry(self) -> None:
+    def _link_expired(self) -> bool:
         when = self.row.expires_at
-        if when is not None and when.timestamp() <= self.ctx.wall_clock():
-            msg = "its 'oe' time has passed"
-            raise self._expired(msg)
+        return when is not None and when.timestamp() <= self.ctx.wall_clock()
+
+    def _check_expiry(self) -> None:
+        if self._link_expired():
+            raise self._expired(EXPIRED_WHY)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[None]], slot: _Slot) -> None:
         """Run ``attempt`` until it succeeds; failures count against the shard's one budget.

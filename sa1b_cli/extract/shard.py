@@ -36,7 +36,7 @@ from sa1b_cli.core.archive import (
 )
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store, atomic_write_text
-from sa1b_cli.core.text import shown
+from sa1b_cli.core.text import counted, shown
 from sa1b_cli.extract.marks import (
     INDEX_FIELDS,
     Rows,
@@ -337,7 +337,7 @@ def extract_one(
     if result.refused:  # no SA-1B shard has such members: never counted as extracted
         result.status = "unsafe_members"
         first = shown(result.refused[0])
-        result.detail = f"refused {len(result.refused)} unsafe member(s), first {first}"
+        result.detail = f"refused {counted(len(result.refused), 'unsafe member')}, first {first}"
         marker_path(out, name).unlink(missing_ok=True)  # a rerun checks and says it again
     if config.delete_tar:
         _delete_tar(store, name)

@@ -297,3 +297,28 @@ def test_ctrl_c_keeps_every_byte_it_wrote_and_counts_them_exactly(
         assert (site.root / "tars" / name).read_bytes() == source
     finally:
         site.mirror.stop()
+
+
+def test_expired_links_are_said_once_and_leave_nothing_behind(site: Site):
+    links, root = str(site.manifest(expires_in=-3600)), str(site.root)
+    done = site.run("download", "--links", links, "--root", root)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "expired" in line]
+    assert len(lines) == 2, done.stderr  # the count, then one line with the when and what next
+    assert lines[0].startswith("3 selected: 3 expired")
+    assert "The links expired on" in lines[1] and "3 shards stopped (0-2)" in lines[1]
+    assert "--links NEW_MANIFEST" in lines[1] and "kept" not in done.stderr
+    assert "need attention" not in done.stderr and "((" not in done.stderr
+    assert not list(site.root.glob("tars/*")) and not site.mirror.requests
+    code, report = site.run_json("download", "--links", links, "--root", root)
+    assert code == 1 and {s["detail"] for s in report["shards"]} == {"its 'oe' time has passed"}
+
+
+def test_links_warns_of_expired_links_in_text_and_json(site: Site):
+    links = str(site.manifest(expires_in=-3 * 86400))
+    done = site.run("links", links)
+    assert done.returncode == 0 and done.stdout.count("expired on") == 1
+    code, report = site.run_json("links", "--links", links)
+    (warning,) = report["warnings"]
+    assert code == 0 and "expired on" in warning and "--links" in warning
+    assert not site.run_json("links", str(site.manifest()))[1]["warnings"]

@@ -281,3 +281,9 @@ def test_lines_are_never_cut_in_a_pipe_or_a_log(tmp_path: Path, args: list[str])
     lines = done.stderr.splitlines()
     assert [line.split(":")[0] for line in lines] == ["error", "hint"], done.stderr
     assert max(map(len, lines)) > 80  # one line each, though longer than a terminal's 80
+
+
+def test_no_manifest_says_how_to_give_one(tmp_path: Path):
+    done = run(["download", "--root", str(tmp_path / "root")], tmp_path)
+    assert done.returncode == 2 and "no manifest given" in done.stderr
+    assert "--links FILE" in done.stderr and "links/README.md" in done.stderr
