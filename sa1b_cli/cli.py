@@ -456,7 +456,7 @@ def extract(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Extract downloaded shards into a sharded layout with a per-shard index.
+    """Extract downloaded shards into one of five layouts, with a per-shard index.
 
     Each shard appears whole or not at all.
     Run it again to skip finished shards and redo interrupted ones.
@@ -613,6 +613,11 @@ def _exit_for_usage_error(exc: Exception) -> None:
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", "sa1b")
     hint = f"Run `{command} --help` to see what each option accepts."
+    if str(message()).startswith("No such command"):
+        names = ", ".join(
+            c.name or c.callback.__name__ for c in app.registered_commands if c.callback
+        )
+        hint = f"The commands are {names}; `sa1b --help` says what each does."
     _print_error("error", str(message()), hint, code=code)
     sys.exit(code)
 

@@ -206,8 +206,9 @@ KnownOpt = Annotated[
         rich_help_panel=INTEGRITY,
         show_default=False,
         help=(
-            "Check md5s against the community list from Meta's CDN (fetched once by sha256, "
-            "cached in the root). Default: on once cached."
+            "Check md5s against the community list: checklist.txt of "
+            "XuyangShen/SA-1B-Fast-Downloader at a pinned commit, made from Meta's files "
+            "(fetched once, checked by sha256, cached in the root). Default: on once cached."
         ),
     ),
 ]

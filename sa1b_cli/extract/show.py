@@ -21,6 +21,7 @@ from sa1b_cli.core.annotation import BadAnnotation, check_masks, image_fields, l
 from sa1b_cli.core.archive import ArchiveError, Refusal, iter_members, member_id, open_shard
 from sa1b_cli.core.errors import ImageNotFoundError, UsageError
 from sa1b_cli.core.store import Store
+from sa1b_cli.core.text import shown
 from sa1b_cli.extract.marks import read_marker, stem
 from sa1b_cli.extract.shard import Layout, shard_dirs
 
@@ -116,13 +117,31 @@ def find_image(config: ShowConfig) -> tuple[str, bytes, bytes, str]:
                 raise ImageNotFoundError(msg, hint="Run sa1b verify --deep on it.") from exc
             if pair is not None:
                 return (config.shard, *pair)
-    where = config.shard or "any extracted shard"
-    msg = f"sa_{config.image_id} is not in {where}"
+    raise _not_found(config, shard)
+
+
+def _not_found(config: ShowConfig, indexed: str | None) -> ImageNotFoundError:
+    """Why the pair was not found, and the next step that fits what was asked."""
+    image = f"sa_{config.image_id}"
+    marker = read_marker(config.out, indexed) if indexed else None
+    if indexed and marker and marker.get("only"):
+        kept = shown(str(marker["only"]), 20)
+        msg = f"{image} is in {indexed}, but this output has only its {kept}"
+        hint = (
+            f"Read it from the tar with --shard {stem(indexed)}, or extract without --only "
+            "into another --out."
+        )
+        return ImageNotFoundError(msg, hint=hint)
+    if config.shard is not None:
+        msg = f"{image} is not in {config.shard}"
+        hint = "Leave --shard out to look in every extracted shard, or name the shard it is in."
+        return ImageNotFoundError(msg, hint=hint)
+    msg = f"{image} is not in any extracted shard under {config.out}"
     hint = (
-        "Name its shard (--shard 0) to read it straight from the downloaded tar, "
+        "Name its shard (for example --shard 0) to read it from the downloaded tar, "
         "or extract that shard first (sa1b extract --shards 0)."
     )
-    raise ImageNotFoundError(msg, hint=hint)
+    return ImageNotFoundError(msg, hint=hint)
 
 
 def _mask_stats(annotations: list[Any]) -> list[dict[str, Any]]:

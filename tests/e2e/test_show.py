@@ -88,3 +88,26 @@ def test_show_explains_what_to_do_when_the_image_is_nowhere(site: Site):
     assert done.returncode == 1 and "--shard" in done.stderr
     done = site.run("show", "not-an-id", "--root", root)
     assert done.returncode == 2 and "not an image id" in done.stderr
+
+
+def test_show_hints_fit_what_was_asked(site: Site, tmp_path: Path):
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    done = site.run("show", "2", "--root", root, "--shard", "1")  # image 2 is in shard 0
+    assert done.returncode == 1 and "sa_2 is not in sa_000001.tar" in done.stderr
+    assert "--shard 0" not in done.stderr and "Leave --shard out" in done.stderr
+    out = str(tmp_path / "images")
+    extract = ("extract", "--root", root, "--out", out, "--only", "images", "--shards", "0")
+    assert site.run(*extract).returncode == 0
+    done = site.run("show", "2", "--root", root, "--out", out)
+    assert done.returncode == 1 and "this output has only its images" in done.stderr
+    assert "not in any extracted shard" not in done.stderr and "--shard sa_000000" in done.stderr
+
+
+def test_unknown_commands_and_options_get_hints_that_fit(site: Site):
+    done = site.run("frob")
+    assert done.returncode == 2 and "The commands are links, download, verify" in done.stderr
+    done = site.run("verify", "--help")
+    assert "XuyangShen/SA-1B-Fast-Downloader" in done.stdout and "Meta's CDN" not in done.stdout
+    done = site.run("--help")
+    assert "sharded layout" not in done.stdout and "one of five layouts" in done.stdout
