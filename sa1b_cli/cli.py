@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -540,13 +539,9 @@ def status(
 
     states = selected_status(Store(root), _selection(subset, shards, part))
     if as_json:
-        _emit_json(
-            {
-                "command": "status",
-                "root": str(root),
-                "shards": [{**asdict(s), "percent": s.percent} for s in states],
-            }
-        )
+        from sa1b_cli import ui
+
+        _emit_json(ui.status_json(states, root=root))
     elif not states:  # the empty root answers without loading rich
         sys.stdout.write(f"nothing here yet: {root} holds no shards; run sa1b download to start\n")
     else:

@@ -105,8 +105,20 @@ def _titled_table(title: str, *columns: str) -> Table:
     return table
 
 
+def words(status: str) -> str:
+    """A state as people read it: ``failed_verification`` -> ``failed verification``."""
+    return status.replace("_", " ")
+
+
 def status_text(status: str) -> Text:
-    return Text(status, style=STATUS_STYLE.get(status, "red"))
+    return Text(words(status), style=STATUS_STYLE.get(status, "red"))
+
+
+def _tally(statuses: Iterable[str], noun: str) -> str:
+    """``"3 shards: 2 downloaded, 1 failed"``; the JSON keeps the snake_case names."""
+    counts = Counter(statuses)
+    parts = ", ".join(f"{n:,} {words(s)}" for s, n in sorted(counts.items()))
+    return f"[bold]{counted(counts.total(), noun)}:[/] {parts}"
 
 
 class StatusColumn(ProgressColumn):
@@ -327,7 +339,8 @@ class PlainSink:
         if result.status == "expired":  # said once for all of them, in the summary
             return
         detail = f" ({result.detail})" if result.detail else ""
-        self.console.print(f"{result.name}: {result.status}{detail}", highlight=False, markup=False)
+        line = f"{result.name}: {words(result.status)}{detail}"
+        self.console.print(line, highlight=False, markup=False)
 
 
 def results_table(results: Iterable[ShardResult]) -> Table:
@@ -410,7 +423,7 @@ def download_json(report: DownloadReport, code: int, elapsed: float) -> dict[str
     return {
         "command": "download",
         "exit_code": code,
-        "elapsed_seconds": round(elapsed, 3),
+        "seconds": round(elapsed, 3),
         "bytes_fetched": sum(r.bytes_fetched for r in report.results),
         "links_expire": report.expiry[0].isoformat() if report.expiry else None,
         "connections_peak": report.connections_peak,
@@ -422,9 +435,8 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
     counts = Counter(r.status for r in report.results)
     fetched = sum(r.bytes_fetched for r in report.results)
     rate = fetched / elapsed if elapsed > 0 else 0.0
-    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     console.print(
-        f"[bold]{len(report.results)} selected:[/] {parts}; fetched "
+        f"{_tally(counts.elements(), 'shard')}; fetched "
         f"{format_bytes(fetched)} in {elapsed:,.1f}s ({format_bytes(rate)}/s)",
         highlight=False,
     )
@@ -464,6 +476,15 @@ def _print_expired(console: Console, expired: list[ShardResult]) -> None:
 # -- status --------------------------------------------------------------------------------
 
 
+def status_json(states: list[ShardState], *, root: Path) -> dict[str, Any]:
+    return {
+        "command": "status",
+        "exit_code": 0,  # status reports; it never fails for what it finds
+        "root": str(root),
+        "shards": [{**asdict(s), "percent": s.percent} for s in states],
+    }
+
+
 def print_status(console: Console, states: list[ShardState], *, root: Path) -> None:
     table = _titled_table(f"sa1b root {escape(str(root))}", "shard", "state", "have", "detail")
     for s in states:
@@ -480,11 +501,10 @@ def print_status(console: Console, states: list[ShardState], *, root: Path) -> N
         table.add_row(s.name, status_text(s.state), have, Text(detail))
     if table.rows:
         console.print(table)
-    counts = Counter(s.state for s in states)
     total = sum(s.bytes_done for s in states)
-    parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     console.print(
-        f"[bold]{len(states)} shards:[/] {parts}; {format_bytes(total)} on disk", highlight=False
+        f"{_tally((s.state for s in states), 'shard')}; {format_bytes(total)} on disk",
+        highlight=False,
     )
 
 
@@ -531,15 +551,15 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
         size = format_bytes(r.size) if r.size is not None else "-"
         table.add_row(r.name, status_text(r.status), size, " ".join(r.checks), Text(r.detail or ""))
     console.print(table)
-    counts = Counter(r.status for r in report.results)
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    summary = _tally((r.status for r in report.results), "shard")
     payload = verify_json(report)
-    rates = [f"{payload['throughput_mib_s']} MiB/s"] if payload["throughput_mib_s"] else []
+    read = payload["throughput_mib_s"]
+    rates = [f"{format_bytes(read * 2**20)}/s"] if read else []
     if deep and payload["images_per_s"]:
         rates.append(f"{payload['images_per_s']} images/s")
     shown = f" ({', '.join(rates)})" if rates else ""  # never "(, 6.3 images/s)"
     console.print(
-        f"[bold]{len(report.results)} shards:[/] {summary} in {report.seconds:.1f}s{shown}",
+        f"{summary} in {report.seconds:.1f}s{shown}",
         highlight=False,
     )
     warnings: Counter[str] = Counter()
@@ -615,13 +635,12 @@ def _lists(index: Path | None) -> dict[str, str]:
 def print_extract_report(console: Console, report: ExtractReport, *, out: Path) -> None:
     for warning in report.warnings:
         console.print(Text("warning: ", style="yellow").append(warning), highlight=False)
-    counts = Counter(r.status for r in report.results)
     written = sum(r.bytes_written for r in report.results)
     images = sum(r.images for r in report.results)
     rate = written / report.seconds if report.seconds else 0.0
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    summary = _tally((r.status for r in report.results), "shard")
     console.print(
-        f"[bold]{len(report.results)} shards:[/] {summary}; {images:,} images, "
+        f"{summary}; {images:,} images, "
         f"{format_bytes(written)} written in {report.seconds:.1f}s "
         f"({format_bytes(rate)}/s) into {escape(str(out))}",
         highlight=False,

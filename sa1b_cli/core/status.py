@@ -15,7 +15,14 @@ from sa1b_cli.core.store import Store
 __all__ = ["ShardState", "StateName", "root_status", "selected_status"]
 
 StateName = Literal[
-    "missing", "partial", "complete", "failed", "expired", "bad", "active", "unrecorded"
+    "missing",
+    "partial",
+    "complete",
+    "failed",
+    "expired",
+    "failed_verification",
+    "active",
+    "unrecorded",
 ]
 UNRECORDED = "on disk, not recorded (or its record is damaged): run sa1b verify"
 
@@ -88,7 +95,8 @@ def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -
         elif record and record.is_done(final):
             state = ShardState(name, "complete", final or 0, record.size, record.detail)
         elif record and record.status == "bad":
-            state = ShardState(name, "bad", final or 0, record.size, record.detail)
+            detail = record.detail
+            state = ShardState(name, "failed_verification", final or 0, record.size, detail)
         elif holder is not None:
             state = ShardState(name, "active", part or 0, expected, holder=holder)
         elif record and record.status in ("failed", "expired"):

@@ -63,7 +63,8 @@ Only = Literal["images", "annotations"]
 ExtractStatus = Literal[
     "extracted",
     "present",  # its marker was there: extracted by an earlier run
-    "not_downloaded",
+    "missing",  # no tar on disk: not downloaded
+    "partial",  # its download is not finished
     "failed_verification",
     "corrupt_archive",
     "unsafe_members",  # its safe members were written; links, devices or escapes were not
@@ -268,7 +269,9 @@ def _precheck(store: Store, name: str, out: Path, only: Only | None) -> ExtractR
             name, "failed_verification", f"{record.detail}; run sa1b download to fetch it again"
         )
     if record is None or record.status != "complete" or not tar.is_file():
-        return ExtractResult(name, "not_downloaded", "not downloaded yet; run sa1b download")
+        if store.part_path(name).is_file():
+            return ExtractResult(name, "partial", "download not finished; run sa1b download")
+        return ExtractResult(name, "missing", "not downloaded; run sa1b download")
     need = needed_bytes(tar)
     free = shutil.disk_usage(_existing_parent(out)).free
     if need > free:

@@ -305,7 +305,7 @@ def test_expired_links_are_said_once_and_leave_nothing_behind(site: Site):
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if "expired" in line]
     assert len(lines) == 2, done.stderr  # the count, then one line with the when and what next
-    assert lines[0].startswith("3 selected: 3 expired")
+    assert lines[0].startswith("3 shards: 3 expired")
     assert "The links expired on" in lines[1] and "3 shards stopped (0-2)" in lines[1]
     assert "--links NEW_MANIFEST" in lines[1] and "kept" not in done.stderr
     assert "need attention" not in done.stderr and "((" not in done.stderr

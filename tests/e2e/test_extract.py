@@ -20,7 +20,7 @@ def test_extract_subset_reports_missing_shards_and_extracts_the_rest(site: Site)
     assert statuses == {
         "sa_000000.tar": "extracted",
         "sa_000001.tar": "extracted",
-        "sa_000002.tar": "not_downloaded",
+        "sa_000002.tar": "missing",
     }
     assert len(list((site.root / "extracted" / "sa_000001").glob("*.jpg"))) == 6
     code, report = site.run_json("extract", "--root", root, "--subset", "2")

@@ -66,5 +66,5 @@ def test_empty_root_says_what_to_do_and_creates_nothing(site: Site):
     done = site.run("verify", "--root", str(root))
     assert done.returncode == 0 and "nothing to verify" in done.stdout
     done = site.run("extract", "--root", str(root), "--subset", "1")
-    assert done.returncode == 1 and "not_downloaded" in done.stderr
+    assert done.returncode == 1 and "missing" in done.stderr
     assert not root.exists()

@@ -131,7 +131,7 @@ def test_rerun_is_idempotent(store):
 
 
 def test_not_downloaded_and_failed_verification_are_reported(store):
-    assert extract_one(config(store), NAME).status == "not_downloaded"
+    assert extract_one(config(store), NAME).status == "missing"
     install(store, NAME, shard(1))
     record = store.read(NAME)
     store.write(record.with_(status="bad", detail="verify: digest mismatch"))  # type: ignore[union-attr]
@@ -170,7 +170,7 @@ def test_subset_selection_and_overall_index_in_parallel(store):
         "sa_000000.tar": "extracted",
         "sa_000001.tar": "extracted",
         "sa_000002.tar": "extracted",
-        "sa_000009.tar": "not_downloaded",
+        "sa_000009.tar": "missing",
     }
     assert report.exit_code == 1
     rows = list(csv.DictReader((store.root / "extracted" / "index.csv").read_text().splitlines()))
