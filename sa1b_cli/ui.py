@@ -481,12 +481,22 @@ def status_json(states: list[ShardState], *, root: Path) -> dict[str, Any]:
         "command": "status",
         "exit_code": 0,  # status reports; it never fails for what it finds
         "root": str(root),
-        "shards": [{**asdict(s), "percent": s.percent} for s in states],
+        "shards": [_state_json(s) for s in states],
+    }
+
+
+def _state_json(state: ShardState) -> dict[str, Any]:
+    fields = asdict(state)
+    return {
+        "name": fields.pop("name"),
+        "status": fields.pop("state"),
+        **fields,
+        "percent": state.percent,
     }
 
 
 def print_status(console: Console, states: list[ShardState], *, root: Path) -> None:
-    table = _titled_table(f"sa1b root {escape(str(root))}", "shard", "state", "have", "detail")
+    table = _titled_table(f"sa1b root {escape(str(root))}", "shard", "status", "have", "detail")
     for s in states:
         if s.state == "missing":
             continue

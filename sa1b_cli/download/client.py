@@ -1,12 +1,9 @@
 """The HTTP client of a download run: httpx, over the wire transport (see wire.py).
 
-When httpcore carries the bodies (behind a proxy):
-httpcore reads 64 KiB per event-loop turn (``AsyncHTTP11Connection.READ_NUM_BYTES``), and
-each turn costs the same Python overhead whatever its size. Reading up to 1 MiB per turn
-was measured here (a bare httpx stream of 4 x 512 MiB from loopback nginx) to go from
-0.38 to 0.68 GiB/s and from 2.6 to 1.46 CPU s/GiB. It is a class attribute of httpcore's
-HTTP/1.1 connection; the version range in pyproject.toml is pinned for it, and
-tests/download/test_client.py fails if httpcore stops reading it.
+When httpcore carries the bodies (behind a proxy) it reads 64 KiB per event-loop turn
+(``AsyncHTTP11Connection.READ_NUM_BYTES``), each turn at the same overhead: sa1b raises it
+to 1 MiB (about half the CPU a GiB). It is a class attribute, so pyproject.toml pins
+httpcore's range and tests/download/test_client.py fails if httpcore stops reading it.
 """
 
 from __future__ import annotations
@@ -59,8 +56,7 @@ class _Client(httpx.AsyncClient):
     """httpx's client without cookies: a signed link needs none, and sa1b sends none.
 
     httpx passes every response through its cookie jar, wrapping it and its request in
-    urllib objects (the URL parsed once more) even when no cookie is ever set: py-spy put
-    10% of the event loop's samples there at 10 x 96 MiB and 8 MiB/s a connection.
+    urllib objects (the URL parsed once more) even when no cookie is ever set.
     """
 
     _jar: _NoCookies | None = None

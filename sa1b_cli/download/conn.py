@@ -31,10 +31,6 @@ from typing import Any, Protocol, TypeVar
 __all__ = ["POLL", "Abandoned", "BlockSink", "Connection", "Outcome", "post"]
 
 POLL = 1.0  # seconds one blocking call may wait before it reports back
-_RECORD = (16 << 10) + 256 + 5
-# One thread decrypts at a time: each record's SSL_read gives up the GIL, and many threads
-# decrypting at once hand it back and forth (measured: a futex storm, 4x the system calls).
-_DECRYPTING = threading.Lock()  # the most one TLS record can hold beyond what is decrypted
 
 T = TypeVar("T")
 Outcome = tuple[bool, Any]  # (True, the call's result) or (False, the exception it raised)

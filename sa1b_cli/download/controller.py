@@ -7,9 +7,8 @@ the server pushes back (429/503, resets), honouring Retry-After before it grows 
 
 Connections cost CPU (receiving, writing, and hashing what arrives ahead of the digest
 frontier a second time), so the controller only grows while a core is idle: with none
-idle, the link is not what limits, and more connections would only slow the ones there.
-Measured on loopback (4 shards, --jobs 4): growing to 16 connections on a throughput rise
-that was only the run warming up cost 0.4 CPU s/GiB and a fifth of the wall time.
+idle, the link is not what limits, and more connections would only slow the ones there
+(docs/performance.md has the measurements behind these rules).
 
 Every connection of every shard takes a slot first; a shard's first connection waits
 for one, further ones are only taken when a slot is free.
@@ -114,8 +113,7 @@ class ConnectionController:
         """A shard is starting: keep a slot for its first connection until it asks for one.
 
         Without this, the first shard of a run splits into the slots meant for the others
-        before they reach the controller (measured on loopback: 4 shards at --jobs 4 ran
-        13 connections, and the bytes fetched ahead of each frontier were read back).
+        before they reach the controller.
         Returns the call that gives the slot back (idempotent): the shard calls it when it
         takes its first connection, the engine when the shard ends.
         """
@@ -233,9 +231,7 @@ class ConnectionController:
 
         Less than before the step (not merely no more) is looked at once more, over both
         intervals: bytes are counted when a receive call returns to the loop, and a busy
-        loop counts late. Measured with 0.1 s intervals: an interval with no byte counted
-        right after a step to 32 connections (71 MiB came in the next) undid the step, and
-        the holds that followed kept 4 connections for the rest of the run (17 s, not 2.3).
+        loop counts late (an undone step would otherwise hold the run at a few connections).
         """
         then, counted = self._judged_from
         rate = (self._bytes - counted) / max(now - then, 1e-9)

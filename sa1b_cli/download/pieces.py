@@ -84,10 +84,8 @@ class Pieces:
 
         Its connection stops at the new end; without this, the last pieces of a file run
         on a few capped connections while the others idle. Each half must be worth
-        TAIL_SECONDS at the measured rate, and a quarter of ``min_piece`` (splits are few,
-        so the per-request floor can be lower here): measured at 8 MiB/s a connection, a
-        floor of ``min_piece`` left the last 4-8 MiB on one connection each for up to a
-        second (1 x 768 MiB: 2.33 -> 2.00 s; faster links split less than before).
+        TAIL_SECONDS at the measured rate, and a quarter of ``min_piece``: splits are few,
+        so the per-request floor can be lower here than for a whole piece.
         """
         biggest = max(self.active, key=lambda p: p.left, default=None)
         if biggest is None:

@@ -2,10 +2,10 @@
 
 Python's ``ssl`` decrypts one 16 KiB record per call and gives the GIL up around each. With
 a thread per connection, dozens of threads then hand the GIL back and forth for every
-record (a futex storm); one thread alone decrypts a GiB in about 0.55 CPU s here. So a TLS
-body's reads run here, on non-blocking sockets behind a selector: record after record into
-the caller's buffer, each full buffer handed to ``sink.write`` on this thread, and the
-outcome posted to the event loop once per call, as a connection's own thread would.
+record; one thread alone decrypts without that contention. So a TLS body's reads run
+here, on non-blocking sockets behind a selector: record after record into the caller's
+buffer, each full buffer handed to ``sink.write`` on this thread, and the outcome posted
+to the event loop once per call, as a connection's own thread would.
 Connect, handshake and response heads stay on the connection's thread.
 """
 

@@ -341,8 +341,7 @@ class _Job:
         """The GET for ``ask``: the client's headers and timeout, and this shard's link.
 
         Not ``build_request``, which merges the client's URL, headers and cookies anew for
-        every request (the link parsed again, a urllib request made for the cookie jar):
-        py-spy put 15% of the event loop's samples there at 10 x 96 MiB and 8 MiB/s.
+        every request (the link parsed again, a urllib request made for the cookie jar).
         """
         if self._template is None:
             client = self.ctx.client
@@ -553,11 +552,9 @@ class _Job:
     def _expected(self, workers: set[asyncio.Task[None]]) -> int:
         """The connections to size pieces for: its share of the limit, not only those it has.
 
-        Right after a step the limit is 8 times the connections running; pieces sized for the
-        few a shard had then (40 MiB at 24 MiB/s a connection) ended last and held the digest
-        frontier back: 250-330 MiB of a 384 MiB shard were read back after the last byte.
-        The shards running share the limit: sized for all of it, each of the 4 one-connection
-        shards of a loopback run took 30 pieces instead of 7 (tmpfs: 1.79 -> 2.06 s).
+        Pieces sized for the few connections a shard had right after a step end last and
+        hold the digest frontier back; sized for the whole limit, a shard that keeps one
+        connection cuts its file into too many pieces. The shards running share the limit.
         """
         controller = self.ctx.controller
         share = controller.limit // max(1, controller.shards)
@@ -567,8 +564,7 @@ class _Job:
         """Tell the engine once that this split shard's tail has begun: it starts the next.
 
         From the moment every range is handed out, not only once a connection finds nothing
-        left: measured at 10 x 96 MiB and 8 MiB/s a connection, the next shard then already
-        holds connections when the tail frees slots (with a ceiling of 128; 2.78 -> 2.30 s).
+        left: the next shard then already holds connections when the tail frees slots.
         """
         if self.on_tail is not None:
             self.on_tail()

@@ -46,7 +46,7 @@ def test_parts_share_a_root_and_a_killed_part_resumes(site: Site):
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
     status = site.run_json("status", "--root", root)[1]
-    held = {s["name"]: s["state"] for s in status["shards"]}
+    held = {s["name"]: s["status"] for s in status["shards"]}
     assert held[victim_shard] in ("partial", "missing")  # the dead claim is not "active"
 
     site.mirror.faults.rate = None

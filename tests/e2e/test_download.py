@@ -203,7 +203,7 @@ def test_status_reports_partial_and_complete(big_site: Site):
     (site.root / "tars" / "sa_000000.tar.part").write_bytes(b"x" * 1000)
     code, report = site.run_json("status", "--root", str(site.root))
     assert code == 0
-    states = {s["name"]: s["state"] for s in report["shards"]}
+    states = {s["name"]: s["status"] for s in report["shards"]}
     assert states["sa_000001.tar"] == "complete" and states["sa_000000.tar"] == "partial"
 
 

@@ -76,7 +76,7 @@ def test_verify_known_fetches_once_and_judges_each_shard(site: Site):
     assert record["checked"] == ["xxh128=record", "md5=community"]
     code, status = site.run_json("status", "--root", root)
     assert by_name(status)[GOOD]["checked"] == ["xxh128=record", "md5=community"]
-    assert by_name(status)[WRONG]["state"] == "failed_verification"
+    assert by_name(status)[WRONG]["status"] == "failed_verification"
 
     # The two bad ones are fetched again once; the fresh WRONG copy still disagrees: reported
     # as a dispute and left alone, so download -> verify cannot loop.

@@ -43,7 +43,7 @@ def test_tars_with_damaged_records_are_on_disk_not_missing(tmp_path: Path):
     )
     shards = {s["name"]: s for s in json.loads(done.stdout)["shards"]}
     assert sorted(shards) == [f"sa_{k:06d}.tar" for k in range(3)], done.stdout
-    assert {s["state"] for s in shards.values()} == {"unrecorded"}, done.stdout
+    assert {s["status"] for s in shards.values()} == {"unrecorded"}, done.stdout
     assert all("run sa1b verify" in (s.get("detail") or "") for s in shards.values())
     text = subprocess.run(
         [SA1B, "status", "--root", str(store.root)], capture_output=True, text=True, env=env()

@@ -21,7 +21,7 @@ def test_corrupt_shard_fails_verify_and_is_fetched_again(site: Site):
 
     done = site.run("verify", "--root", root)
     assert done.returncode == 1
-    assert "sa_000001.tar" in done.stdout and "digest_mismatch" in done.stdout
+    assert "sa_000001.tar" in done.stdout and "digest mismatch" in done.stdout
     assert "sa1b download" in done.stdout
 
     before = len(site.mirror.requests)

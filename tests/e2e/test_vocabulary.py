@@ -22,7 +22,7 @@ def test_every_command_names_a_state_the_same_way(site: Site):
     seen = {
         "verify": site.run_json("verify", "--root", root, *one)[1]["shards"][0]["status"],
         "extract": site.run_json("extract", "--root", root, *one)[1]["shards"][0]["status"],
-        "status": site.run_json("status", "--root", root, *one)[1]["shards"][0]["state"],
+        "status": site.run_json("status", "--root", root, *one)[1]["shards"][0]["status"],
     }
     assert set(seen.values()) == {"missing"}, seen
     assert site.run("verify", "--root", root, "--shards", "0").returncode == 1
@@ -30,7 +30,7 @@ def test_every_command_names_a_state_the_same_way(site: Site):
         "extract": site.run_json("extract", "--root", root, "--shards", "0")[1]["shards"][0],
         "status": site.run_json("status", "--root", root, "--shards", "0")[1]["shards"][0],
     }
-    assert bad["extract"]["status"] == bad["status"]["state"] == "failed_verification"
+    assert bad["extract"]["status"] == bad["status"]["status"] == "failed_verification"
     text = site.run("status", "--root", root, "--shards", "0-2")
     assert "failed verification" in text.stdout and "failed_verification" not in text.stdout
     assert "3 shards:" in text.stdout

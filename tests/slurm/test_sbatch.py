@@ -100,7 +100,7 @@ def assert_all_done(site: Site) -> None:
         assert (site.root / "tars" / name).read_bytes() == site.source(name)
         assert (site.tmp / "out" / "index" / f"{name.removesuffix('.tar')}.csv").is_file()
     code, status = site.run_json("status", "--root", str(site.root))
-    states = {s["name"]: s["state"] for s in status["shards"]}
+    states = {s["name"]: s["status"] for s in status["shards"]}
     assert code == 0 and all(states[n] == "complete" for n in names), states
     code, report = site.run_json("verify", "--root", str(site.root))
     assert code == 0 and {s["status"] for s in report["shards"]} == {"ok"}
