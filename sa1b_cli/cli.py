@@ -7,6 +7,7 @@ every stage are imported inside the command that needs them, never at module lev
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -25,14 +26,13 @@ from sa1b_cli.core.config import (
     DEFAULT_CONNECTIONS,
     DEFAULT_JOBS,
     DEFAULT_ROOT,
-    DownloadConfig,
     parse_rate,
     resolve_links,
 )
 from sa1b_cli.core.errors import Sa1bError, UsageError
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.manifest import read_manifest, redact_text
-from sa1b_cli.core.results import download_exit_code
+from sa1b_cli.core.results import INTERRUPTED, exit_code
 from sa1b_cli.core.selection import Selection, parse_selection
 from sa1b_cli.core.store import Store
 from sa1b_cli.options import (
@@ -64,6 +64,7 @@ from sa1b_cli.options import (
     RateOpt,
     RetriesOpt,
     RootOpt,
+    SalvageOpt,
     SeedOpt,
     ShardOpt,
     ShardsOpt,
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from sa1b_cli.download.config import DownloadConfig
     from sa1b_cli.download.engine import DownloadReport
     from sa1b_cli.extract import ExtractConfig, ExtractReport
 
@@ -200,6 +202,21 @@ def _progress(as_json: bool, quiet: bool, expiry: datetime | None = None) -> Ite
         yield sink
 
 
+def _finish(
+    code: int,
+    as_json: bool,
+    quiet: bool,
+    to_json: Callable[[], dict[str, Any]],
+    render: Callable[[], None],
+) -> NoReturn:
+    """The end every command shares: one JSON report, or the rendering (always on failure)."""
+    if as_json:
+        _emit_json(to_json())
+    elif not quiet or code:
+        render()
+    raise typer.Exit(code)
+
+
 # -- links ---------------------------------------------------------------------------------
 
 
@@ -258,6 +275,8 @@ def download(
     Run it again at any time: finished shards are kept, partial ones continue.
     A fresh manifest (--links NEW) continues the same partial files.
     """
+    from sa1b_cli.download.config import DownloadConfig
+
     config = DownloadConfig(
         root=root,
         links=resolve_links(links, root),
@@ -271,34 +290,33 @@ def download(
         split=not no_split,
         known=known_on_arrival,
     )
-    _check_layout(layout, only)
-    xconfig = (
-        _extract_config(
-            root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
-        )
-        if extract
-        else None
+    checked = _extract_config(  # bad --layout or --only values fail even without --extract
+        root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
     )
+    xconfig = checked if extract else None
     expiry = read_manifest(config.links).expiry_window()
     started = time.monotonic()
     with _progress(as_json, quiet, expiry[0] if expiry else None) as sink:
         report, extraction = _run_download(config, xconfig, workers, sink)
-    code = download_exit_code(report.results)
+    code = exit_code(report.results)
     if extraction is not None and code == 0:
         code = extraction.exit_code
     elapsed = time.monotonic() - started
     if as_json or not quiet or code:
         from sa1b_cli import ui  # rich loads only when something is shown
-    if as_json:
+
+    def to_json() -> dict[str, Any]:
         payload = ui.download_json(report, code, elapsed)
         if extraction is not None:
             payload["extract"] = ui.extract_json(extraction)
-        _emit_json(payload)
-    elif not quiet or code:
+        return payload
+
+    def render() -> None:
         ui.print_download_summary(_err(), report, elapsed=elapsed)
         if extraction is not None and xconfig is not None:
             ui.print_extract_report(_err(), extraction, out=xconfig.out_dir)
-    raise typer.Exit(code)
+
+    _finish(code, as_json, quiet, to_json, render)
 
 
 def _run_download(
@@ -396,26 +414,16 @@ def verify(
         report = verify_shards(config, sink=sink)
     if as_json or not quiet or report.exit_code:
         from sa1b_cli import ui  # rich loads only when something is shown
-    if as_json:
-        _emit_json(ui.verify_json(report))
-    elif not quiet or report.exit_code:
-        ui.print_verify_report(_out(), report, deep=deep)
-    raise typer.Exit(report.exit_code)
+    _finish(
+        report.exit_code,
+        as_json,
+        quiet,
+        lambda: ui.verify_json(report),
+        lambda: ui.print_verify_report(_out(), report, deep=deep),
+    )
 
 
 # -- extract ---------------------------------------------------------------------------------
-
-_LAYOUTS = ("shard", "split", "flat", "images-masks", "webdataset")
-_ONLY = (None, "images", "annotations")
-
-
-def _check_layout(layout: str, only: str | None) -> None:
-    if layout not in _LAYOUTS:
-        msg = f"--layout {layout!r}: use {', '.join(_LAYOUTS)}"
-        raise UsageError(msg, hint="sa1b extract --help describes each layout.")
-    if only not in _ONLY:
-        msg = f"--only {only!r}: use images or annotations"
-        raise UsageError(msg, hint="Leave --only out to extract both.")
 
 
 def _extract_config(
@@ -427,15 +435,25 @@ def _extract_config(
     jobs: int,
     delete_tar: bool,
 ) -> ExtractConfig:
+    from sa1b_cli.core.layouts import Layout, Only
     from sa1b_cli.extract import ExtractConfig
 
-    _check_layout(layout, only)
+    try:
+        chosen = Layout(layout)
+    except ValueError:
+        msg = f"--layout {layout!r}: use {', '.join(Layout)}"
+        raise UsageError(msg, hint="sa1b extract --help describes each layout.") from None
+    try:
+        kept = None if only is None else Only(only)
+    except ValueError:
+        msg = f"--only {only!r}: use images or annotations"
+        raise UsageError(msg, hint="Leave --only out to extract both.") from None
     return ExtractConfig(
         root=root,
         selection=selection,
         out=out,
-        layout=layout,  # type: ignore[arg-type]  # checked just above
-        only=only,  # type: ignore[arg-type]
+        layout=chosen,
+        only=kept,
         jobs=jobs,
         delete_tar=delete_tar,
     )
@@ -452,6 +470,7 @@ def extract(
     only: OnlyOpt = None,
     jobs: ExtractJobsOpt = DEFAULT_VERIFY_JOBS,
     delete_tar: DeleteTarOpt = False,
+    salvage: SalvageOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -466,13 +485,16 @@ def extract(
     config = _extract_config(
         root, _selection(subset, shards, part), out_dir, layout, only, jobs, delete_tar
     )
+    config = dataclasses.replace(config, salvage=salvage)
     with _progress(as_json, quiet) as sink:
         report = extract_shards(config, sink=sink)
-    if as_json:
-        _emit_json(ui.extract_json(report))
-    elif not quiet or report.exit_code:
-        ui.print_extract_report(_err(), report, out=config.out_dir)
-    raise typer.Exit(report.exit_code)
+    _finish(
+        report.exit_code,
+        as_json,
+        quiet,
+        lambda: ui.extract_json(report),
+        lambda: ui.print_extract_report(_err(), report, out=config.out_dir),
+    )
 
 
 # -- status --------------------------------------------------------------------------------
@@ -496,7 +518,7 @@ def show(
 
     Reads an extracted layout, or the downloaded tar of --shard.
     """
-    from sa1b_cli.extract.show import ShowConfig, parse_image_id, show_image
+    from sa1b_cli.show.image import ShowConfig, parse_image_id, show_image
 
     config = ShowConfig(
         root=root,
@@ -551,7 +573,6 @@ def status(
     raise typer.Exit(0)
 
 
-INTERRUPTED = 130  # "interrupted, progress kept": run the same command again to continue
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # scancel; SLURM's --signal=B:USR1@120
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "RateOpt",
     "RetriesOpt",
     "RootOpt",
+    "SalvageOpt",
     "SeedOpt",
     "ShardOpt",
     "ShardsOpt",
@@ -284,6 +285,15 @@ LayoutOpt = Annotated[
 OnlyOpt = Annotated[
     str | None,
     typer.Option("--only", rich_help_panel=EXTRACTION, help="Extract only images or annotations."),
+]
+SalvageOpt = Annotated[
+    bool,
+    typer.Option(
+        "--salvage",
+        rich_help_panel=EXTRACTION,
+        help="A shard that fails its checks: write every image proven whole (it decodes, its "
+        "annotation parses and its masks fit) and say which were lost. Exit code 1.",
+    ),
 ]
 DeleteTarOpt = Annotated[
     bool,

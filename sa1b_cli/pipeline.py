@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sa1b_cli.core.config import DownloadConfig
 from sa1b_cli.core.events import ProgressSink
 from sa1b_cli.core.results import ShardResult
+from sa1b_cli.download.config import DownloadConfig
 from sa1b_cli.download.engine import DownloadReport, run_downloads
+from sa1b_cli.extract.config import ExtractConfig
 from sa1b_cli.extract.pool import Extractor, ExtractReport
-from sa1b_cli.extract.shard import ExtractConfig, ExtractResult, write_overall_index
+from sa1b_cli.extract.shard import ExtractResult, write_overall_index
 
 __all__ = ["download_and_extract"]
 

@@ -37,7 +37,7 @@ from sa1b_cli.core.text import counted, format_size
 if TYPE_CHECKING:
     from sa1b_cli.download.engine import DownloadReport
     from sa1b_cli.extract.pool import ExtractReport
-    from sa1b_cli.extract.show import ShowResult
+    from sa1b_cli.show.image import ShowResult
     from sa1b_cli.verify.layers import VerifyReport
 
 __all__ = [
@@ -628,6 +628,7 @@ def extract_json(report: ExtractReport) -> dict[str, Any]:
                 "seconds": round(r.seconds, 3),
                 "refused": r.refused,
                 "skipped_members": r.skipped,
+                "salvaged": r.salvaged,
             }
             for r in report.results
         ],

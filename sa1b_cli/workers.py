@@ -19,14 +19,15 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from sa1b_cli.core.config import DownloadConfig
 from sa1b_cli.core.events import ProgressSink
 from sa1b_cli.core.manifest import read_manifest
 from sa1b_cli.core.procs import die_with_parent
 from sa1b_cli.core.selection import Selection
+from sa1b_cli.download.config import DownloadConfig
 from sa1b_cli.download.engine import DownloadReport, check_run_space, run_downloads
+from sa1b_cli.extract.config import ExtractConfig
 from sa1b_cli.extract.pool import ExtractReport
-from sa1b_cli.extract.shard import ExtractConfig, write_overall_index
+from sa1b_cli.extract.shard import write_overall_index
 from sa1b_cli.pipeline import download_and_extract
 
 __all__ = ["QueueSink", "run_download_workers", "split_selection"]

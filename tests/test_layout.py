@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sa1b_cli"
-STAGES = ("download", "verify", "extract")
+STAGES = ("download", "verify", "extract", "show")
 # Lower ranks are imported by higher ones, never the other way round.
 RANK = {"core": 0, **dict.fromkeys(STAGES, 1), "app": 2, "devtools": 3}
 

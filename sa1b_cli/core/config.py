@@ -1,21 +1,18 @@
-"""Frozen run configurations and defaults. Precedence: CLI flag > SA1B_* env > these defaults."""
+"""Defaults and the settings every stage shares. Precedence: CLI flag > SA1B_* env > defaults."""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from sa1b_cli.core.errors import ManifestError, UsageError
-from sa1b_cli.core.selection import Selection
 
 __all__ = [
     "DEFAULT_CONNECTIONS",
     "DEFAULT_JOBS",
     "DEFAULT_LINKS",
     "DEFAULT_ROOT",
-    "DownloadConfig",
     "parse_rate",
     "resolve_links",
 ]
@@ -25,23 +22,6 @@ DEFAULT_LINKS = Path("links/segment_anything_links.txt")
 DEFAULT_JOBS = 4
 DEFAULT_CONNECTIONS = 128
 SPACE_MARGIN = 256 << 20  # leave room for records, indexes and the filesystem itself
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadConfig:
-    root: Path
-    links: Path
-    selection: Selection
-    jobs: int = DEFAULT_JOBS
-    checksums: tuple[str, ...] = ()
-    max_rate: float | None = None
-    timeout: float = 30.0
-    max_attempts: int = 8
-    check_space: bool = True
-    stale_after: float = 120.0
-    connections: int = DEFAULT_CONNECTIONS  # ceiling on connections in all
-    split: bool = True  # several Range connections per shard when the link has room
-    known: bool = False  # check the community md5 on arrival (fetching the list if needed)
 
 
 def resolve_links(given: Path | None, root: Path) -> Path:

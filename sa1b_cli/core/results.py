@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-__all__ = ["EXPIRED_HINT", "DownloadStatus", "ShardResult", "download_exit_code"]
+from sa1b_cli.core.events import Outcome
+
+__all__ = ["EXPIRED_HINT", "INTERRUPTED", "DownloadStatus", "ShardResult", "exit_code"]
 
 DownloadStatus = Literal[
     "downloaded",  # fetched (or finished) in this run and checked
@@ -43,8 +45,12 @@ class ShardResult:
         return self.status in GOOD_DOWNLOAD
 
 
-def download_exit_code(results: Iterable[ShardResult]) -> int:
-    statuses = {r.status for r in results}
-    if "interrupted" in statuses:
-        return 130
-    return 0 if statuses <= GOOD_DOWNLOAD else 1
+INTERRUPTED = 130  # "interrupted, progress kept": run the same command again to continue
+
+
+def exit_code(results: Iterable[Outcome]) -> int:
+    """The one rule for every command: 130 if interrupted, 0 if every shard is good, else 1."""
+    results = list(results)
+    if any(r.status == "interrupted" for r in results):
+        return INTERRUPTED
+    return 0 if all(r.ok for r in results) else 1

@@ -16,7 +16,7 @@ import httpx
 
 from sa1b_cli.core.checksums import ChecksumList, load_checksum_lists
 from sa1b_cli.core.claims import Claim, try_claim
-from sa1b_cli.core.config import SPACE_MARGIN, DownloadConfig
+from sa1b_cli.core.config import SPACE_MARGIN
 from sa1b_cli.core.errors import NotEnoughSpaceError
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.known import load_known
@@ -24,6 +24,7 @@ from sa1b_cli.core.manifest import Manifest, ManifestRow, object_path, read_mani
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
 from sa1b_cli.download.client import make_client
+from sa1b_cli.download.config import DownloadConfig
 from sa1b_cli.download.controller import ConnectionController, ControllerSettings, IdleCores
 from sa1b_cli.download.ledger import kept_spans
 from sa1b_cli.download.ratelimit import RateLimiter

@@ -4,16 +4,15 @@ shard (a completion marker written last), indexed, and never outside the output 
 
 from __future__ import annotations
 
+from sa1b_cli.extract.config import ExtractConfig
 from sa1b_cli.extract.pool import Extractor, ExtractReport, extract_shards
-from sa1b_cli.extract.shard import ExtractConfig, ExtractResult, Layout, Only, write_overall_index
+from sa1b_cli.extract.shard import ExtractResult, write_overall_index
 
 __all__ = [
     "ExtractConfig",
     "ExtractReport",
     "ExtractResult",
     "Extractor",
-    "Layout",
-    "Only",
     "extract_shards",
     "write_overall_index",
 ]

@@ -17,15 +17,13 @@ from typing import Any
 
 from sa1b_cli.core.annotation import BadAnnotation, image_fields, load_annotation
 from sa1b_cli.core.archive import ArchiveError
+from sa1b_cli.core.markers import marker_path, stem
 from sa1b_cli.core.store import atomic_write_text
 
 __all__ = [
     "INDEX_FIELDS",
     "Rows",
     "index_row",
-    "marker_path",
-    "read_marker",
-    "stem",
     "write_marker",
     "write_shard_index",
 ]
@@ -34,14 +32,6 @@ INDEX_FIELDS = ("image_id", "width", "height", "masks", "jpg_bytes", "json_bytes
 _HEAD_RE = {
     key: re.compile(rb'"%s"\s*:\s*(\d+)' % key.encode()) for key in ("image_id", "width", "height")
 }
-
-
-def stem(name: str) -> str:
-    return name.removesuffix(".tar")
-
-
-def marker_path(out: Path, name: str) -> Path:
-    return out / ".done" / f"{stem(name)}.json"
 
 
 def index_row(image_id: int, data: bytes) -> dict[str, int]:
@@ -98,11 +88,3 @@ def write_marker(out: Path, name: str, *, sync: bool = True, **fields: Any) -> N
     marker = {"shard": name, **fields, "finished": time.time()}
     marker_path(out, name).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker_path(out, name), json.dumps(marker), sync=sync)
-
-
-def read_marker(out: Path, name: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(marker_path(out, name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

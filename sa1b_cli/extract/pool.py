@@ -18,11 +18,14 @@ from typing import Any
 from sa1b_cli.core.claims import Claim, try_claim
 from sa1b_cli.core.errors import DiskFullError, UsageError
 from sa1b_cli.core.events import NullSink, ProgressSink
+from sa1b_cli.core.layouts import Layout
+from sa1b_cli.core.markers import read_marker, stem
 from sa1b_cli.core.procs import die_with_parent
+from sa1b_cli.core.results import exit_code
 from sa1b_cli.core.store import Store
 from sa1b_cli.core.text import shown
-from sa1b_cli.extract.marks import read_marker, stem
-from sa1b_cli.extract.shard import ExtractConfig, ExtractResult, extract_one, write_overall_index
+from sa1b_cli.extract.config import ExtractConfig
+from sa1b_cli.extract.shard import ExtractResult, extract_one, write_overall_index
 
 __all__ = ["ExtractReport", "Extractor", "extract_shards"]
 
@@ -43,10 +46,7 @@ class ExtractReport:
 
     @property
     def exit_code(self) -> int:
-        statuses = {r.status for r in self.results}
-        if "interrupted" in statuses:
-            return 130
-        return 0 if all(r.ok for r in self.results) else 1
+        return exit_code(self.results)
 
 
 def _init_worker(progress: Any, abort: Event) -> None:
@@ -190,7 +190,7 @@ def _marker(path: Path) -> dict[str, Any] | None:
 
 def _flat_check(config: ExtractConfig, chosen: list[str]) -> tuple[str, ...]:
     """One folder for every file: fine for a subset, refused past what Lustre allows."""
-    if config.layout != "flat":
+    if config.layout is not Layout.FLAT:
         return ()
     done = len(list((config.out_dir / ".done").glob("sa_*.json")))
     per_shard = FILES_PER_SHARD // (2 if config.only else 1)

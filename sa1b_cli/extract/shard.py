@@ -13,6 +13,7 @@ marker a shard is not extracted, whatever files exist, and the next run redoes i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from sa1b_cli.core.archive import (
     GZIP_MAGIC,
@@ -34,32 +35,22 @@ from sa1b_cli.core.archive import (
     member_id,
     open_shard,
 )
-from sa1b_cli.core.selection import Selection
+from sa1b_cli.core.layouts import Layout, Only, shard_dirs
+from sa1b_cli.core.markers import marked_layout, marker_path, read_marker, stem
 from sa1b_cli.core.store import Store, atomic_write_text
 from sa1b_cli.core.text import counted, shown
-from sa1b_cli.extract.marks import (
-    INDEX_FIELDS,
-    Rows,
-    marker_path,
-    read_marker,
-    stem,
-    write_marker,
-    write_shard_index,
-)
+from sa1b_cli.extract.config import ExtractConfig
+from sa1b_cli.extract.marks import INDEX_FIELDS, Rows, write_marker, write_shard_index
+from sa1b_cli.extract.salvage import Break, Proof, scan_damaged
 from sa1b_cli.extract.wds import TarRepacker, write_wids_index
 
 __all__ = [
     "ExtractConfig",
     "ExtractResult",
     "ExtractStatus",
-    "Layout",
     "extract_one",
-    "shard_dirs",
 ]
 
-Layout = Literal["shard", "split", "flat", "images-masks", "webdataset"]
-SHARED_FOLDER = frozenset({"flat", "images-masks"})  # every shard's files in the same folders
-Only = Literal["images", "annotations"]
 ExtractStatus = Literal[
     "extracted",
     "present",  # its marker was there: extracted by an earlier run
@@ -71,26 +62,13 @@ ExtractStatus = Literal[
     "no_space",
     "busy",  # another process is extracting it
     "interrupted",
+    "salvaged",  # --salvage: the members proven whole out of a damaged shard (exit 1)
 ]
+SALVAGEABLE = frozenset({"failed_verification", "corrupt_archive", "partial"})
 GOOD_EXTRACT = frozenset({"extracted", "present"})
 Progress = Callable[[str, int], None]
 WRITE_THREADS = 4
 MAX_PENDING_WRITES = 64
-
-
-@dataclass(frozen=True, slots=True)
-class ExtractConfig:
-    root: Path
-    selection: Selection
-    out: Path | None = None
-    layout: Layout = "shard"
-    only: Only | None = None
-    jobs: int = 1
-    delete_tar: bool = False
-
-    @property
-    def out_dir(self) -> Path:
-        return self.out if self.out is not None else self.root / "extracted"
 
 
 @dataclass(slots=True)
@@ -104,27 +82,11 @@ class ExtractResult:
     seconds: float = 0.0
     refused: list[str] = field(default_factory=list)
     skipped: int = 0
+    salvaged: dict[str, Any] | None = None  # --salvage: images kept, seen, lost ids, breaks
 
     @property
     def ok(self) -> bool:
         return self.status in GOOD_EXTRACT
-
-
-def shard_dirs(out: Path, name: str, layout: Layout, only: Only | None) -> dict[str, Path]:
-    """Where a shard's images and annotations go ("jpg"/"json" -> folder)."""
-    if layout == "shard":
-        dirs = dict.fromkeys(("jpg", "json"), out / stem(name))
-    elif layout == "flat":
-        dirs = dict.fromkeys(("jpg", "json"), out)
-    elif layout == "images-masks":
-        dirs = {"jpg": out / "images", "json": out / "masks"}
-    else:
-        dirs = {"jpg": out / "images" / stem(name), "json": out / "annotations" / stem(name)}
-    if only == "images":
-        dirs.pop("json")
-    elif only == "annotations":
-        dirs.pop("jpg")
-    return dirs
 
 
 def kinds_kept(only: Only | None) -> frozenset[str]:
@@ -166,7 +128,7 @@ class _ShardWriter:
         self.out, self.name, self.config = out, name, config
         self.tmp = out / f".tmp-{stem(name)}-{secrets.token_hex(4)}"
         self.final_dirs = shard_dirs(out, name, config.layout, config.only)
-        tmp_layout = "shard" if config.layout in SHARED_FOLDER else config.layout
+        tmp_layout = Layout.SHARD if config.layout.shared else config.layout
         self.tmp_dirs = shard_dirs(self.tmp, name, tmp_layout, config.only)
         self.rows = Rows()
         self.pool = ThreadPoolExecutor(max_workers=WRITE_THREADS)
@@ -192,18 +154,25 @@ class _ShardWriter:
         while self.writes:
             self.writes.popleft().result()  # re-raises ENOSPC and friends
 
-    def commit(self) -> int:
+    def forget(self, ids: set[int]) -> None:
+        """Take back what was written of these images (salvage: not proven whole)."""
+        self._wait_for_writes()
+        for image_id in ids:
+            self.rows.rows.pop(image_id, None)
+            for kind, folder in self.tmp_dirs.items():
+                (folder / f"sa_{image_id}.{kind}").unlink(missing_ok=True)
+
+    def commit(self, **extra: Any) -> int:
         """Move into place, write the index, then the marker (last). Returns images indexed."""
         self._wait_for_writes()
-        if self.config.layout in SHARED_FOLDER:
+        if self.config.layout.shared:
             self._move_files()
         else:
             self._move_folders()
         write_shard_index(self.out, self.name, self.rows.rows)
         images = len(self.rows.rows)
-        write_marker(
-            self.out, self.name, layout=self.config.layout, only=self.config.only, images=images
-        )
+        layout, only = self.config.layout, self.config.only
+        write_marker(self.out, self.name, layout=layout, only=only, images=images, **extra)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return images
 
@@ -249,7 +218,7 @@ def _marked_whole(out: Path, name: str, only: Only | None) -> bool:
     recipe it replaces does not either); after a power cut it may be short: redo it.
     """
     marker = read_marker(out, name)
-    if marker is None or marker.get("only") not in (None, only):
+    if marker is None or marker.get("only") not in (None, only) or marker.get("salvaged"):
         return False
     if marker.get("layout") != "webdataset":
         return True
@@ -264,6 +233,10 @@ def _precheck(store: Store, name: str, out: Path, only: Only | None) -> ExtractR
         return ExtractResult(name, "present")
     record = store.read(name)
     tar = store.final_path(name)
+    salvaged = (read_marker(out, name) or {}).get("salvaged")
+    whole_now = record is not None and record.status == "complete" and tar.is_file()
+    if isinstance(salvaged, dict) and not whole_now:  # a whole copy replaces it, nothing else
+        return ExtractResult(name, "salvaged", _salvaged_detail(salvaged), salvaged=salvaged)
     if record is not None and record.status == "bad":
         return ExtractResult(
             name, "failed_verification", f"{record.detail}; run sa1b download to fetch it again"
@@ -316,13 +289,15 @@ def extract_one(
     store = Store(config.root)
     out = config.out_dir
     early = _precheck(store, name, out, config.only)
+    if early is not None and config.salvage and early.status in SALVAGEABLE:
+        return _salvage(config, name, store, abort)
     if early is not None:
         return early  # nothing was created for a shard that is not extracted now
     out.mkdir(parents=True, exist_ok=True)
     result = ExtractResult(name, "extracted")
     members = _members(store.final_path(name), result, progress, abort)
     try:
-        if config.layout == "webdataset":
+        if config.layout is Layout.WEBDATASET:
             result.images = _repack(out, name, config, members, result)
         else:
             with _ShardWriter(out, name, config) as writer:
@@ -332,7 +307,10 @@ def extract_one(
     except Aborted:
         return ExtractResult(name, "interrupted", "stopped; run the same command to redo it")
     except ArchiveError as exc:
-        return ExtractResult(name, "corrupt_archive", f"{exc}; run sa1b verify --deep")
+        if config.salvage:
+            return _salvage(config, name, store, abort)
+        hint = "sa1b download fetches it again; extract --salvage keeps what is whole"
+        return ExtractResult(name, "corrupt_archive", f"{exc}; {hint}")
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return ExtractResult(name, "no_space", "the disk filled up; nothing of it was kept")
@@ -348,6 +326,87 @@ def extract_one(
     return result
 
 
+def _salvage(
+    config: ExtractConfig, name: str, store: Store, abort: Callable[[], bool]
+) -> ExtractResult:
+    """--salvage: write every pair proven whole, mark the shard salvaged (never extracted)."""
+    started = time.monotonic()
+    source = store.final_path(name)
+    if not source.is_file():
+        source = store.part_path(name)
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    result, proof = ExtractResult(name, "salvaged"), Proof(kinds_kept(config.only))
+    breaks: list[Break] = []
+    try:
+        with _writer(out, name, config) as writer:
+            for item in scan_damaged(source):
+                if abort():
+                    raise Aborted
+                if isinstance(item, Break):
+                    breaks.append(item)
+                elif proof.whole(item):
+                    writer.add(result, Member(item.name, item.data))
+            kept = proof.kept()
+            writer.forget(proof.seen - kept)
+            lost = sorted(proof.seen - kept)
+            salvaged = {"images": len(kept), "seen": len(proof.seen), "lost": lost}
+            salvaged["breaks"] = [[b.at, b.resumed, b.why] for b in breaks]
+            result.images = writer.commit(salvaged=salvaged)
+    except Aborted:
+        return ExtractResult(name, "interrupted", "stopped; run the same command to redo it")
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ExtractResult(name, "no_space", "the disk filled up; nothing of it was kept")
+        raise
+    result.detail, result.salvaged = _salvaged_detail(salvaged), salvaged
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _salvaged_detail(salvaged: dict[str, Any]) -> str:
+    lost = [int(i) for i in salvaged.get("lost", []) if isinstance(i, int)]
+    named = ", ".join(f"sa_{i}" for i in lost[:5]) + (", ..." if len(lost) > 5 else "")
+    text = f"salvaged {salvaged.get('images', 0):,} of {salvaged.get('seen', 0):,} images"
+    text += f"; lost {len(lost):,} ({named})" if lost else "; none of those seen was lost"
+    for at, resumed, why in salvaged.get("breaks", [])[:3]:
+        text += f"; {shown(str(why), 80)} at byte {at:,}"
+        text += f", went on at byte {resumed:,}" if resumed is not None else ""
+    return text + "; a whole copy (sa1b download) replaces it"
+
+
+class _Salvaging(Protocol):
+    def add(self, result: ExtractResult, member: Member) -> None: ...
+    def forget(self, ids: set[int]) -> None: ...
+    def commit(self, **extra: Any) -> int: ...
+
+
+@contextlib.contextmanager
+def _writer(out: Path, name: str, config: ExtractConfig) -> Iterator[_Salvaging]:
+    if config.layout is Layout.WEBDATASET:
+        with TarRepacker(out, name, kinds_kept(config.only), durable=False) as repacker:
+            yield _RepackerAdapter(repacker, config)
+    else:
+        with _ShardWriter(out, name, config) as writer:
+            yield writer
+
+
+@dataclass(slots=True)
+class _RepackerAdapter:
+    repacker: TarRepacker
+    config: ExtractConfig
+
+    def add(self, result: ExtractResult, member: Member) -> None:
+        if self.repacker.add(member):
+            result.bytes_written += len(member.data)
+
+    def forget(self, ids: set[int]) -> None:
+        self.repacker.forget(ids)
+
+    def commit(self, **extra: Any) -> int:
+        return self.repacker.commit(layout=Layout.WEBDATASET, only=self.config.only, **extra)
+
+
 def _repack(
     out: Path, name: str, config: ExtractConfig, members: Iterator[Member], result: ExtractResult
 ) -> int:
@@ -358,7 +417,7 @@ def _repack(
                 result.bytes_written += len(member.data)
             else:
                 result.skipped += 1
-        return repacker.commit(layout="webdataset", only=config.only)
+        return repacker.commit(layout=Layout.WEBDATASET, only=config.only)
 
 
 def _delete_tar(store: Store, name: str) -> None:
@@ -368,9 +427,9 @@ def _delete_tar(store: Store, name: str) -> None:
     store.final_path(name).unlink(missing_ok=True)
 
 
-def _sam2_name(layout: str, shard: str, image_id: str) -> str:
+def _sam2_name(layout: Layout | None, shard: str, image_id: str) -> str:
     """A name as SAM 2's file_list_txt holds it: the path under img_folder, without ".jpg"."""
-    if layout in ("shard", "split"):
+    if layout is not None and layout.names_with_shard:
         return f"{shard}/sa_{image_id}"
     return f"sa_{image_id}"
 
@@ -397,7 +456,7 @@ def write_overall_index(out: Path) -> Path | None:
             image_id = row.split(",", 1)[0]
             lines.append(f"{path.stem},{row}")
             ids.append(image_id)
-            names.append(_sam2_name(str(marker.get("layout", "shard")), path.stem, image_id))
+            names.append(_sam2_name(marked_layout(marker), path.stem, image_id))
     atomic_write_text(out / "sa_images_ids.txt", "".join(f"{i}\n" for i in ids))
     atomic_write_text(out / "file_list.txt", "".join(f"{n}\n" for n in names))
     write_wids_index(out, marked)

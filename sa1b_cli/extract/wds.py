@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from sa1b_cli.core.archive import Member, member_id
+from sa1b_cli.core.markers import read_marker, stem
 from sa1b_cli.core.store import atomic_write_text
-from sa1b_cli.extract.marks import Rows, read_marker, stem, write_marker, write_shard_index
+from sa1b_cli.extract.marks import Rows, write_marker, write_shard_index
 
 __all__ = ["INDEX_NAME", "TarRepacker", "write_wids_index"]
 
@@ -97,6 +98,13 @@ class TarRepacker:
             self.entries.append((f"sa_{image_id}.{kind}", self.spilled, len(member.data)))
             self.spilled += len(member.data)
         return True
+
+    def forget(self, ids: set[int]) -> None:
+        """Leave these images out of the tar (salvage: not proven whole)."""
+        for image_id in ids:
+            self.rows.rows.pop(image_id, None)
+        keep = [e for e in self.entries if int(e[0][3:].split(".", 1)[0]) not in ids]
+        self.entries = keep
 
     def commit(self, **marker: Any) -> int:
         """Write the sorted tar, move it into place, index it, mark it. Returns images."""

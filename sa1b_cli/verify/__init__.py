@@ -4,8 +4,8 @@ with ``deep``, every gzip block, tar header, JSON, RLE mask and JPEG size; one r
 
 from __future__ import annotations
 
+from sa1b_cli.verify.config import VerifyConfig
 from sa1b_cli.verify.layers import (
-    VerifyConfig,
     VerifyReport,
     VerifyResult,
     VerifyStatus,

@@ -29,13 +29,14 @@ from sa1b_cli.core.checksums import (
 from sa1b_cli.core.checksums import load_checksum_lists as load_lists
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.known import MIRRORS, KnownList, load_known, remember_mismatch
-from sa1b_cli.core.selection import Selection
+from sa1b_cli.core.results import exit_code
 from sa1b_cli.core.store import Record, Store, atomic_write_text
 from sa1b_cli.core.text import shown
+from sa1b_cli.verify.config import VerifyConfig
 
 if TYPE_CHECKING:  # --deep alone needs these; a plain verify should not pay their import
     from sa1b_cli.core.archive import Member, Refusal
-    from sa1b_cli.verify.content import ImageCheck, PairInput
+    from sa1b_cli.core.content import ImageCheck, PairInput
 
 __all__ = ["VerifyConfig", "VerifyReport", "VerifyResult", "VerifyStatus", "verify_shards"]
 
@@ -56,19 +57,6 @@ HASH_BLOCK = 8 << 20
 MAP_WINDOW = 16 << 20  # hashed per step; the next one is faulted in meanwhile (see _Populate)
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; Python 3.13 names it
 BATCH = 32
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyConfig:
-    root: Path
-    selection: Selection
-    checksums: tuple[str, ...] = ()
-    deep: bool = False
-    decode_masks: bool = False
-    jobs: int = max(1, os.cpu_count() or 1)
-    export: Path | None = None
-    export_algo: str = "xxh128"
-    known: bool | None = None  # community md5 list: True fetches it, None uses it when cached
 
 
 @dataclass(slots=True)
@@ -97,7 +85,7 @@ class VerifyReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if all(r.ok for r in self.results) else 1
+        return exit_code(self.results)
 
 
 def _presence(store: Store, name: str) -> VerifyResult | None:
@@ -318,7 +306,7 @@ class _Deep:
         self, result: VerifyResult, path: Path, hashers: dict[str, Hasher], sink: ProgressSink
     ) -> str | None:
         from sa1b_cli.core.archive import iter_members, open_shard
-        from sa1b_cli.verify.content import check_batch
+        from sa1b_cli.core.content import check_batch
 
         jpegs: dict[int, tuple[int, int] | None] = {}
         jsons: dict[int, bytes] = {}
@@ -353,7 +341,7 @@ class _Deep:
     ) -> PairInput | None:
         """File the member; once its partner is here too, return the pair (order is random)."""
         from sa1b_cli.core.archive import ArchiveError, Refusal, member_id
-        from sa1b_cli.verify.content import PairInput, jpeg_size
+        from sa1b_cli.core.content import PairInput, jpeg_size
 
         if isinstance(item, Refusal):
             msg = f"unsafe member {item.name!r}: {item.reason}"

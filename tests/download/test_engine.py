@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from sa1b_cli.core.claims import try_claim
-from sa1b_cli.core.config import DownloadConfig, parse_rate
+from sa1b_cli.core.config import parse_rate
 from sa1b_cli.core.errors import NotEnoughSpaceError, UsageError
 from sa1b_cli.core.events import NullSink
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
+from sa1b_cli.download.config import DownloadConfig
 from sa1b_cli.download.engine import run_downloads
 from sa1b_cli.download.ratelimit import RateLimiter
 from tests.fakecdn import FakeCDN, StallingStream, url_for

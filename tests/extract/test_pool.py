@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from sa1b_cli.core.errors import UsageError
+from sa1b_cli.core.layouts import Layout, Only
 from sa1b_cli.core.selection import Selection
+from sa1b_cli.extract.config import ExtractConfig
 from sa1b_cli.extract.pool import _flat_check
-from sa1b_cli.extract.shard import ExtractConfig
 
 
 def names(count: int) -> list[str]:
@@ -17,7 +18,10 @@ def names(count: int) -> list[str]:
 
 
 def config(tmp_path: Path, layout: str = "flat", only: str | None = None) -> ExtractConfig:
-    return ExtractConfig(tmp_path, Selection(None), out=tmp_path / "out", layout=layout, only=only)  # type: ignore[arg-type]
+    kept = None if only is None else Only(only)
+    return ExtractConfig(
+        tmp_path, Selection(None), out=tmp_path / "out", layout=Layout(layout), only=kept
+    )
 
 
 def test_flat_is_quiet_for_a_subset_and_warns_past_a_million_files(tmp_path: Path):

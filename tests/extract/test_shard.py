@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from sa1b_cli.core.layouts import Layout, Only
+from sa1b_cli.core.markers import marker_path
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
-from sa1b_cli.extract.marks import marker_path
+from sa1b_cli.extract.config import ExtractConfig
 from sa1b_cli.extract.pool import extract_shards
-from sa1b_cli.extract.shard import ExtractConfig, extract_one, needed_bytes
+from sa1b_cli.extract.shard import extract_one, needed_bytes
 from tests.shards import good_pair, install, tar_bytes
 
 NAME = "sa_000000.tar"
@@ -25,6 +27,10 @@ def store(tmp_path: Path) -> Store:
 
 
 def config(store: Store, **kw) -> ExtractConfig:
+    if "layout" in kw:
+        kw["layout"] = Layout(kw["layout"])
+    if kw.get("only") is not None:
+        kw["only"] = Only(kw["only"])
     return ExtractConfig(store.root, Selection((NAME,)), jobs=1, **kw)
 
 

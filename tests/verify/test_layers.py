@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from sa1b_cli.core.content import check_batch as REAL_CHECK_BATCH
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
-from sa1b_cli.verify.content import check_batch as REAL_CHECK_BATCH
-from sa1b_cli.verify.layers import VerifyConfig, VerifyResult, verify_shards
+from sa1b_cli.verify.config import VerifyConfig
+from sa1b_cli.verify.layers import VerifyResult, verify_shards
 from tests.shards import edit_json, good_pair, install, tar_bytes
 
 NAME = "sa_000000.tar"
@@ -229,7 +230,7 @@ def _dies_on_image_2(items, decode):  # run in a worker process (forked with the
 
 
 def test_a_worker_that_dies_fails_its_shard_and_the_next_shard_is_checked(store, monkeypatch):
-    from sa1b_cli.verify import content
+    from sa1b_cli.core import content
 
     monkeypatch.setattr(content, "check_batch", _dies_on_image_2)
     install(store, NAME, good_shard())

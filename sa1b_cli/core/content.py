@@ -1,8 +1,8 @@
 """Content checks for one image and its annotation: certain corruption vs. mere oddities.
 
-Runs in worker processes. Errors are things no good copy can have (JSON that does
-not parse, an RLE whose pixel count differs from ``area``, a JPEG whose size differs
-from the JSON); warnings are what real data shows now and then.
+Shared by verify --deep (in worker processes) and extract --salvage. Errors are things
+no good copy can have (JSON that does not parse, an RLE whose pixel count differs from
+``area``, a JPEG whose size differs from the JSON); warnings are what real data shows.
 """
 
 from __future__ import annotations

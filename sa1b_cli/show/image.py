@@ -15,15 +15,15 @@ import tarfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from sa1b_cli.core.annotation import BadAnnotation, check_masks, image_fields, load_annotation
 from sa1b_cli.core.archive import ArchiveError, Refusal, iter_members, member_id, open_shard
 from sa1b_cli.core.errors import ImageNotFoundError, UsageError
+from sa1b_cli.core.layouts import Layout, shard_dirs
+from sa1b_cli.core.markers import marked_layout, read_marker, stem
 from sa1b_cli.core.store import Store
 from sa1b_cli.core.text import shown
-from sa1b_cli.extract.marks import read_marker, stem
-from sa1b_cli.extract.shard import Layout, shard_dirs
 
 __all__ = ["ShowConfig", "ShowResult", "find_image", "parse_image_id", "show_image"]
 
@@ -78,14 +78,16 @@ def _from_layout(out: Path, shard: str, image_id: int) -> tuple[bytes, bytes, st
     marker = read_marker(out, shard)
     if marker is None or marker.get("only"):
         return None  # not extracted, or without one of the two files
-    layout = str(marker.get("layout", "shard"))
-    if layout == "webdataset":
+    layout = marked_layout(marker)
+    if layout is None:
+        return None  # a marker this version cannot read: not a layout it knows
+    if layout is Layout.WEBDATASET:
         with tarfile.open(out / shard) as tar:
             jpg, doc = (tar.extractfile(f"sa_{image_id}.{kind}") for kind in ("jpg", "json"))
             if jpg is None or doc is None:
                 return None
             return jpg.read(), doc.read(), str(out / shard)
-    dirs = shard_dirs(out, shard, cast(Layout, layout), None)  # where extraction put them
+    dirs = shard_dirs(out, shard, layout, None)  # where extraction put them
     jpg_path, json_path = (dirs[kind] / f"sa_{image_id}.{kind}" for kind in ("jpg", "json"))
     return jpg_path.read_bytes(), json_path.read_bytes(), str(jpg_path.parent)
 

@@ -1,0 +1,76 @@
+"""Records on the root: atomic, damage means unknown, and derived files rebuilt from them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from sa1b_cli.core.store import Record, Store, atomic_write_text
+
+
+def test_a_record_round_trips_and_names_its_host(tmp_path: Path):
+    store = Store(tmp_path).ensure()
+    record = Record("sa_000001.tar", "partial", expected_size=10, spans=[[0, 4], [6, 8]])
+    store.write(record)
+    back = store.read("sa_000001.tar")
+    assert back is not None and back.spans == [[0, 4], [6, 8]] and back.host
+    assert back.kept_bytes() == 6
+    assert not list(store.state.glob(".*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("damage", [b"", b"{", b"[]", b'{"file_name": 1}', b'{"unknown": 2}'])
+def test_a_damaged_record_reads_as_unknown(tmp_path: Path, damage: bytes):
+    store = Store(tmp_path).ensure()
+    store.record_path("sa_000002.tar").write_bytes(damage)
+    assert store.read("sa_000002.tar") is None
+    assert store.records() == {}
+
+
+def test_complete_means_whole_on_disk_or_deleted_on_purpose():
+    done = Record("a", "complete", size=10)
+    assert done.is_done(10) and not done.is_done(9) and not done.is_done(None)
+    assert done.with_(tar_deleted=True).is_done(None)
+    assert not Record("a", "partial", size=10).is_done(10)
+
+
+def test_known_names_come_from_records_tars_and_parts(tmp_path: Path):
+    store = Store(tmp_path).ensure()
+    store.write(Record("sa_000001.tar", "partial"))
+    (store.tars / "sa_000002.tar").write_bytes(b"x")
+    (store.tars / "sa_000003.tar.part").write_bytes(b"x")
+    (store.tars / ".hidden").write_bytes(b"x")
+    assert store.known_names() == {"sa_000001.tar", "sa_000002.tar", "sa_000003.tar"}
+
+
+def test_the_checksum_file_lists_complete_shards_for_xxhsum(tmp_path: Path):
+    store = Store(tmp_path).ensure()
+    data = b"shard bytes"
+    (store.tars / "sa_000001.tar").write_bytes(data)
+    digest = xxhash.xxh3_128(data).hexdigest()
+    store.write(Record("sa_000001.tar", "complete", size=len(data), digests={"xxh128": digest}))
+    store.write(Record("sa_000002.tar", "partial"))
+    path = store.write_checksum_file()
+    assert path.read_text() == f"{digest}  tars/sa_000001.tar\n"
+    xxhsum = subprocess.run(["which", "xxhsum"], capture_output=True, check=False)
+    if xxhsum.returncode == 0:
+        done = subprocess.run(["xxhsum", "-c", path.name], cwd=tmp_path, check=False)
+        assert done.returncode == 0
+
+
+def test_atomic_writes_keep_the_old_file_until_the_new_one_is_whole(tmp_path: Path):
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new", mode=0o600)
+    assert target.read_text() == "new" and os.stat(target).st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_the_remembered_manifest_is_private(tmp_path: Path):
+    store = Store(tmp_path).ensure()
+    store.remember_manifest("sa_000000.tar\thttps://cdn/x?oh=SECRET\n")
+    path = store.remembered_manifest()
+    assert path is not None and os.stat(path).st_mode & 0o777 == 0o600
