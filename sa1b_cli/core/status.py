@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from sa1b_cli.core.claims import is_stale, read_claim
 from sa1b_cli.core.manifest import read_manifest
+from sa1b_cli.core.markers import read_marker
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
 
@@ -37,6 +38,7 @@ class ShardState:
     holder: str | None = None  # "host (pid N)" of a live claim
     host: str | None = None  # the host that last wrote the shard's record
     checked: tuple[str, ...] = ()  # digests last checked, "alg=source" (see Record.checked)
+    salvaged: dict[str, Any] | None = None  # what extract --salvage kept in <root>/extracted
 
     @property
     def percent(self) -> float | None:
@@ -65,6 +67,17 @@ def _holders(store: Store, stale_after: float) -> dict[str, str]:
             if holder is not None and not is_stale(holder, now, stale_after):
                 found[entry.name.removesuffix(".claim")] = holder.describe()
     return found
+
+
+def _salvaged(store: Store, name: str) -> dict[str, Any] | None:
+    """What ``extract --salvage`` kept of a shard in the default output, if it did."""
+    found = (read_marker(store.root / "extracted", name) or {}).get("salvaged")
+    return found if isinstance(found, dict) else None
+
+
+def _salvaged_line(salvaged: dict[str, Any]) -> str:
+    images, seen = salvaged.get("images", 0), salvaged.get("seen", 0)
+    return f"salvaged: {images:,} of {seen:,} images in <root>/extracted (extract --salvage)"
 
 
 def selected_status(store: Store, selection: Selection) -> list[ShardState]:
@@ -111,5 +124,7 @@ def root_status(store: Store, names: list[str], *, stale_after: float = 120.0) -
             state = replace(state, host=record.host)
         if record is not None and state.state == "complete":
             state = replace(state, checked=tuple(record.checked))
+        if state.state != "complete" and (salvaged := _salvaged(store, name)) is not None:
+            state = replace(state, salvaged=salvaged, detail=_salvaged_line(salvaged))
         states.append(state)
     return states

@@ -7,8 +7,8 @@ holds a valid tar header and runs past the break. Bytes that may depend on the l
 window are found by inflating twice, with two different stand-ins: where the two differ,
 the bytes are unknown, and a member holding any is lost. Once 32 KiB in a row agree,
 nothing later can depend on the lost window. Past a break, tar headers are found by their
-magic and checksum at any offset. Output inflated shortly before a break is not trusted:
-an inflater may run on damaged bytes for a while before it notices.
+magic and checksum at any offset. A member is handed on only once the header after it is
+valid: damage that puts an inflater out of step turns what follows into garbage.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from sa1b_cli.core.archive import GZIP_MAGIC, MAX_MEMBER, member_id
 __all__ = ["UNLOCATED", "Break", "Found", "Proof", "scan_damaged"]
 
 CHUNK = 16 << 10  # compressed bytes inflated at a time (at most ~16 MiB out)
-TRUST_AFTER = 64 << 10  # compressed bytes that must inflate cleanly after output is trusted
-SEARCH_FROM = 2 * CHUNK  # how far before a break the search for the next block starts
 SEARCH_SPAN = 4 << 20  # compressed bytes searched for the next block, at the most
 WINDOW = 32 << 10
 _PRIMES = (bytes(WINDOW), b"\xa5" * WINDOW)  # two stand-ins for a lost window
@@ -149,7 +147,6 @@ class _Desync:
     """A header where one should be is not valid: the stream went wrong before ``at``."""
 
     at: int  # output offset of the bad header
-    last_good: int  # output offset of the last valid header before it
 
 
 class _TarScan:
@@ -170,7 +167,6 @@ class _TarScan:
         self.ended = False
         self.pending: Found | None = None  # waits for the next header to be valid
         self.last_good = 0  # output offset of the last valid header
-        self.seen: set[str] = set()  # names whose header was read (for the lost list)
 
     def feed(self, piece: _Piece) -> Iterator[Found | _Desync]:
         end = self.base + len(self.buf)
@@ -225,7 +221,7 @@ class _TarScan:
             return released if released is not None else True
         if not _valid_header(header) or (size := _size(header)) > MAX_MEMBER:
             self.pending = None  # the member before it ran into the damage
-            desync = _Desync(self.base, self.last_good)
+            desync = _Desync(self.base)
             self._drop(_BLOCK)
             self.searching = True
             return desync
@@ -242,9 +238,7 @@ class _TarScan:
         if kind == b"L":  # GNU long name: the next member's name
             self.long_name = data.rstrip(b"\0").decode("utf-8", "replace")
         elif kind in (b"0", b"\0", b"7"):  # never directories, links, devices, pax records
-            name = name.removeprefix("./")
-            self.seen.add(name)
-            self.pending = Found(name, data, exact)
+            self.pending = Found(name.removeprefix("./"), data, exact)
         return released if released is not None else True
 
     def _touches_unknown(self, start: int, end: int) -> bool:
@@ -347,6 +341,8 @@ class _Salvage:
                 return
             self.out += len(piece.data)
             self.marks.append((self.out, self.inflater.pos))
+            while len(self.marks) > 2 and self.marks[1][0] <= self.scan.last_good:
+                self.marks.popleft()  # nothing before the last good header is asked for
             desync = yield from self._feed(piece)
             # A damaged header, or a stream out of step: which, cannot be told from here, and
             # an inflater back in step by chance may copy from garbage. Start again, primed.
@@ -387,8 +383,6 @@ class _Salvage:
 
     def _input_at(self, out: int) -> int:
         """The input offset inflating had reached just before producing output ``out``."""
-        while len(self.marks) > 2 and self.marks[1][0] <= self.scan.last_good:
-            self.marks.popleft()  # nothing before the last good header is asked for again
         before = 0
         for end, pos in self.marks:
             if end > out:

@@ -309,7 +309,7 @@ def extract_one(
     except ArchiveError as exc:
         if config.salvage:
             return _salvage(config, name, store, abort)
-        hint = "sa1b download fetches it again; extract --salvage keeps what is whole"
+        hint = "sa1b verify --deep marks it to fetch again; extract --salvage keeps what is whole"
         return ExtractResult(name, "corrupt_archive", f"{exc}; {hint}")
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -3,6 +3,7 @@ by a whole copy."""
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def test_salvage_is_opt_in_listed_exactly_and_replaced_by_a_whole_copy(site: Sit
     assert len((out / "file_list.txt").read_text().split()) == len(kept)
     raw = zlib.decompress(good, 31)
     assert all(p.read_bytes() in raw for p in (out / "sa_000000").iterdir())
+    shutil.copytree(out, site.root / "extracted")  # the default --out, which status reads
+    code, status = site.run_json("status", "--root", root, "--shards", "0")
+    (state,) = status["shards"]
+    assert state["status"] == "failed_verification" and state["salvaged"]["images"] == len(kept)
+    assert "salvaged:" in site.run("status", "--root", root, "--shards", "0").stdout
     install(store, NAME, good)  # a whole, checked copy arrives
     code, report = site.run_json(*args)
     assert code == 0 and report["shards"][0]["status"] == "extracted"
