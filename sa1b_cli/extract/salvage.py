@@ -337,6 +337,8 @@ class _Salvage:
                     return
                 continue
             if piece is None:
+                if self._next_member():
+                    continue
                 yield from self._end()
                 return
             self.out += len(piece.data)
@@ -348,6 +350,19 @@ class _Salvage:
             # an inflater back in step by chance may copy from garbage. Start again, primed.
             if desync and not (yield from self._resync("a tar header is damaged")):
                 return
+
+    def _next_member(self) -> bool:
+        """After one gzip member ends, the next one (a file of several) goes on."""
+        if not self.inflater.ended:
+            return False
+        # Past a primed (raw) inflater the member's 8-byte trailer comes first.
+        end = self.inflater.pos - len(self.inflater.runs[0].unused_data)
+        near = self.source[end - 1 : end + 2 * _TRAILER + 3]
+        at = near.find(GZIP_MAGIC + b"\x08")
+        if at < 0:
+            return False
+        self.inflater = _Inflater(self.source, end - 1 + at, primed=False)
+        return True
 
     def _end(self) -> Iterator[Found | Break]:
         yield from self._new(self.scan.finish())
@@ -456,4 +471,5 @@ def _annotation_whole(image_id: int, data: bytes) -> tuple[int, int] | None:
     except BadAnnotation:
         return None
     check = check_pair(PairInput(image_id, (width, height), data))  # fields, RLEs, areas
-    return None if check.errors else (width, height)
+    other_size = check.warnings["mask size differs from the image size"]  # must fit the image
+    return None if check.errors or other_size else (width, height)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from sa1b_cli.core.layouts import Layout, Only
 from sa1b_cli.core.markers import read_marker
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Record, Store
@@ -118,9 +119,14 @@ def test_corrupt_deflate_data_loses_the_damaged_stretch_and_resyncs_after_it(tmp
     got = ids(set(files))
     damaged = int(name[3:].split(".")[0])
     assert damaged not in got and damaged in salvaged["lost"]
-    before = whole_pairs(places, 0, start - 600_000)  # a margin of two members' size
+    # Every pair before the damage is kept: both halves, and the header after each, inflate
+    # from bytes before it (a member is handed on once the header after it is valid).
+    cut = inflated_before(data, lo)
+    starts = [s for _, s, _ in places] + [1 << 40]
+    vouched = {n for k, (n, _, e) in enumerate(places) if e <= cut and starts[k + 1] + 512 <= cut}
+    before = {i for i in ids(vouched) if {f"sa_{i}.jpg", f"sa_{i}.json"} <= vouched}
     after = whole_pairs(places, end + 600_000, 1 << 40)  # past the next block and header
-    assert before <= got and after <= got and after
+    assert before and before <= got and after <= got and after
     assert any(b[1] is not None for b in salvaged["breaks"])  # it went on past the damage
 
 
@@ -160,3 +166,63 @@ def _write(tmp_path: Path, data: bytes) -> Path:
     path = tmp_path / "shard.tar"
     path.write_bytes(data)
     return path
+
+
+def test_a_shard_of_several_gzip_members_is_read_to_its_end(tmp_path: Path, shard):
+    data, places, members = shard
+    raw = zlib.decompress(data, 31)
+    half = places[len(places) // 2][1]  # a member's header: the second gzip member starts there
+    two = zlib.compress(raw[:half], 6, wbits=31) + zlib.compress(raw[half:], 6, wbits=31)
+    items = list(scan_damaged(_write(tmp_path, two)))
+    assert not [i for i in items if isinstance(i, Break)]
+    assert {i.name: i.data for i in items if isinstance(i, Found)} == members
+
+
+def test_the_proof_of_each_half_and_of_a_pair():
+    from sa1b_cli.extract.salvage import Proof
+    from tests.shards import edit_json, good_pair
+
+    (jpg_name, jpg), (json_name, doc) = [(n.removeprefix("./"), d) for n, d in good_pair(7)]
+    proof = Proof(frozenset({"jpg", "json"}))
+    assert proof.whole(Found(jpg_name, jpg, exact=True))
+    assert not proof.whole(Found(json_name, doc, exact=False))  # bytes not known exactly
+    assert proof.kept() == set() and proof.seen == {7}
+    assert proof.whole(Found(json_name, doc, exact=True))
+    assert proof.kept() == {7}
+    cut, other = Proof(frozenset({"jpg", "json"})), Proof(frozenset({"jpg", "json"}))
+    assert not cut.whole(Found(jpg_name, jpg[:-100], exact=True))  # does not decode to its end
+
+    def other_size(d):  # type: ignore[no-untyped-def]
+        d["annotations"][0]["segmentation"]["size"] = [5, 5]
+
+    assert not other.whole(Found(json_name, edit_json(doc, other_size), exact=True))
+    images = Proof(frozenset({"jpg"}))
+    assert images.whole(Found(jpg_name, jpg, exact=True))
+    assert not images.whole(Found(json_name, doc, exact=True))  # not kept with --only images
+    assert images.kept() == {7}
+
+
+@pytest.mark.parametrize(("layout", "only"), [("webdataset", None), ("flat", "images")])
+def test_salvage_into_other_layouts(tmp_path: Path, shard, layout: str, only: str | None):
+    data, places, members = shard
+    cut = int(len(data) * 0.6)
+    store = Store(tmp_path / "root")
+    install(store, NAME, data[:cut], record=False)
+    store.write(Record(NAME, "bad", size=cut))
+    out = tmp_path / "out"
+    kept = None if only is None else Only(only)
+    config = ExtractConfig(
+        store.root, Selection((NAME,)), out=out, layout=Layout(layout), only=kept, salvage=True
+    )
+    result = extract_one(config, NAME)
+    assert result.status == "salvaged" and result.salvaged is not None
+    inflated = inflated_before(data, cut)
+    if layout == "webdataset":
+        expected = whole_pairs(places, 0, inflated)
+        with tarfile.open(out / NAME) as tar:
+            names = tar.getnames()
+            assert ids(set(names)) == expected and len(names) == 2 * len(expected)
+            assert all(tar.extractfile(n).read() == members[n] for n in names)  # type: ignore[union-attr]
+    else:  # --only images: an image counts alone
+        jpgs = {n for n, _, e in places if n.endswith(".jpg") and e <= inflated}
+        assert {p.name for p in out.glob("*.jpg")} == jpgs and not list(out.glob("*.json"))
