@@ -32,6 +32,7 @@ UNLOCATED = "the gzip checksum fails, and no damage put the stream out of step"
 _PROBE = 64  # bytes a candidate place must inflate without an error, cheaply, first
 _BLOCK = 512
 _TRAILER = 8  # gzip's CRC-32 and length
+_READ_AHEAD = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +64,18 @@ class _Source:
 
     def __init__(self, fd: int) -> None:
         self.fd, self.size = fd, os.fstat(fd).st_size
+        self.at, self.block = 0, b""  # the last block read: the search reads bytes by tens
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, span: slice) -> bytes:
         start, stop = span.start or 0, min(span.stop, self.size)
-        return os.pread(self.fd, max(0, stop - start), start)
+        if stop - start > _READ_AHEAD // 2:
+            return os.pread(self.fd, max(0, stop - start), start)
+        if not (self.at <= start and stop <= self.at + len(self.block)):
+            self.at, self.block = start, os.pread(self.fd, _READ_AHEAD, start)
+        return self.block[start - self.at : stop - self.at]
 
 
 def _shifted(source: _Source, pos: int, bit: int, size: int) -> bytes:
@@ -259,8 +265,12 @@ def _name(header: bytes) -> str:
 
 def _inflates_past(source: _Source, pos: int, bit: int, past: int) -> bool:
     """A block starts here: it inflates past ``past``, and a valid tar header follows that."""
+    head = _shifted(source, pos, bit, _PROBE)
+    kind = (head[0] >> 1) & 3 if head else 3
+    if kind == 3 or (kind == 0 and not _stored_header(head)):
+        return False  # no such block type / a stored block's length and its complement
     try:  # cheap first: most places fail within a few bytes (no window needed to see it)
-        zlib.decompressobj(-15).decompress(_shifted(source, pos, bit, _PROBE))
+        zlib.decompressobj(-15).decompress(head)
     except zlib.error as exc:
         if "too far back" not in str(exc):  # a distance into the lost window is fine
             return False
@@ -278,6 +288,11 @@ def _inflates_past(source: _Source, pos: int, bit: int, past: int) -> bool:
     except zlib.error:
         return False
     return False
+
+
+def _stored_header(head: bytes) -> bool:
+    """A stored block: after its 3 header bits, byte-aligned, LEN and its complement."""
+    return len(head) >= 5 and head[1] | head[2] << 8 == (head[3] | head[4] << 8) ^ 0xFFFF
 
 
 def _next_block(source: _Source, start: int, past: int) -> tuple[int, int] | None:
