@@ -82,6 +82,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
+    from sa1b_cli.core.layouts import Layout, Only
     from sa1b_cli.download.config import DownloadConfig
     from sa1b_cli.download.engine import DownloadReport
     from sa1b_cli.extract import ExtractConfig, ExtractReport
@@ -290,10 +291,14 @@ def download(
         split=not no_split,
         known=known_on_arrival,
     )
-    checked = _extract_config(  # bad --layout or --only values fail even without --extract
-        root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
+    _layout_and_only(layout, only)  # bad values fail even without --extract
+    xconfig = (
+        _extract_config(
+            root, config.selection, out_dir, layout, only, DEFAULT_VERIFY_JOBS, delete_tar
+        )
+        if extract
+        else None
     )
-    xconfig = checked if extract else None
     expiry = read_manifest(config.links).expiry_window()
     started = time.monotonic()
     with _progress(as_json, quiet, expiry[0] if expiry else None) as sink:
@@ -426,6 +431,21 @@ def verify(
 # -- extract ---------------------------------------------------------------------------------
 
 
+def _layout_and_only(layout: str, only: str | None) -> tuple[Layout, Only | None]:
+    from sa1b_cli.core.layouts import Layout, Only  # not the extract stage: start-up matters
+
+    try:
+        chosen = Layout(layout)
+    except ValueError:
+        msg = f"--layout {layout!r}: use {', '.join(Layout)}"
+        raise UsageError(msg, hint="sa1b extract --help describes each layout.") from None
+    try:
+        return chosen, None if only is None else Only(only)
+    except ValueError:
+        msg = f"--only {only!r}: use images or annotations"
+        raise UsageError(msg, hint="Leave --only out to extract both.") from None
+
+
 def _extract_config(
     root: Path,
     selection: Selection,
@@ -435,19 +455,9 @@ def _extract_config(
     jobs: int,
     delete_tar: bool,
 ) -> ExtractConfig:
-    from sa1b_cli.core.layouts import Layout, Only
     from sa1b_cli.extract import ExtractConfig
 
-    try:
-        chosen = Layout(layout)
-    except ValueError:
-        msg = f"--layout {layout!r}: use {', '.join(Layout)}"
-        raise UsageError(msg, hint="sa1b extract --help describes each layout.") from None
-    try:
-        kept = None if only is None else Only(only)
-    except ValueError:
-        msg = f"--only {only!r}: use images or annotations"
-        raise UsageError(msg, hint="Leave --only out to extract both.") from None
+    chosen, kept = _layout_and_only(layout, only)
     return ExtractConfig(
         root=root,
         selection=selection,

@@ -1,5 +1,6 @@
 """The shared vocabulary under every stage: manifest, selection, checksums, store and claims,
-errors, progress events, results, config, and reading a shard's gzip/tar stream.
+errors, progress events, results, config, layouts and markers, content checks, and reading
+a shard's gzip/tar stream.
 
 Nothing here imports a stage (download, verify, extract) or the command line.
 """

@@ -183,7 +183,7 @@ class _Job:
         if self.ledger.expected_size is None:
             self.ledger.expected_size = self.size_hint
         if not kept and self._link_expired():  # never started: leave no empty part file behind
-            return self._expired("its 'oe' time has passed").result
+            return self._expired(EXPIRED_WHY).result
         async with await self.part.open(keep=kept or kept_spans(None)):
             self.ledger.begin(self.part.written)
             self._start_budget()
