@@ -7,6 +7,7 @@ the damage.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tarfile
 import zlib
@@ -226,3 +227,18 @@ def test_salvage_into_other_layouts(tmp_path: Path, shard, layout: str, only: st
     else:  # --only images: an image counts alone
         jpgs = {n for n, _, e in places if n.endswith(".jpg") and e <= inflated}
         assert {p.name for p in out.glob("*.jpg")} == jpgs and not list(out.glob("*.json"))
+
+
+def test_a_part_file_that_can_never_be_finished_is_salvaged_too(tmp_path: Path, shard):
+    data, places, members = shard
+    cut = int(len(data) * 0.4)
+    store = Store(tmp_path / "root").ensure()
+    store.part_path(NAME).write_bytes(data[:cut])  # the link expired, the CDN is gone
+    store.write(Record(NAME, "expired", expected_size=len(data), spans=[[0, cut]]))
+    out = tmp_path / "out"
+    config = ExtractConfig(store.root, Selection((NAME,)), out=out, salvage=True)
+    plain = extract_one(dataclasses.replace(config, salvage=False), NAME)
+    assert plain.status == "partial" and not out.exists()
+    result = extract_one(config, NAME)
+    assert result.status == "salvaged"
+    check_bytes(out, members, whole_pairs(places, 0, inflated_before(data, cut)))
