@@ -26,6 +26,7 @@ __all__ = ["UNLOCATED", "Break", "Found", "Proof", "scan_damaged"]
 
 CHUNK = 16 << 10  # compressed bytes inflated at a time (at most ~16 MiB out)
 SEARCH_SPAN = 4 << 20  # compressed bytes searched for the next block, at the most
+SEARCH_OUTPUT = 512 << 20  # bytes the candidates of one search may inflate, in all
 WINDOW = 32 << 10
 _PRIMES = (bytes(WINDOW), b"\xa5" * WINDOW)  # two stand-ins for a lost window
 UNLOCATED = "the gzip checksum fails, and no damage put the stream out of step"
@@ -225,12 +226,18 @@ class _TarScan:
             self.ended = True  # the end-of-archive blocks: the member before them is whole
             released, self.pending = self.pending, None
             return released if released is not None else True
-        if not _valid_header(header) or (size := _size(header)) > MAX_MEMBER:
+        if not _valid_header(header):
             self.pending = None  # the member before it ran into the damage
             desync = _Desync(self.base)
             self._drop(_BLOCK)
             self.searching = True
             return desync
+        size = _size(header)
+        if size > MAX_MEMBER:  # a whole header, in step: its member is too big to hold
+            released, self.pending, self.last_good = self.pending, None, self.base
+            self._drop(_BLOCK)
+            self.skip = size + -size % _BLOCK  # passed over, never held
+            return released if released is not None else True
         if len(self.buf) < _BLOCK + size:
             return None
         released = self.pending
@@ -263,7 +270,14 @@ def _name(header: bytes) -> str:
     return f"{prefix}/{name}" if prefix and header[257:263] == b"ustar\0" else name
 
 
-def _inflates_past(source: _Source, pos: int, bit: int, past: int) -> bool:
+class _Budget:
+    """Output one search may inflate in all: a stream of garbage (a bomb) cannot hold it up."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+
+def _inflates_past(source: _Source, pos: int, bit: int, past: int, budget: _Budget) -> bool:
     """A block starts here: it inflates past ``past``, and a valid tar header follows that."""
     head = _shifted(source, pos, bit, _PROBE)
     kind = (head[0] >> 1) & 3 if head else 3
@@ -278,9 +292,12 @@ def _inflates_past(source: _Source, pos: int, bit: int, past: int) -> bool:
     scan.searching = True
     try:
         while (piece := inflater.step()) is not None and produced < 2 * MAX_MEMBER:
+            produced += len(piece.data)
+            budget.left -= len(piece.data)
+            if budget.left < 0:
+                return False
             if inflater.pos <= past:
                 continue  # where the damage was seen, not beyond it
-            produced += len(piece.data)
             for _ in scan.feed(piece):
                 pass
             if not scan.searching:
@@ -296,10 +313,13 @@ def _stored_header(head: bytes) -> bool:
 
 
 def _next_block(source: _Source, start: int, past: int) -> tuple[int, int] | None:
+    budget = _Budget(SEARCH_OUTPUT)
     for pos in range(max(0, start), min(len(source), start + SEARCH_SPAN)):
         for bit in range(8):
-            if _inflates_past(source, pos, bit, past):
+            if _inflates_past(source, pos, bit, past, budget):
                 return pos, bit
+            if budget.left < 0:
+                return None
     return None
 
 

@@ -53,6 +53,12 @@ def root_file(command: str) -> Callable[[Path], list[str]]:
 
 CASES = [
     Case("links: missing manifest", lambda t: ["links", str(t / "nope.txt")], 2, "not found"),
+    Case(
+        "links: --links missing manifest",
+        lambda t: ["links", "--links", str(t / "nope.txt")],
+        2,
+        "not found",
+    ),
     Case("links: empty manifest", lambda t: ["links", str(t / "empty.txt")], 2, "header"),
     Case("links: header only", lambda t: ["links", str(t / "header.txt")], 2, "no rows"),
     Case(
@@ -142,6 +148,7 @@ CASES = [
     ),
     Case("verify: an unknown option", lambda t: ["verify", "--bogus"], 2, "No such option"),
     Case("extract: --layout bogus", lambda t: ["extract", "--layout", "bogus"], 2, "--layout"),
+    Case("extract: --salvage=yes", lambda t: ["extract", "--salvage=yes"], 2, "--salvage"),
     Case(
         "verify: --part auto/4 with task 5",
         lambda t: ["verify", "--root", str(t / "root"), "--part", "auto/4"],

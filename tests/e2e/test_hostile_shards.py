@@ -322,3 +322,20 @@ def test_show_reads_extracted_output_of_a_hostile_shard_as_safely(row, tmp_path)
         assert code == 1 and row.says in out, out
     else:  # a shard that failed extraction left nothing show could take for whole
         assert code == 1 and "is not in any extracted shard" in out, out
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
+def test_salvage_reads_a_hostile_shard_as_safely(row, tmp_path):
+    root = tmp_path / "root"
+    install(Store(root), BAD, row.shard())
+    install(Store(root), GOOD, tar_bytes([*good_pair(11187), *good_pair(11188)]))
+    out_dir = root.parent / "out-shard"
+    extract = ["extract", "--root", str(root), "--shards", "0,1", "--out", str(out_dir)]
+    code, out, rss = run_measured([*extract, "--salvage"])
+    nothing_outside(tmp_path)
+    assert rss < RSS_BOUND_MB, f"peak RSS {rss:.0f} MB"
+    assert code in (0, 1), out
+    assert "Traceback" not in out and "unexpected error" not in out, out
+    assert "\x1b" not in out and "\nerror: forged" not in out, out  # nothing foreign raw
+    assert (out_dir / "sa_000001" / "sa_11187.jpg").is_file(), out  # the good shard beside it
+    assert not list(out_dir.rglob("evil*")), out

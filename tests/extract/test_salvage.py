@@ -242,3 +242,31 @@ def test_a_part_file_that_can_never_be_finished_is_salvaged_too(tmp_path: Path, 
     result = extract_one(config, NAME)
     assert result.status == "salvaged"
     check_bytes(out, members, whole_pairs(places, 0, inflated_before(data, cut)))
+
+
+def test_a_search_through_a_bomb_gives_up_and_keeps_what_came_before(tmp_path: Path):
+    """A damaged header, then 1 GiB of zeros in ~1 MiB: every place in it inflates for long,
+    so one search has a budget of output (without it, 256 MiB of zeros took 77 s, not 4)."""
+    from tests.shards import good_pair
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in good_pair(1) + good_pair(2):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        end = tar.offset
+    forged = tarfile.TarInfo("sa_3.jpg")
+    forged.size = 1 << 30
+    header = bytearray(forged.tobuf(format=tarfile.GNU_FORMAT))
+    header[148:156] = b"99999999"  # its checksum no longer adds up
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    parts = [packer.compress(raw.getvalue()[:end] + bytes(header))]
+    zeros = bytes(1 << 20)
+    parts += [packer.compress(zeros) for _ in range(1024)]
+    parts.append(packer.flush())
+    items = list(scan_damaged(_write(tmp_path, b"".join(parts))))
+    found = {i.name for i in items if isinstance(i, Found)}
+    breaks = [i for i in items if isinstance(i, Break)]
+    assert found == {"sa_1.jpg", "sa_1.json", "sa_2.jpg"}  # sa_2.json ran into the damage
+    assert [b.resumed for b in breaks] == [None]
