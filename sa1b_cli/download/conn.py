@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["POLL", "Abandoned", "BlockSink", "Connection", "Outcome", "post"]
+__all__ = ["POLL", "Abandoned", "BlockSink", "Connection", "Outcome", "open_connection", "post"]
 
 POLL = 1.0  # seconds one blocking call may wait before it reports back
 
@@ -195,64 +195,6 @@ class Connection:
 
     # -- blocking steps, run on the connection's thread ------------------------------------
 
-    def open(
-        self,
-        host: str,
-        port: int,
-        tls: ssl.SSLContext | None,
-        limit: float,
-        session: ssl.SSLSession | None = None,
-    ) -> None:
-        """Connect (and shake hands) in slices of POLL seconds, so a close stops it."""
-        deadline = time.monotonic() + limit
-        error: Exception | None = None
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM
-        ):
-            sock = socket.socket(family, kind, proto)
-            self.sock = sock
-            try:
-                self._connect(sock, address, deadline)
-                break
-            except (OSError, Abandoned) as exc:
-                sock.close()
-                error = exc
-                if isinstance(exc, (Abandoned, TimeoutError)):
-                    raise
-        else:
-            raise error or OSError(f"no address for {host}")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls is not None:
-            sock.settimeout(POLL)
-            secure = tls.wrap_socket(
-                sock, server_hostname=host, do_handshake_on_connect=False, session=session
-            )
-            self.sock, self.tls = secure, True
-            _handshake(self, secure, deadline)
-            return
-        # Blocking, with kernel timeouts: one recv(MSG_WAITALL) then fills a whole block.
-        sock.setblocking(True)
-        timeval = struct.pack("ll", int(POLL), int(POLL % 1 * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-
-    def _connect(self, sock: socket.socket, address: Any, deadline: float) -> None:
-        sock.setblocking(False)
-        code = sock.connect_ex(address)
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        waiting = code in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
-        while waiting and not poller.poll(POLL * 1000):
-            if self.closed:
-                raise Abandoned
-            if time.monotonic() >= deadline:
-                raise TimeoutError
-        if not waiting and code != 0:
-            raise OSError(code, os.strerror(code))
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            raise OSError(code, os.strerror(code))
-
     def session(self) -> ssl.SSLSession | None:
         """The TLS session to resume on the next connection to this host (a short handshake)."""
         if isinstance(self.sock, ssl.SSLSocket):
@@ -272,6 +214,65 @@ class Connection:
         if isinstance(self.sock, ssl.SSLSocket):
             return _recv_tls(self.sock, view, wait_all=wait_all)
         return _recv_raw(self.sock, view, wait_all=wait_all)
+
+
+def open_connection(
+    conn: Connection,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    limit: float,
+    session: ssl.SSLSession | None = None,
+) -> None:
+    """On the connection's thread: connect (and shake hands) in slices of POLL seconds,
+    so a close stops it."""
+    deadline = time.monotonic() + limit
+    error: Exception | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        conn.sock = sock
+        try:
+            _connect(conn, sock, address, deadline)
+            break
+        except (OSError, Abandoned) as exc:
+            sock.close()
+            error = exc
+            if isinstance(exc, (Abandoned, TimeoutError)):
+                raise
+    else:
+        raise error or OSError(f"no address for {host}")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        sock.settimeout(POLL)
+        secure = tls.wrap_socket(
+            sock, server_hostname=host, do_handshake_on_connect=False, session=session
+        )
+        conn.sock, conn.tls = secure, True
+        _handshake(conn, secure, deadline)
+        return
+    # Blocking, with kernel timeouts: one recv(MSG_WAITALL) then fills a whole block.
+    sock.setblocking(True)
+    timeval = struct.pack("ll", int(POLL), int(POLL % 1 * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _connect(conn: Connection, sock: socket.socket, address: Any, deadline: float) -> None:
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    waiting = code in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
+    while waiting and not poller.poll(POLL * 1000):
+        if conn.closed:
+            raise Abandoned
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+    if not waiting and code != 0:
+        raise OSError(code, os.strerror(code))
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
 
 
 def post(reply: tuple[Any, Any, Any], outcome: Outcome) -> None:

@@ -17,10 +17,11 @@ for one, further ones are only taken when a slot is free.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,13 @@ class ControllerSettings:
 
 
 class ConnectionController:
-    """Slots for connections; the limit moves with measured throughput and server pushback."""
+    """Slots for connections; the limit moves with measured throughput and server pushback.
+
+    State, changed only by its own methods: ``limit``; ``active`` (slots taken) and
+    ``peak_active``; ``starting`` (shards whose first connection has not asked yet);
+    ``shards`` (fetching ranges, ``sharing``) and ``streaming`` (receiving, ``receiving``);
+    the bytes ``counted`` and ``per_connection``, measured each ``tick``; ``steps``.
+    """
 
     def __init__(
         self,
@@ -95,27 +102,15 @@ class ConnectionController:
         self._bytes = 0
         self._mark = (clock(), 0)  # (time, bytes) at the last measurement
         self.per_connection: float | None = None  # bytes/s one connection carried, measured
-        self._before: float | None = None  # throughput before the last growth step
-        self._previous_limit = self.limit
-        self._hold_until = 0.0
-        self._settling = False
-        self._settle_until = 0.0
-        self._judged_from = (0.0, 0)  # (time, bytes) where the step's judged interval began
-        self._looked_again = False
-        self._fruitless = 0  # steps in a row that brought nothing
-        self._more_pays = True  # the last judged step raised throughput (or none was judged)
-        self._pushed_back = False  # the server has refused connections in this run
+        self.steps = _Steps(self.settings)
         self._wake = asyncio.Event()
 
     # -- slots ---------------------------------------------------------------------------
 
     def expect(self) -> Callable[[], None]:
-        """A shard is starting: keep a slot for its first connection until it asks for one.
-
-        Without this, the first shard of a run splits into the slots meant for the others
-        before they reach the controller.
-        Returns the call that gives the slot back (idempotent): the shard calls it when it
-        takes its first connection, the engine when the shard ends.
+        """A shard starts: a slot is kept for its first connection until it asks for one
+        (else the first shard of a run splits into the slots meant for the others). Returns
+        the idempotent call that gives it back: on its first connection, or when it ends.
         """
         self.starting += 1
         pending = True
@@ -162,7 +157,26 @@ class ConnectionController:
         slots of the judged limit lie idle: in a run's tail fewer shards than connections
         are left, and the shards that started last would otherwise finish on one each.
         """
-        return self._before is not None or self._more_pays or self.active < self.limit
+        steps = self.steps
+        return steps.before is not None or steps.more_pays or self.active < self.limit
+
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """One connection receives a body meanwhile (the per-connection rate counts it)."""
+        self.streaming += 1
+        try:
+            yield
+        finally:
+            self.streaming -= 1
+
+    @contextlib.contextmanager
+    def sharing(self) -> Iterator[None]:
+        """One shard fetches ranges meanwhile: the shards doing so share the limit."""
+        self.shards += 1
+        try:
+            yield
+        finally:
+            self.shards -= 1
 
     def over_limit(self) -> bool:
         """True when a connection should give its slot back after its current piece."""
@@ -189,79 +203,114 @@ class ConnectionController:
         if self.streaming and rate:
             self.per_connection = rate / self.streaming
             self._wake.set()  # shards waiting to split look again at the new measurement
-        if self._settling:  # new connections need a moment: judge a step on the interval after
-            self._settle(now)
+        steps = self.steps
+        if steps.settling:  # new connections need a moment: judge a step on the interval after
+            steps.settle(now, self._bytes, starting=self.streaming * 2 < self.active)
             return
-        if self._before is not None and not self._judge(now):
-            return  # undone, or looked at once more
-        if now < self._hold_until or self.active < self.limit:
+        if steps.before is not None:
+            undo = steps.judge(now, self._bytes)
+            if undo is not None:
+                self._set_limit(undo)
+            if steps.before is not None or undo is not None:
+                return  # undone, or looked at once more
+        if now < steps.hold_until or self.active < self.limit:
             return  # held, or the slots we have are not all in use: more would not help
         if idle is not None and idle < self.settings.idle_needed:
             return  # the CPU is what limits now, not the link
-        if not rate:
-            return  # nothing measured yet (connections still starting): no blind step
-        per_connection = self.per_connection
-        capped = per_connection is not None and per_connection < self.settings.capped_below
-        # Once the server has refused connections it counts them: probe gently from then on
-        # (x8 into a 3-connection limit brought 35 refusals against 13 at x2).
-        bold = capped and not self._pushed_back
-        factor = self.settings.capped_growth if bold else self.settings.growth
-        grown = min(self.settings.ceiling, math.ceil(self.limit * factor))
-        if grown > self.limit:
-            self._before, self._previous_limit = rate, self.limit
-            self._set_limit(grown)
-            self._settling = True
-            self._settle_until = now + self.settings.start_limit
+        if rate and (grown := steps.step(now, rate, self.limit, self.per_connection)):
+            self._set_limit(grown)  # (no rate yet, connections still starting: no blind step)
 
-    def _settle(self, now: float) -> None:
+    def pushback(self, retry_after: float | None = None) -> None:
+        """The server said no (429/503, a reset): keep only the connections it serves."""
+        keep = self.streaming if self.streaming else self.limit // 2
+        self._set_limit(max(1, min(self.limit, keep)))
+        self.steps.pushed(self.clock(), retry_after)
+
+    def _set_limit(self, limit: int) -> None:
+        self.limit = limit
+        self._wake.set()
+
+
+class _Steps:
+    """The growth steps as a state machine: tried, let start, judged, then kept or undone.
+
+    State: ``before`` (the throughput before the step being judged; None when none is) and
+    ``previous`` (the limit an undo goes back to); ``settling`` until most of a step's
+    connections receive (or ``settle_until``); ``judged_from`` (time, bytes) where its
+    judged interval began and ``looked_again``; ``hold_until`` (no growth before);
+    ``fruitless`` (steps in a row that brought nothing); ``more_pays`` (the last judged
+    step raised throughput); ``pushed_back`` (the server has refused connections).
+    """
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.before: float | None = None
+        self.previous = 0
+        self.settling = False
+        self.settle_until = 0.0
+        self.judged_from = (0.0, 0)
+        self.looked_again = False
+        self.hold_until = 0.0
+        self.fruitless = 0
+        self.more_pays = True
+        self.pushed_back = False
+
+    def settle(self, now: float, counted: int, *, starting: bool) -> None:
         """Wait while most of a step's new connections are still starting, then judge it.
 
         A new connection's first byte comes two round trips after it opens (handshake,
         request), later still when the loop is busy. Judged on an interval in which most
         of them had not started, a step that pays looks fruitless, and is undone.
         """
-        if self.streaming * 2 < self.active and now < self._settle_until:
+        if starting and now < self.settle_until:
             return
-        self._settling = False
-        self._judged_from = (now, self._bytes)  # the step is judged from here on
-        self._looked_again = False
+        self.settling = False
+        self.judged_from = (now, counted)  # the step is judged from here on
+        self.looked_again = False
 
-    def _judge(self, now: float) -> bool:
-        """Judge the last step: True when it paid (then growth may go on).
+    def judge(self, now: float, counted: int) -> int | None:
+        """Judge the last step: the limit to go back to when it brought nothing, else None.
 
         Less than before the step (not merely no more) is looked at once more, over both
-        intervals: bytes are counted when a receive call returns to the loop, and a busy
-        loop counts late (an undone step would otherwise hold the run at a few connections).
+        intervals (``before`` stays set): bytes are counted when a receive call returns to
+        the loop, and a busy loop counts late (an undone step would otherwise hold the run
+        at a few connections).
         """
-        then, counted = self._judged_from
-        rate = (self._bytes - counted) / max(now - then, 1e-9)
-        before = self._before
+        then, since = self.judged_from
+        rate = (counted - since) / max(now - then, 1e-9)
+        before = self.before
         assert before is not None
-        if rate < before and not self._looked_again:
-            self._looked_again = True
-            return False
-        self._before = None
+        if rate < before and not self.looked_again:
+            self.looked_again = True
+            return None
+        self.before = None
         if rate < before * self.settings.gain:
-            self._set_limit(self._previous_limit)  # it brought nothing: undo it, and hold
-            self._hold_until = now + self.settings.hold_seconds * 2**self._fruitless
-            self._fruitless = min(self._fruitless + 1, 5)  # probe less and less often
-            self._more_pays = False
-            return False
-        self._fruitless = 0
-        self._more_pays = True
-        return True
+            self.hold_until = now + self.settings.hold_seconds * 2**self.fruitless
+            self.fruitless = min(self.fruitless + 1, 5)  # probe less and less often
+            self.more_pays = False
+            return self.previous
+        self.fruitless = 0
+        self.more_pays = True
+        return None
 
-    def pushback(self, retry_after: float | None = None) -> None:
-        """The server said no (429/503, a reset): keep only the connections it serves."""
-        now = self.clock()
-        self._pushed_back = True
-        keep = self.streaming if self.streaming else self.limit // 2
-        self._set_limit(max(1, min(self.limit, keep)))
-        self._before = None
-        self._settling = False
+    def step(self, now: float, rate: float, limit: int, per_connection: float | None) -> int:
+        """The limit to try next (0 when at the ceiling), and the step begins."""
+        settings = self.settings
+        capped = per_connection is not None and per_connection < settings.capped_below
+        # Once the server has refused connections it counts them: probe gently from then on
+        # (x8 into a 3-connection limit brought 35 refusals against 13 at x2).
+        factor = settings.capped_growth if capped and not self.pushed_back else settings.growth
+        grown = min(settings.ceiling, math.ceil(limit * factor))
+        if grown <= limit:
+            return 0
+        self.before, self.previous = rate, limit
+        self.settling = True
+        self.settle_until = now + settings.start_limit
+        return grown
+
+    def pushed(self, now: float, retry_after: float | None) -> None:
+        self.pushed_back = True
+        self.before = None
+        self.settling = False
         wait = max(retry_after or 0.0, self.settings.pushback_hold)
-        self._hold_until = max(self._hold_until, now + wait)
-
-    def _set_limit(self, limit: int) -> None:
-        self.limit = limit
-        self._wake.set()
+        self.hold_until = max(self.hold_until, now + wait)

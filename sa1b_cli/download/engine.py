@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -16,20 +15,25 @@ import httpx
 
 from sa1b_cli.core.checksums import ChecksumList, load_checksum_lists
 from sa1b_cli.core.claims import Claim, try_claim
-from sa1b_cli.core.config import SPACE_MARGIN
-from sa1b_cli.core.errors import NotEnoughSpaceError
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.known import load_known
-from sa1b_cli.core.manifest import Manifest, ManifestRow, object_path, read_manifest
+from sa1b_cli.core.manifest import ManifestRow, read_manifest
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
 from sa1b_cli.download.client import make_client
 from sa1b_cli.download.config import DownloadConfig
 from sa1b_cli.download.controller import ConnectionController, ControllerSettings, IdleCores
-from sa1b_cli.download.ledger import kept_spans
+from sa1b_cli.download.plan import (
+    Expected,
+    already_complete,
+    check_space,
+    interrupted,
+    plan,
+    records,
+)
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.redirects import RedirectRefused, send_following
-from sa1b_cli.download.transfer import TransferContext, TransferSettings, fetch_shard
+from sa1b_cli.download.transfer import ShardTask, TransferContext, TransferSettings, fetch_shard
 
 __all__ = ["DownloadReport", "check_run_space", "run_downloads"]
 
@@ -44,25 +48,6 @@ class DownloadReport:
     bytes_to_fetch: int = 0
     warnings: tuple[str, ...] = ()
     connections_peak: int = 0  # the most connections the run held at once
-
-
-def _already_complete(store: Store, row: ManifestRow) -> ShardResult | None:
-    record = store.read(row.file_name)
-    try:
-        final_size: int | None = store.final_path(row.file_name).stat().st_size
-    except FileNotFoundError:
-        final_size = None
-    if record is None or record.size is None or not record.is_done(final_size):
-        return None
-    if record.tar_deleted:  # extracted with --delete-tar: done, not to be fetched again
-        return ShardResult(row.file_name, "present", size=record.size, detail="tar deleted")
-    return ShardResult(
-        row.file_name,
-        "present",
-        bytes_done=record.size,
-        size=record.size,
-        digests=tuple(sorted(record.digests.items())),
-    )
 
 
 async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> int | None:
@@ -81,16 +66,6 @@ async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> int | None
         finally:
             await response.aclose()
     return None
-
-
-def _same_object(store: Store, row: ManifestRow) -> Record | None:
-    record = store.read(row.file_name)
-    return record if record and record.object_path == object_path(row.url) else None
-
-
-def _records(store: Store, rows: list[ManifestRow]) -> dict[str, Record | None]:
-    """Each pending row's record, when it is about the same object (read once per run)."""
-    return {row.file_name: _same_object(store, row) for row in rows}
 
 
 async def _sizes(
@@ -117,52 +92,11 @@ async def _sizes(
     return {row.file_name: total for row, total in zip(rows, found, strict=True)}
 
 
-def _check_space(
-    store: Store, records: dict[str, Record | None], sizes: dict[str, int | None]
-) -> int:
-    """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit."""
-    needed = 0
-    for name, record in records.items():
-        needed += max(0, (sizes.get(name) or 0) - kept_spans(record).total())
-    free = shutil.disk_usage(store.tars).free
-    margin = min(SPACE_MARGIN, needed // 50)  # records, indexes, filesystem slack
-    if needed + margin > free:
-        msg = (
-            f"the selected shards need {needed / 2**30:,.1f} GiB more, "
-            f"but {store.tars} has {free / 2**30:,.1f} GiB free"
-        )
-        hint = "Free space, pick a smaller --subset, or use --root on a bigger disk."
-        raise NotEnoughSpaceError(msg, hint=hint)
-    return needed
-
-
 async def _heartbeat(claims: dict[str, Claim], sleep: Callable[[float], Awaitable[None]]) -> None:
     while True:
         await sleep(HEARTBEAT_SECONDS)
         for claim in list(claims.values()):
             claim.heartbeat()
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    names: list[str]  # the selection, in report order
-    pending: list[ManifestRow]  # still to fetch
-    settled: list[ShardResult]  # already complete, or not in the manifest
-
-
-def _plan(manifest: Manifest, config: DownloadConfig, store: Store) -> _Plan:
-    names = config.selection.apply(manifest.rows)
-    pending: list[ManifestRow] = []
-    settled: list[ShardResult] = []
-    for name in names:
-        row = manifest.rows.get(name)
-        if row is None:
-            settled.append(ShardResult(name, "no_link", detail="the manifest has no row for it"))
-        elif (done := _already_complete(store, row)) is not None:
-            settled.append(done)
-        else:
-            pending.append(row)
-    return _Plan(names, pending, settled)
 
 
 async def check_run_space(
@@ -176,11 +110,11 @@ async def check_run_space(
     ``--workers`` runs this once in the parent, so the shares cannot over-commit the disk.
     """
     store = Store(config.root).ensure()
-    plan = _plan(read_manifest(config.links), config, store)
-    records = _records(store, plan.pending)
+    pending = plan(read_manifest(config.links), config, store).pending
+    found = records(store, pending)
     async with make_client(config.timeout, transport=transport) as client:
-        sizes = await _sizes(client, records, plan.pending, config.jobs, clock)
-    return _check_space(store, records, sizes)
+        sizes = await _sizes(client, found, pending, config.jobs, clock)
+    return check_space(store, found, sizes)
 
 
 async def run_downloads(
@@ -201,55 +135,34 @@ async def run_downloads(
     """
     sink = sink or NullSink()
     manifest = read_manifest(config.links)
-    lists = load_checksum_lists(config.checksums) if config.checksums else ChecksumList({})
-    known = load_known(config.root, True) if config.known else None
-    checks = Expected(lists, known.md5 if known else {})
     store = Store(config.root).ensure()
     store.remember_manifest(config.links.read_text(encoding="utf-8"))
-    plan = _plan(manifest, config, store)
-    results = list(plan.settled)
-    for done in plan.settled:
+    planned = plan(manifest, config, store)
+    for done in planned.settled:
         if done.status == "present":
             sink.finished(done)
-    pending = plan.pending
-    claims: dict[str, Claim] = {}
     async with make_client(config.timeout, transport=transport) as client:
-        try:
-            records = _records(store, pending)
-            sizes = await _sizes(client, records, pending, config.jobs, clock)
-            needed = _check_space(store, records, sizes) if config.check_space else 0
-            sink.planned(needed)
-            ctx = _context(config, client, sink=sink, sleep=sleep, clock=clock)
-            # What is loaded by now lives as long as the run: the collector need not walk it
-            # again every time blocks and futures churn (2 % of a download's CPU otherwise).
-            gc.freeze()
-            hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after, sizes)
-            results.extend(await _run_pool(ctx, store, pending, checks, claims, config.jobs, hooks))
-        finally:
-            for claim in claims.values():
-                claim.release()
-            with contextlib.suppress(OSError):
-                store.write_checksum_file()
-    order = {n: i for i, n in enumerate(plan.names)}
-    results.sort(key=lambda r: order.get(r.name, len(order)))
+        found = records(store, planned.pending)
+        sizes = await _sizes(client, found, planned.pending, config.jobs, clock)
+        needed = check_space(store, found, sizes) if config.check_space else 0
+        sink.planned(needed)
+        ctx = _context(config, client, sink=sink, sleep=sleep, clock=clock)
+        hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after, sizes)
+        pool = _Pool(ctx, store, _expected(config), config.jobs, hooks)
+        # What is loaded by now lives as long as the run: the collector need not walk it
+        # again every time blocks and futures churn (2 % of a download's CPU otherwise).
+        gc.freeze()
+        fetched = await pool.run(planned.pending)
+    order = {n: i for i, n in enumerate(planned.names)}
+    results = sorted([*planned.settled, *fetched], key=lambda r: order.get(r.name, len(order)))
     peak = ctx.controller.peak_active
     return DownloadReport(results, manifest.expiry_window(), needed, manifest.warnings, peak)
 
 
-@dataclass(frozen=True, slots=True)
-class Expected:
-    """Digests checked on arrival: --checksums lists, and the community md5s with --known."""
-
-    lists: ChecksumList
-    community: dict[str, str]
-
-    def of(self, name: str) -> tuple[dict[str, str], dict[str, str]]:
-        """(alg -> digest, alg -> where it came from); the community md5 wins over a list's."""
-        expected = dict(self.lists.expected(name))
-        sources = dict.fromkeys(expected, "list")
-        if md5 := self.community.get(name):
-            expected["md5"], sources["md5"] = md5, "community"
-        return expected, sources
+def _expected(config: DownloadConfig) -> Expected:
+    lists = load_checksum_lists(config.checksums) if config.checksums else ChecksumList({})
+    known = load_known(config.root, True) if config.known else None
+    return Expected(lists, known.md5 if known else {})
 
 
 def _context(
@@ -279,85 +192,107 @@ def _context(
     )
 
 
-async def _run_pool(
-    ctx: TransferContext,
-    store: Store,
-    rows: list[ManifestRow],
-    checks: Expected,
-    claims: dict[str, Claim],
-    jobs: int,
-    hooks: _Hooks,
-) -> list[ShardResult]:
-    # A shard holds one of ``jobs`` turns until its tail begins (a split shard has handed
-    # out its last range); then the next shard starts, and takes the connections the tail
-    # frees as they come (one-connection shards hold their turn to the end).
-    turns = asyncio.Semaphore(jobs)
-    results: dict[str, ShardResult] = {}
-    failures: list[BaseException] = []
-    followers: list[asyncio.Task[None]] = []
-    tasks: list[asyncio.Task[None]] = []
+class _Pool:
+    """The shards of a run, ``jobs`` at a time, each under its claim.
 
-    async def shard(
-        row: ManifestRow, release: Callable[[], None], arrived: Callable[[], None]
+    A shard holds one of ``jobs`` turns until its tail begins (a split shard has handed
+    out its last range); then the next shard starts, and takes the connections the tail
+    frees as they come (one-connection shards hold their turn to the end).
+    """
+
+    def __init__(
+        self, ctx: TransferContext, store: Store, checks: Expected, jobs: int, hooks: _Hooks
+    ) -> None:
+        self.ctx, self.store, self.checks, self.hooks = ctx, store, checks, hooks
+        self.turns = asyncio.Semaphore(jobs)
+        self.claims: dict[str, Claim] = {}
+        self.results: dict[str, ShardResult] = {}
+        self.failures: list[BaseException] = []
+        self.followers: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def run(self, rows: list[ManifestRow]) -> list[ShardResult]:
+        self.tasks.append(asyncio.create_task(self._dispatch(rows)))
+        side = [
+            asyncio.create_task(_heartbeat(self.claims, asyncio.sleep)),  # a timer, not a wait
+            asyncio.create_task(_cancel_when(self.hooks.stop, self.tasks)),
+            asyncio.create_task(_measure(self.ctx)),
+        ]
+        try:
+            while not all(task.done() for task in self.tasks):  # the dispatcher adds tasks
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*self.followers)
+        finally:
+            for task in side:
+                task.cancel()
+            for claim in self.claims.values():
+                claim.release()
+            with contextlib.suppress(OSError):
+                self.store.write_checksum_file()
+        for row in rows:
+            if row.file_name not in self.results:
+                fetched = self.ctx.fetched.get(row.file_name, 0)
+                self.results[row.file_name] = interrupted(self.store, row, fetched)
+        if self.failures:
+            raise self.failures[0]
+        return list(self.results.values())
+
+    async def _dispatch(self, rows: list[ManifestRow]) -> None:
+        for row in rows:
+            await self.turns.acquire()
+            if self.hooks.stop.is_set():
+                self.turns.release()
+                return
+            # Counted now: the shards started together all reach the controller only after
+            # the first one has asked for its connections.
+            arrived = self.ctx.controller.expect()
+            release = _once(self.turns.release)
+            self.tasks.append(asyncio.create_task(self._shard(row, release, arrived)))
+
+    async def _shard(
+        self, row: ManifestRow, release: Callable[[], None], arrived: Callable[[], None]
     ) -> None:
         try:
-            claim = _claim_or_busy(store, row.file_name, hooks.stale_after)
-            if not isinstance(claim, Claim):
-                results[row.file_name] = claim
-                ctx.sink.finished(claim)
+            claim = _claim_or_busy(self.store, row.file_name, self.hooks.stale_after)
+            if isinstance(claim, Claim):
+                result = await self._claimed(row, claim, release, arrived)
+            else:
+                result = claim  # busy: another process holds it
+            if result is None:
                 return
-            claims[row.file_name] = claim
-            try:
-                size = hooks.sizes.get(row.file_name)
-                result = await _fetch_claimed(
-                    ctx, store, row, checks, claim, size, release, arrived
-                )
-            except Exception as exc:  # a run-level error such as a full disk, or a bug
-                # Raised after the others stopped cleanly; never reported as "interrupted".
-                failures.append(exc)
-                hooks.stop.set()
-                return
-            finally:
-                claims.pop(row.file_name, None)
-                claim.release()
-            results[row.file_name] = result
-            ctx.sink.finished(result)
-            if hooks.after is not None and result.ok:
-                followers.append(asyncio.create_task(hooks.after(result)))
+            self.results[row.file_name] = result
+            self.ctx.sink.finished(result)
+            if self.hooks.after is not None and result.ok:
+                self.followers.append(asyncio.create_task(self.hooks.after(result)))
         finally:
             arrived()
             release()
 
-    async def dispatch() -> None:
-        for row in rows:
-            await turns.acquire()
-            if hooks.stop.is_set():
-                turns.release()
-                return
-            # Counted now: the shards started together all reach the controller only after
-            # the first one has asked for its connections.
-            arrived = ctx.controller.expect()
-            tasks.append(asyncio.create_task(shard(row, _once(turns.release), arrived)))
-
-    tasks.append(asyncio.create_task(dispatch()))
-    side = [
-        asyncio.create_task(_heartbeat(claims, asyncio.sleep)),  # a timer, not a retry wait
-        asyncio.create_task(_cancel_when(hooks.stop, tasks)),
-        asyncio.create_task(_measure(ctx)),
-    ]
-    try:
-        while not all(task.done() for task in tasks):  # the dispatcher adds tasks as it goes
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*followers)
-    finally:
-        for task in side:
-            task.cancel()
-    for row in rows:
-        if row.file_name not in results:
-            results[row.file_name] = _interrupted(store, row, ctx.fetched.get(row.file_name, 0))
-    if failures:
-        raise failures[0]
-    return list(results.values())
+    async def _claimed(
+        self,
+        row: ManifestRow,
+        claim: Claim,
+        on_tail: Callable[[], None],
+        on_start: Callable[[], None],
+    ) -> ShardResult | None:
+        """The shard under its claim; None after a run-level error (a full disk, or a bug)."""
+        self.claims[row.file_name] = claim
+        try:
+            # Another process may have finished it between our plan and our claim.
+            if (done := already_complete(self.store, row)) is not None:
+                return done
+            expected, sources = self.checks.of(row.file_name)
+            size = self.hooks.sizes.get(row.file_name)
+            task = ShardTask(row, expected, sources, claim, size, on_tail, on_start)
+            return await fetch_shard(task, self.store, self.ctx)
+        except Exception as exc:
+            # Raised after the others stopped cleanly; never reported as "interrupted".
+            self.failures.append(exc)
+            self.hooks.stop.set()
+            return None
+        finally:
+            self.claims.pop(row.file_name, None)
+            claim.release()
 
 
 def _claim_or_busy(store: Store, name: str, stale_after: float) -> Claim | ShardResult:
@@ -366,34 +301,6 @@ def _claim_or_busy(store: Store, name: str, stale_after: float) -> Claim | Shard
         return got
     detail = f"being downloaded by {got.describe()}; run again when it is done"
     return ShardResult(name, "busy", detail=detail)
-
-
-async def _fetch_claimed(
-    ctx: TransferContext,
-    store: Store,
-    row: ManifestRow,
-    checks: Expected,
-    claim: Claim,
-    size: int | None,
-    on_tail: Callable[[], None],
-    on_start: Callable[[], None],
-) -> ShardResult:
-    # Another process may have finished it between our plan and our claim.
-    done = _already_complete(store, row)
-    if done is not None:
-        return done
-    expected, sources = checks.of(row.file_name)
-    return await fetch_shard(
-        row,
-        store,
-        ctx,
-        expected=expected,
-        sources=sources,
-        claim=claim,
-        size_hint=size,
-        on_tail=on_tail,
-        on_start=on_start,
-    )
 
 
 def _once(action: Callable[[], None]) -> Callable[[], None]:
@@ -428,19 +335,6 @@ async def _cancel_when(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> 
     await stop.wait()
     for task in tasks:
         task.cancel()
-
-
-def _interrupted(store: Store, row: ManifestRow, fetched: int) -> ShardResult:
-    kept = kept_spans(_same_object(store, row)).total()
-    if kept:
-        detail = "interrupted; partial bytes kept, run the same command to continue"
-    elif fetched:
-        detail = "interrupted before its first checkpoint; run the same command to fetch it"
-    else:
-        detail = "not started; run the same command to fetch it"
-    return ShardResult(
-        row.file_name, "interrupted", bytes_done=kept, bytes_fetched=fetched, detail=detail
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,32 +1,35 @@
-"""Streaming one accepted response body into the part file, at the offset it was asked for.
+"""One body path: an accepted response's bytes into the shard file, at the offset asked for.
 
-Two paths. Over the wire transport (every download without a proxy) the connection's own
-thread receives and writes the bytes (``read_through``) and this side only counts,
-reports, paces and checkpoints once per call. Over any other transport (httpx's behind a
-proxy, MockTransport in the tests) it collects chunks into blocks, which a worker thread
-writes (and, at the frontier, hashes) while the next block arrives. Either way progress
-goes to the sink every 256 KiB and a stall watchdog drops a silent connection.
+Every body is read the same way, ``read_through(size, block)``: whoever receives the
+bytes writes them into a block lent by the shard file, and this side hears once per call
+(to count, report, pace and checkpoint). The wire transport's sized bodies do that on the
+connection's thread with no hop through the loop; any other body (chunked, httpx's own
+transport behind a proxy, MockTransport in the tests) is read through ``StreamedBody``,
+which writes each collected block from a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import httpx
 
 from sa1b_cli.core.events import ProgressSink
 from sa1b_cli.core.text import format_size
-from sa1b_cli.download.partfile import PartFile
-from sa1b_cli.download.pieces import Piece
+from sa1b_cli.download.conn import BlockSink
+from sa1b_cli.download.durable import ShardFile
+from sa1b_cli.download.plan import Piece
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.wire import BODY_EXTENSION
 
-__all__ = ["Overrun", "Receiver", "StallWatchdog"]
+__all__ = ["Body", "Overrun", "Receiver", "StallWatchdog", "StreamedBody", "body_of"]
 
 PROGRESS_EVERY = 256 << 10
 _PACED_AT_LEAST = 64 << 10  # bytes a --max-rate read asks for, at the least
+BUDGET = 0.05  # seconds a streamed read collects before it writes and reports
 
 
 class Overrun(Exception):
@@ -37,115 +40,150 @@ class Overrun(Exception):
         self.name, self.size = name, size
 
 
+class Body(Protocol):
+    """A response body as the receiver reads it (``wire._Body``, or ``StreamedBody``)."""
+
+    async def read_through(self, size: int, sink: BlockSink) -> int:
+        """Up to ``size`` bytes, written by ``sink``; then ``sink.landed``, even if cancelled."""
+
+    async def finished(self) -> bool:
+        """Whether no byte is left (a byte past a known size fails the shard)."""
+
+
+def body_of(response: httpx.Response, block_size: int) -> Body:
+    body: Body | None = response.extensions.get(BODY_EXTENSION)
+    return body if body is not None else StreamedBody(response, block_size)
+
+
+class StreamedBody:
+    """``read_through`` over the chunks httpx yields: collected, then written on a thread."""
+
+    def __init__(self, response: httpx.Response, block_size: int) -> None:
+        self._chunks: AsyncIterator[bytes] = response.aiter_raw()
+        self._rest = b""
+        self._block_size = block_size
+
+    async def _next(self) -> bytes:
+        if self._rest:
+            data, self._rest = self._rest, b""
+            return data
+        return await anext(self._chunks, b"")
+
+    async def _collect(self, size: int, parts: list[bytes]) -> None:
+        """Chunks into ``parts`` until ``size`` bytes, the end, or ``BUDGET`` seconds."""
+        got, loop = 0, asyncio.get_running_loop()
+        start = loop.time()
+        while got < size and (chunk := await self._next()):
+            if got + len(chunk) > size:
+                chunk, self._rest = chunk[: size - got], chunk[size - got :]
+            parts.append(chunk)
+            got += len(chunk)
+            if loop.time() - start >= BUDGET:  # a trickle still reports (the stall watchdog)
+                break
+
+    async def read_through(self, size: int, sink: BlockSink) -> int:
+        parts: list[bytes] = []
+        try:
+            await self._collect(min(size, self._block_size), parts)
+        except BaseException:  # a drop or a stop: what came before it is kept all the same
+            await _write_landed(sink, b"".join(parts))
+            raise
+        return await _write_landed(sink, b"".join(parts))
+
+    async def finished(self) -> bool:
+        self._rest = await self._next()
+        return not self._rest
+
+
+async def _write_landed(sink: BlockSink, data: bytes) -> int:
+    """``data`` written by ``sink`` on a worker thread; it lands even if the caller is cancelled."""
+    if not data:
+        sink.landed(None)
+        return 0
+    future = asyncio.get_running_loop().run_in_executor(None, _write, sink, data)
+    future.add_done_callback(functools.partial(_landed, sink))
+    error = await asyncio.shield(future)
+    if error is not None:
+        raise error
+    return len(data)
+
+
+def _landed(sink: BlockSink, done: asyncio.Future[OSError | None]) -> None:
+    sink.landed(None if done.exception() else done.result())
+
+
+def _write(sink: BlockSink, data: bytes) -> OSError | None:
+    try:
+        sink.write(memoryview(data))
+    except OSError as exc:  # the disk's error: raised by the reader, after the block landed
+        return exc
+    return None
+
+
 class Receiver:
-    """Writes one body from ``pos`` on; ``stop_at`` ends it early at a byte offset."""
+    """Writes one body from ``pos`` on, never past ``piece.end`` (when given) or the size."""
 
     def __init__(
         self,
-        part: PartFile,
+        file: ShardFile,
         *,
-        name: str,
         pos: int,
         sink: ProgressSink,
-        block_size: int,
         reserve: int,
         limiter: RateLimiter | None,
         counted: Callable[[int], None],
-        checkpoint: Callable[[], Awaitable[None]],
-        checkpoint_due: Callable[[], bool],
         piece: Piece | None = None,
-        end: int | None = None,
     ) -> None:
-        self.part, self.name, self.pos = part, name, pos
-        self.sink, self.block_size, self.limiter = sink, block_size, limiter
-        # The fast path writes up to this much per call; a split of the piece starts at
-        # least a minimum piece past ``piece.pos``, so never inside it (reserve <= min_piece).
+        self.file, self.name, self.pos = file, file.row.file_name, pos
+        self.sink, self.limiter = sink, limiter
+        # Up to this much is written per call; a split of the piece starts at least a
+        # minimum piece past ``piece.pos``, so never inside it (reserve <= min_piece).
         self.reserve = reserve
         self.counted = counted  # every byte, as it arrives (the connection controller)
-        self.checkpoint, self.checkpoint_due = checkpoint, checkpoint_due
         self.piece = piece  # when set, never write past piece.end (another connection's now)
-        self.end = end  # the shard's size, when known: a byte past it fails the shard
-        self.fetched = 0
-        self._chunks: list[bytes] = []
-        self._buffered = 0
         self._unreported = 0
-        self._pending: asyncio.Future[None] | None = None
 
-    async def run(self, response: httpx.Response, stall_timeout: float) -> None:
-        """Stream the body; on a drop or stall the bytes received so far are still written."""
+    async def run(self, body: Body, stall_timeout: float) -> None:
+        """Read the body to its end (or the piece's); the bytes written so far always count."""
         try:
             with StallWatchdog(stall_timeout) as watchdog:
-                await self._stream(response, watchdog)
+                while (want := await self._want(body)) > 0:
+                    size = await body.read_through(want, self.file.block(self.pos, want))
+                    if size == 0:
+                        return
+                    watchdog.fed()
+                    self._advance(size)
+                    if self.file.due():
+                        await self.file.checkpoint()
+                        watchdog.fed()  # a slow disk is not a stalled connection
         finally:
-            await self.flush()
+            self._report()
 
-    async def _stream(self, response: httpx.Response, watchdog: StallWatchdog) -> None:
-        body = response.extensions.get(BODY_EXTENSION)
-        if body is not None:
-            await self._stream_through(body, watchdog)
-            return
-        limiter = self.limiter
-        piece = self.piece
-        async for chunk in response.aiter_raw():
-            watchdog.fed()
-            size = len(chunk)
-            if self.end is not None and self.pos + self._buffered + size > self.end:
-                raise Overrun(self.name, self.end)  # checked first: a piece may end there too
-            if piece is not None and size > (room := piece.end - self.pos - self._buffered):
-                if room > 0:
-                    self._take(chunk[:room], room)
-                return  # the rest of this range belongs to another connection now
-            self._take(chunk, size)
-            if limiter is not None:
-                await limiter.acquire(size)
-            if self._buffered >= self.block_size or self.checkpoint_due():
-                await self._write_block()
-                if self.checkpoint_due():
-                    await self.flush()
-                    await self.checkpoint()
-                watchdog.fed()  # a slow disk is not a stalled connection
+    async def _want(self, body: Body) -> int:
+        """Bytes to ask for next; 0 at the end of the piece or of the file."""
+        size = self.file.expected_size
+        end = self.piece.end if self.piece is not None else size
+        if self.piece is not None:
+            self.piece.pos = self.pos
+        want = self.reserve if end is None else min(self.reserve, end - self.pos)
+        if want <= 0:
+            if end == size is not None and not await body.finished():
+                raise Overrun(self.name, size)  # a byte past the size, even if a piece ends there
+            return 0
+        if self.limiter is not None and self.limiter.rate:
+            # Booked before it is read, a tenth of a second at a time: a thread that
+            # pulls 4 MiB at line rate and then sleeps would pace only on average.
+            want = min(want, max(_PACED_AT_LEAST, int(self.limiter.rate / 10)))
+            await self.limiter.acquire(want)
+        return want
 
-    async def _stream_through(self, body: Any, watchdog: StallWatchdog) -> None:
-        """The wire transport's path: the connection's thread receives and writes the bytes.
-
-        The loop only hears once per call (up to ``reserve`` bytes, or ~50 ms), after the
-        bytes are in the file: no buffers held here, no hop to a writer thread.
-        """
-        piece = self.piece
-        while True:
-            want = self.reserve
-            if piece is not None:
-                want = min(want, piece.end - self.pos)
-                if want <= 0:
-                    return
-                piece.pos = self.pos
-            if self.limiter is not None and self.limiter.rate:
-                # Booked before it is read, a tenth of a second at a time: a thread that
-                # pulls 4 MiB at line rate and then sleeps would pace only on average.
-                want = min(want, max(_PACED_AT_LEAST, int(self.limiter.rate / 10)))
-                await self.limiter.acquire(want)
-            size = await body.read_through(want, self.part.block(self.pos, want))
-            if size == 0:
-                return
-            watchdog.fed()
-            self.pos += size
-            if piece is not None:
-                piece.pos = self.pos
-            self._count(size)
-            if self.checkpoint_due():
-                await self.checkpoint()
-                watchdog.fed()  # a slow disk is not a stalled connection
-
-    def _take(self, chunk: bytes, size: int) -> None:
-        self._chunks.append(chunk)
-        self._buffered += size
-        self._count(size)
-
-    def _count(self, size: int) -> None:
-        self.fetched += size
-        self._unreported += size
+    def _advance(self, size: int) -> None:
+        self.pos += size
+        if self.piece is not None:
+            self.piece.pos = self.pos
         self.counted(size)
-        if self._unreported >= PROGRESS_EVERY:  # not per chunk: rich takes a lock
+        self._unreported += size
+        if self._unreported >= PROGRESS_EVERY:  # not per call: rich takes a lock
             self._report()
 
     def _report(self) -> None:
@@ -153,32 +191,12 @@ class Receiver:
             self.sink.advanced(self.name, self._unreported)
             self._unreported = 0
 
-    async def _write_block(self) -> None:
-        if self._pending is not None:  # one block in flight per connection
-            pending, self._pending = self._pending, None
-            await pending
-        if self._chunks:
-            block, self._chunks = self._chunks, []  # written with one pwritev, never joined
-            self._pending = self.part.write_at(self.pos, block)
-            self.pos += self._buffered
-            self._buffered = 0
-            if self.piece is not None:
-                self.piece.pos = self.pos  # where a split of this piece may start from
-
-    async def flush(self) -> None:
-        """Write what is buffered and wait until it is written (errors surface here)."""
-        self._report()
-        await self._write_block()
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
-
 
 class StallWatchdog:
     """Cancels the current task when nothing arrived for ``limit`` seconds.
 
     One timer per period, re-armed from the time of the last byte, instead of an
-    ``asyncio.timeout`` per chunk (tens of thousands of timers a GiB).
+    ``asyncio.timeout`` per read (tens of thousands of timers a GiB).
     """
 
     def __init__(self, limit: float) -> None:

@@ -1,4 +1,10 @@
-"""One shard's retry budget: failures in a row per connection, and time without progress.
+"""After a failed attempt: retry, fall back, or stop; and one shard's budget of retries.
+
+An attempt ends in one of three signals: ``Retry`` (transient: wait, then again),
+``Fallback`` (a range request got anything but the exact 206 asked for) or ``Stop``
+(this shard ends here, failed or expired). ``Retrier`` runs attempts under the budget.
+
+The budget: failures in a row per connection, and time without progress.
 
 A trickle cannot renew it: only a whole piece's worth of new bytes landing in the part
 file does (``renew_every``). Each connection counts its own failures in a row (a
@@ -11,12 +17,44 @@ shard's size once more).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
+from sa1b_cli.core.events import ProgressSink
 from sa1b_cli.core.text import format_size
+from sa1b_cli.download.controller import ConnectionController
 
-__all__ = ["RetryBudget", "Streak"]
+__all__ = ["Backoff", "Fallback", "Retrier", "Retry", "RetryBudget", "Stop", "Streak"]
+
+
+class Retry(Exception):
+    def __init__(self, reason: str, *, retry_after: float | None = None, push: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.push = push  # the server pushed back: fewer connections
+
+
+class Fallback(Exception):
+    """A segment request got something other than the exact 206 asked for."""
+
+
+class Stop(Exception):
+    """This shard ends now: ``failed``, or ``expired`` (the link's time has passed)."""
+
+    def __init__(self, status: Literal["failed", "expired"], detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+    @classmethod
+    def failed(cls, detail: str) -> Stop:
+        return cls("failed", detail)
+
+    @classmethod
+    def expired(cls, detail: str) -> Stop:
+        return cls("expired", detail)
 
 
 @dataclass(slots=True)
@@ -80,3 +118,77 @@ class Streak:
         self.reason = reason
         told = reason if self.repeats == 1 else f"{reason}, {self.repeats} times"
         return self.budget._exhausted(self.failures, told, fetched)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base: float = 1.0
+    cap: float = 60.0
+    retry_after_cap: float = 900.0  # seconds of a server's Retry-After honoured, at most
+
+
+class Slot(Protocol):
+    """A connection's place under the controller's limit (``schedule.Slot``)."""
+
+    def give(self) -> None: ...
+
+    async def take(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Retrier:
+    """Runs one connection's attempts until one succeeds or the shard's budget says stop."""
+
+    name: str
+    budget: RetryBudget
+    backoff: Backoff
+    controller: ConnectionController
+    sink: ProgressSink
+    sleep: Callable[[float], Awaitable[None]]
+    rng: random.Random
+    checkpoint: Callable[[], Awaitable[None]]  # before a wait: what landed is kept
+    check: Callable[[], None]  # before each attempt (raises Stop once the link expired)
+    counts: Callable[[], tuple[int, int]]  # (bytes written, bytes fetched) of the shard
+
+    async def run(self, attempt: Callable[[], Awaitable[None]], slot: Slot) -> None:
+        """Run ``attempt`` until it succeeds; failures count against the shard's one budget.
+
+        When the server pushes back and the run holds more connections than it now allows,
+        this connection gives its slot up while it waits, and that wait is not a failure.
+        """
+        streak = self.budget.streak()
+        while True:
+            self.check()
+            try:
+                await attempt()
+                return
+            except Retry as retry:
+                if retry.push:
+                    self.controller.pushback(retry.retry_after)
+                    if self.controller.over_limit():
+                        slot.give()
+                        await self.wait(retry)
+                        await slot.take()
+                        continue
+                written, fetched = self.counts()
+                self.budget.progress(written)
+                given_up = streak.failed(retry.reason, fetched=fetched)
+                if given_up is not None:
+                    raise Stop.failed(given_up) from retry
+                await self.wait(retry, streak.failures)
+
+    def progressed(self) -> None:
+        """A piece landed whole: the budget may renew."""
+        self.budget.progress(self.counts()[0])
+
+    async def wait(self, retry: Retry, failures: int = 1) -> None:
+        failures = max(1, failures)
+        if retry.retry_after is not None:
+            delay = min(retry.retry_after, self.backoff.retry_after_cap)
+            self.budget.excuse(delay)
+        else:
+            ceiling = min(self.backoff.cap, self.backoff.base * 2 ** (failures - 1))
+            delay = ceiling * self.rng.uniform(0.5, 1.0)
+        self.sink.note(self.name, f"{retry.reason}; retry {failures} in {delay:.1f}s")
+        await self.checkpoint()
+        await self.sleep(delay)

@@ -31,7 +31,14 @@ import h11
 import httpx
 
 from sa1b_cli.core.text import format_size, shown
-from sa1b_cli.download.conn import POLL, Abandoned, BlockSink, Connection, Outcome
+from sa1b_cli.download.conn import (
+    POLL,
+    Abandoned,
+    BlockSink,
+    Connection,
+    Outcome,
+    open_connection,
+)
 from sa1b_cli.download.reactor import TlsReactor
 
 __all__ = [
@@ -385,6 +392,11 @@ class _Body(httpx.AsyncByteStream):
         self.done = self.remaining == 0
         return n
 
+    async def finished(self) -> bool:
+        """Whether no byte is left: a sized body knows without reading."""
+        self.done = not self.leftover and self.remaining == 0
+        return self.done
+
     def _write_leftover(self, size: int, sink: BlockSink) -> int:
         data = self._take_leftover(size)
         error: OSError | None = None
@@ -458,7 +470,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         secure = self._context() if scheme == "https" else None
         try:
             session = self.sessions.get(key)
-            await conn.call(conn.open, url.host, port, secure, limit or 3600.0, session)
+            await conn.call(open_connection, conn, url.host, port, secure, limit or 3600.0, session)
         except TimeoutError as exc:
             conn.close()
             msg = f"could not connect to {url.host} in time"

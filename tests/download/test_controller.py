@@ -23,14 +23,14 @@ def busy(controller: ConnectionController) -> None:
 def step(controller: ConnectionController, clock: Clock, rate: float) -> None:
     """One measured interval at ``rate``; after a growth step, the settling interval first."""
     busy(controller)
-    if controller._settling:
+    if controller.steps.settling:
         clock.now += 1.0
         controller.counted(int(rate))
         streaming, per_connection = controller.streaming, controller.per_connection
         controller.streaming = controller.active  # the step's connections receive by now
         controller.tick()
         controller.streaming, controller.per_connection = streaming, per_connection
-        assert not controller._settling
+        assert not controller.steps.settling
     clock.now += 1.0
     controller.counted(int(rate))
     controller.tick()
@@ -74,19 +74,19 @@ def test_it_holds_when_a_step_brings_nothing(clock):
 def test_a_step_is_judged_only_once_most_of_its_connections_receive(clock):
     controller = make(clock, growth=4.0)
     step(controller, clock, 100)
-    assert controller.limit == 16 and controller._settling
+    assert controller.limit == 16 and controller.steps.settling
     busy(controller)
     controller.streaming = 4  # the 12 new ones wait for their first byte (2 round trips away)
     for _ in range(5):
         clock.now += 0.2
         controller.counted(20)  # only the old connections' bytes: not a fruitless step
         controller.tick()
-        assert controller.limit == 16 and controller._settling
+        assert controller.limit == 16 and controller.steps.settling
     controller.streaming = 16
     clock.now += 0.2
     controller.counted(80)
     controller.tick()  # they receive now: the interval from here on is judged
-    assert controller._settling is False
+    assert controller.steps.settling is False
     clock.now += 1.0
     controller.counted(400)
     controller.tick()
@@ -120,7 +120,7 @@ def test_a_step_whose_connections_never_start_is_judged_after_start_limit(clock)
         clock.now += 1.0
         controller.counted(100)
         controller.tick()
-    assert controller._settling is False  # two seconds: judged now, whatever they do
+    assert controller.steps.settling is False  # two seconds: judged now, whatever they do
     clock.now += 1.0
     controller.counted(100)
     controller.tick()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,8 @@ import xxhash
 
 from sa1b_cli.core.manifest import ManifestRow
 from sa1b_cli.core.store import Store
-from sa1b_cli.download.ledger import Ledger, SizeChanged
-from sa1b_cli.download.partfile import PartFile
-from sa1b_cli.download.spans import SpanSet
+from sa1b_cli.download.durable import ShardFile, SizeChanged
+from sa1b_cli.download.plan import SpanSet
 
 NAME = "sa_000001.tar"
 DATA = bytes(range(256)) * 64  # 16 KiB
@@ -25,16 +25,35 @@ class Clock:
         return self.now
 
 
-async def ledger_for(tmp_path: Path, clock: Clock) -> tuple[Ledger, PartFile, Store]:
+class Writes:
+    """Blocks written as a receiving thread writes them: lent, written, landed."""
+
+    def __init__(self, ledger: ShardFile) -> None:
+        self.ledger = ledger
+
+    async def write_at(self, offset: int, chunks: list[bytes]) -> None:
+        data = b"".join(chunks)
+        block = self.ledger.block(offset, len(data))
+        await asyncio.to_thread(block.write, memoryview(data))
+        block.landed(None)
+
+    @property
+    def path(self) -> Path:
+        return self.ledger.part.path
+
+    async def close(self) -> None:
+        await self.ledger.part.close()
+
+
+async def ledger_for(tmp_path: Path, clock: Clock) -> tuple[ShardFile, Writes, Store]:
     store = Store(tmp_path).ensure()
-    part = await PartFile(store.part_path(NAME), ["xxh128"]).open(keep=SpanSet())
     row = ManifestRow(NAME, "https://cdn.example/x/sa_000001.tar?oh=SECRET", "shard", 2, None)
-    ledger = Ledger(
-        store, row, part, claim=None, monotonic=clock, wall_clock=clock,
+    ledger = ShardFile(
+        store, row, ["xxh128"], claim=None, monotonic=clock, wall_clock=clock,
         every_bytes=10 << 10, every_seconds=2.0,
     )  # fmt: skip
-    ledger.begin(SpanSet())
-    return ledger, part, store
+    await ledger.open(SpanSet())
+    return ledger, Writes(ledger), store
 
 
 async def test_a_record_vouches_only_for_bytes_written_before_its_fsync(tmp_path: Path):

@@ -7,8 +7,8 @@ import random
 
 import xxhash
 
-from sa1b_cli.download.partfile import PartFile
-from sa1b_cli.download.spans import SpanSet
+from sa1b_cli.download.durable import PartFile
+from sa1b_cli.download.plan import SpanSet
 
 
 async def test_blocks_landing_out_of_order_and_short_still_hash_in_file_order(tmp_path):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from sa1b_cli.download.pieces import Pieces
-from sa1b_cli.download.spans import SpanSet
+from sa1b_cli.download.plan import Pieces, SpanSet
 
 
 def test_spans_merge_and_report_gaps():

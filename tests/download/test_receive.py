@@ -1,16 +1,37 @@
-"""The receiver's fast path (the wire transport's read_through) under --max-rate."""
+"""The one body path: --max-rate pacing, and a body that runs past the shard's size."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
+import httpx
+import pytest
+
 from sa1b_cli.core.events import NullSink
-from sa1b_cli.download.partfile import PartFile
+from sa1b_cli.core.manifest import ManifestRow
+from sa1b_cli.core.store import Store
+from sa1b_cli.download.durable import ShardFile
+from sa1b_cli.download.plan import SpanSet
 from sa1b_cli.download.ratelimit import RateLimiter
-from sa1b_cli.download.receive import Receiver
-from sa1b_cli.download.spans import SpanSet
+from sa1b_cli.download.receive import Overrun, Receiver, body_of
 from sa1b_cli.download.wire import BODY_EXTENSION
+
+NAME = "sa_000002.tar"
+
+
+async def stream(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def shard_file(tmp_path) -> ShardFile:  # type: ignore[no-untyped-def]
+    row = ManifestRow(NAME, "https://cdn.example/x/sa_000002.tar?oh=s", "shard", 2, None)
+    return ShardFile(
+        Store(tmp_path).ensure(), row, ["xxh128"], claim=None, monotonic=lambda: 0.0,
+        wall_clock=lambda: 0.0, every_bytes=1 << 40, every_seconds=1e9,
+    )  # fmt: skip
 
 
 async def test_max_rate_books_each_read_before_it_is_made(tmp_path):
@@ -35,27 +56,51 @@ async def test_max_rate_books_each_read_before_it_is_made(tmp_path):
 
     response = SimpleNamespace(extensions={BODY_EXTENSION: Body()})
 
-    async def no_checkpoint() -> None:
-        pass
-
-    part = await PartFile(tmp_path / "z.part", ["xxh128"]).open(keep=SpanSet())
-    async with part:
+    async with await shard_file(tmp_path).open(SpanSet()) as file:
         receiver = Receiver(
-            part,
-            name="z",
+            file,
             pos=0,
             sink=NullSink(),
-            block_size=1 << 20,
             reserve=4 << 20,
             limiter=Limiter(1_000_000, sleep=asyncio.sleep),
             counted=lambda n: None,
-            checkpoint=no_checkpoint,
-            checkpoint_due=lambda: False,
         )
-        await receiver.run(response, 30.0)  # type: ignore[arg-type]
+        await receiver.run(body_of(response, 1 << 20), 30.0)  # type: ignore[arg-type]
     reads = [n for kind, n in events if kind == "read"]
     assert reads and all(n == 100_000 for n in reads)  # a tenth of a second at 1 MB/s
     assert events[0][0] == "book" and all(
         events[i - 1][0] == "book" for i, (kind, _) in enumerate(events) if kind == "read"
     )
-    assert (tmp_path / "z.part").stat().st_size == 1 << 20
+    assert (tmp_path / "tars" / f"{NAME}.part").stat().st_size == 1 << 20
+
+
+@pytest.mark.parametrize("extra", [1, 70_000])
+async def test_a_streamed_body_past_the_known_size_fails_after_writing_only_the_size(
+    tmp_path, extra
+):
+    """A chunked body (no Content-Length) is read up to the size; one byte more is an overrun."""
+    data = bytes(range(256)) * 400
+    chunks = [data[i : i + 7_000] for i in range(0, len(data), 7_000)] + [b"x" * extra]
+    response = httpx.Response(200, content=stream(chunks))
+    async with await shard_file(tmp_path).open(SpanSet()) as file:
+        file.expected_size = len(data)
+        receiver = Receiver(
+            file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
+        )
+        with pytest.raises(Overrun):
+            await receiver.run(body_of(response, 1 << 20), 30.0)
+        await file.drain()
+        assert list(file.written) == [(0, len(data))]
+    assert (tmp_path / "tars" / f"{NAME}.part").read_bytes() == data
+
+
+async def test_a_streamed_body_of_exactly_the_size_ends_cleanly(tmp_path):
+    data = bytes(range(256)) * 400
+    response = httpx.Response(200, content=stream([data[:5000], data[5000:]]))
+    async with await shard_file(tmp_path).open(SpanSet()) as file:
+        file.expected_size = len(data)
+        receiver = Receiver(
+            file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
+        )
+        await receiver.run(body_of(response, 1 << 20), 30.0)
+        assert receiver.pos == len(data) and file.written.prefix() == len(data)

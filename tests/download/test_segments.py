@@ -15,7 +15,7 @@ import xxhash
 from sa1b_cli.core.manifest import ManifestRow, expiry_of
 from sa1b_cli.core.store import Record, Store
 from sa1b_cli.download.controller import ConnectionController, ControllerSettings
-from sa1b_cli.download.transfer import TransferContext, TransferSettings, fetch_shard
+from sa1b_cli.download.transfer import ShardTask, TransferContext, TransferSettings, fetch_shard
 from tests.fakecdn import ChunkedStream, DroppingStream, url_for
 
 NAME = "sa_000003.tar"
@@ -90,7 +90,7 @@ async def fetch(
             rng=random.Random(1),
             controller=controller,
         )
-        return await fetch_shard(row_for(), store, ctx, size_hint=len(cdn.data))
+        return await fetch_shard(ShardTask(row_for(), size_hint=len(cdn.data)), store, ctx)
 
 
 def whole(store: Store) -> bytes:
@@ -146,7 +146,7 @@ async def test_one_connection_once_more_connections_were_measured_to_bring_nothi
     settings = TransferSettings(block_size=8192, min_piece=20_000, max_piece=100_000)
     async with httpx.AsyncClient(transport=httpx.MockTransport(cdn.handle)) as client:
         ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
-        result = await fetch_shard(row_for(), store, ctx, size_hint=len(data))
+        result = await fetch_shard(ShardTask(row_for(), size_hint=len(data)), store, ctx)
     assert result.status == "downloaded" and whole(store) == data
     assert result.connections == 1
 
@@ -193,7 +193,9 @@ async def test_slots_that_free_up_are_shared_by_the_shards_waiting_for_them(stor
         rows = [ManifestRow(n, url_for(n), "shard", 2, expiry_of(url_for(n))) for n in names]
         starting = [controller.expect() for _ in rows]  # started together, as the engine does
         tasks = [
-            asyncio.create_task(fetch_shard(r, store, ctx, size_hint=len(data), on_start=s))
+            asyncio.create_task(
+                fetch_shard(ShardTask(r, size_hint=len(data), on_start=s), store, ctx)
+            )
             for r, s in zip(rows, starting, strict=True)
         ]
         for _ in range(50):
@@ -224,7 +226,9 @@ async def test_a_split_shard_lets_the_next_start_once_its_last_range_is_handed_o
         ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
         task = asyncio.create_task(
             fetch_shard(
-                row_for(), store, ctx, size_hint=len(data), on_tail=lambda: told.append("tail")
+                ShardTask(row_for(), size_hint=len(data), on_tail=lambda: told.append("tail")),
+                store,
+                ctx,
             )
         )
         for _ in range(50):
@@ -264,7 +268,7 @@ async def test_one_connection_when_split_is_off(store, data):
     settings = TransferSettings(split=False, block_size=8192)
     async with httpx.AsyncClient(transport=httpx.MockTransport(cdn.handle)) as client:
         ctx = TransferContext(client, settings, wall_clock=lambda: NOW)
-        result = await fetch_shard(row_for(), store, ctx, size_hint=len(data))
+        result = await fetch_shard(ShardTask(row_for(), size_hint=len(data)), store, ctx)
     assert result.status == "downloaded" and cdn.ranges == [None] and result.connections == 1
 
 

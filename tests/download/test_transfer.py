@@ -16,12 +16,8 @@ import xxhash
 
 from sa1b_cli.core.manifest import ManifestRow, expiry_of
 from sa1b_cli.core.store import Record, RecordStatus, Store
-from sa1b_cli.download.transfer import (
-    TransferContext,
-    TransferSettings,
-    fetch_shard,
-    retry_after_seconds,
-)
+from sa1b_cli.download.accept import retry_after_seconds
+from sa1b_cli.download.transfer import ShardTask, TransferContext, TransferSettings, fetch_shard
 from tests.fakecdn import FakeCDN, url_for
 
 NAME = "sa_000001.tar"
@@ -65,7 +61,9 @@ async def fetch(
         ctx = TransferContext(
             client, settings, sleep=sleeps or Sleeps(), wall_clock=lambda: NOW, rng=random.Random(1)
         )
-        return await fetch_shard(row or row_for(), store, ctx, expected=expected, claim=claim)
+        return await fetch_shard(
+            ShardTask(row or row_for(), expected or {}, claim=claim), store, ctx
+        )
 
 
 def seed_partial(
@@ -307,7 +305,7 @@ async def test_requests_carry_what_the_client_s_build_request_would_give_them(st
     transport = httpx.MockTransport(handle)
     async with httpx.AsyncClient(transport=transport, headers=headers, timeout=7.0) as client:
         ctx = TransferContext(client, TransferSettings(split=False), wall_clock=lambda: NOW)
-        result = await fetch_shard(row_for(), store, ctx)
+        result = await fetch_shard(ShardTask(row_for()), store, ctx)
         built = client.build_request("GET", row_for().url, headers={"Accept-Encoding": "identity"})
     assert result.status == "downloaded"
     (sent,) = seen
@@ -337,7 +335,7 @@ async def test_a_dead_server_is_given_up_within_about_two_minutes_on_defaults(st
             monotonic=lambda: clock[0],
             rng=random.Random(1),
         )
-        result = await fetch_shard(row_for(), store, ctx)
+        result = await fetch_shard(ShardTask(row_for()), store, ctx)
     assert result.status == "failed" and "without progress" in (result.detail or "")
     assert "ReadTimeout" in (result.detail or "")
     assert clock[0] - NOW <= 160  # about two minutes, not 8 attempts with a minute's backoff

@@ -1,27 +1,45 @@
-"""The ``.part`` file of one shard: blocks written at their offsets, digests computed in order.
+"""Durability of one shard: the ``.part`` file and its ledger, one owner of what is on disk.
 
-Several connections may write one file at once, each at its own offset. The digests (xxh3
-and any --checksums algorithm) cannot be combined from pieces, so they advance along a
-frontier: a block that lands exactly at the frontier is hashed from memory in the same
-thread call that writes it (the one-connection case: no second read at all); blocks ahead
-of it are written only, and are hashed when the frontier reaches them, read back moments
-after they were written (from the page cache; the window is a few pieces). One hashing
-operation runs at a time, so the digests always see bytes in file order.
+``PartFile`` writes blocks at their offsets, as several connections deliver them, and
+computes the digests (xxh3 and any --checksums algorithm) along a frontier: a block that
+lands exactly at the frontier is hashed from memory by the thread that writes it (one
+connection: no second read at all); blocks ahead of it are hashed when the frontier
+reaches them, read back from the page cache moments later. One hashing operation runs at
+a time, so the digests always see bytes in file order.
+
+``ShardFile`` owns the part file and is the only code that touches it: it lends blocks
+to the receiving side, and it alone says what is durable. Only bytes proven durable are
+trusted: the data is fsync'ed first, then a record naming exactly those byte ranges is
+written atomically. A final name only ever holds whole, checked bytes (digests compared,
+fsync, rename, then the record says "complete").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from sa1b_cli.core.checksums import ALGORITHMS, Hasher
-from sa1b_cli.download.spans import SpanSet
+from sa1b_cli.core.claims import Claim
+from sa1b_cli.core.manifest import ManifestRow, object_path
+from sa1b_cli.core.store import Record, RecordStatus, Store
+from sa1b_cli.core.text import format_size
+from sa1b_cli.download.plan import SpanSet
 
-__all__ = ["Block", "PartFile", "is_disk_full"]
+__all__ = [
+    "Block",
+    "ClaimLost",
+    "PartFile",
+    "ShardFile",
+    "SizeChanged",
+    "is_disk_full",
+]
 
 _READ_BACK = 1 << 20  # one buffer per part file, only while bytes are read back
 
@@ -31,21 +49,12 @@ def _update_all(hashers: Iterable[Hasher], block: bytes | memoryview) -> None:
         hasher.update(block)
 
 
-def _write_at(
-    fd: int, offset: int, chunks: Sequence[bytes | memoryview], hashers: Iterable[Hasher]
-) -> None:
-    """One pwritev per block (no join copy), then the digests of exactly those bytes."""
-    pending = chunks
-    while pending:
-        written = os.pwritev(fd, pending, offset)
-        offset += written
-        while pending and written >= len(pending[0]):
-            written -= len(pending[0])
-            pending = pending[1:]
-        if written:  # a short write inside a chunk
-            pending = [pending[0][written:], *pending[1:]]
-    for chunk in chunks:
-        _update_all(hashers, chunk)
+def _write_at(fd: int, offset: int, view: memoryview, hashers: Iterable[Hasher]) -> None:
+    """Write ``view`` at ``offset`` (short writes resumed), then hash exactly those bytes."""
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    _update_all(hashers, view)
 
 
 def _hash_range(
@@ -77,7 +86,7 @@ class Block:
 
     def write(self, view: memoryview) -> None:
         """Blocking, on the receiving thread: write ``view`` next, hash it if at the frontier."""
-        _write_at(self.fd, self.offset + self.wrote, [view], self.hashers)
+        _write_at(self.fd, self.offset + self.wrote, view, self.hashers)
         self.wrote += len(view)
 
     def landed(self, error: OSError | None) -> None:
@@ -129,18 +138,6 @@ class PartFile:
     def _new_hashers(self) -> None:
         self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
 
-    def write_at(self, offset: int, chunks: list[bytes]) -> asyncio.Future[None]:
-        """Start writing a block at ``offset``; await the result before the writer's next block."""
-        assert self._fd is not None
-        size = sum(len(c) for c in chunks)
-        hashers = self._at_frontier(offset, size)
-        future = asyncio.ensure_future(self._write(offset, chunks, size, hashers))
-        if hashers:
-            self._hashing = future
-        self._writes.add(future)
-        self.received += size
-        return future
-
     def block(self, offset: int, size: int) -> Block:
         """Reserve ``[offset, offset + size)`` for a write another thread does as bytes arrive.
 
@@ -176,23 +173,6 @@ class PartFile:
             self.received += block.wrote
             self.arrived += block.wrote
         block.done.set_result(None)
-        self._advance()
-
-    async def _write(
-        self, offset: int, chunks: list[bytes], size: int, hashers: list[Hasher]
-    ) -> None:
-        fd = self._fd
-        assert fd is not None
-        try:
-            await asyncio.to_thread(_write_at, fd, offset, chunks, hashers)
-        finally:
-            # Cleared here, not in a done callback: a waiter must never see a finished
-            # future still registered (awaiting a done future does not yield to the loop).
-            self._writes.discard(asyncio.current_task())
-            if hashers:
-                self._hashing = None
-        self.written.add(offset, offset + size)
-        self.arrived += size
         self._advance()
 
     def _advance(self) -> None:
@@ -271,6 +251,172 @@ class PartFile:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+class ClaimLost(Exception):
+    """Another process took over this shard's claim: touch nothing more."""
+
+
+class SizeChanged(Exception):
+    """A reply implies another total than the one known: a shard's size never changes."""
+
+    def __init__(self, known: int, now: int) -> None:
+        said = f"now says {format_size(now)}; it said {format_size(known)} before"
+        super().__init__(f"the server {said}")
+        self.known, self.now = known, now
+
+
+class ShardFile:
+    """One shard's part file and its record: what is on disk, and what of it is durable.
+
+    The one owner of both: the receiving side only borrows blocks (``block``) and asks for
+    checkpoints; the record is written by the claim holder only.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        row: ManifestRow,
+        algorithms: Iterable[str],
+        *,
+        claim: Claim | None,
+        monotonic: Callable[[], float],
+        wall_clock: Callable[[], float],
+        every_bytes: int,
+        every_seconds: float,
+    ) -> None:
+        self.store, self.row, self.claim = store, row, claim
+        self.part = PartFile(store.part_path(row.file_name), algorithms)
+        self.monotonic, self.wall_clock = monotonic, wall_clock
+        self.every_bytes, self.every_seconds = every_bytes, every_seconds
+        self.expected_size: int | None = None
+        self.durable = SpanSet()
+        self._last = (0, 0.0)  # (bytes received, monotonic time) at the last checkpoint
+        self._busy = False
+
+    async def open(self, keep: SpanSet) -> ShardFile:
+        """Open the part file trusting only ``keep`` (the last durable checkpoint)."""
+        await self.part.open(keep=keep)
+        self.durable = self.part.written.copy()
+        self._last = (self.part.received, self.monotonic())
+        return self
+
+    async def __aenter__(self) -> ShardFile:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.part.close()
+
+    @property
+    def written(self) -> SpanSet:
+        """Bytes whose write has finished (durable or not yet)."""
+        return self.part.written
+
+    @property
+    def arrived(self) -> int:
+        """Bytes this run wrote into the file."""
+        return self.part.arrived
+
+    def block(self, offset: int, size: int) -> Block:
+        """Lend ``[offset, offset + size)`` to a receiving thread (see ``PartFile.block``)."""
+        return self.part.block(offset, size)
+
+    async def drain(self) -> None:
+        await self.part.drain()
+
+    async def digests(self) -> dict[str, str]:
+        return await self.part.digests()
+
+    def due(self) -> bool:
+        if self._busy:  # one is under way: asking again would only cut blocks short
+            return False
+        done, when = self._last
+        if self.part.received - done >= self.every_bytes:
+            return True
+        return self.monotonic() - when >= self.every_seconds
+
+    async def checkpoint(self, *, force: bool = False) -> None:
+        """fsync, then record the durable ranges; one checkpoint at a time."""
+        if self._busy or not (force or self.due()) or self.part.received == self._last[0]:
+            return
+        self._busy = True
+        try:
+            received = self.part.received
+            self.durable = await self.part.sync()
+            self._last = (received, self.monotonic())
+            await self.record("partial")
+            self.ensure_claim()
+        finally:
+            self._busy = False
+
+    async def learn_size(self, total: int | None) -> None:
+        """Fix the size once known; a different total later raises ``SizeChanged``."""
+        if total is None or total == self.expected_size:
+            return
+        if self.expected_size is not None:
+            raise SizeChanged(self.expected_size, total)
+        self.expected_size = total
+        await self.record("partial")
+
+    async def record(self, status: RecordStatus, **extra: Any) -> None:
+        """Write the record from a worker thread: its fsync must not stall every connection."""
+        record = Record(
+            self.row.file_name,
+            status,
+            expected_size=self.expected_size,
+            object_path=object_path(self.row.url),
+            durable_bytes=self.durable.prefix(),
+            spans=self.durable.as_list(),
+            **extra,
+        )
+        await asyncio.to_thread(self.store.write, record.with_(updated=self.wall_clock()))
+
+    async def start_over(self) -> None:
+        """Drop every byte kept so far, on disk and in the record."""
+        await self.part.reset()
+        self.durable = SpanSet()
+        self._last = (0, self.monotonic())
+        await self.record("partial")
+
+    def ensure_claim(self) -> None:
+        if self.claim is not None and not self.claim.heartbeat():
+            raise ClaimLost
+
+    async def finalise(
+        self, expected: dict[str, str], sources: dict[str, str] | None = None
+    ) -> str | None:
+        """Check size and digests, then fsync + rename. Returns a problem, or None."""
+        size = self.part.written.prefix()
+        if self.expected_size is not None and size != self.expected_size:
+            return f"size {size:,} differs from the {self.expected_size:,} bytes announced"
+        digests = await self.part.digests()
+        for alg, want in sorted(expected.items()):
+            if digests.get(alg) != want:
+                return f"{alg} mismatch: expected {want}, got {digests.get(alg)}"
+        self.durable = await self.part.sync()
+        self.ensure_claim()
+        await asyncio.to_thread(self._move_into_place)
+        sources = sources or {}
+        checked = [f"{alg}={sources.get(alg, 'list')}" for alg in sorted(expected)]
+        await self.record(
+            "complete", size=size, digests=digests, checked=checked, checked_at=self.wall_clock()
+        )
+        return None
+
+    def _move_into_place(self) -> None:
+        os.replace(self.part.path, self.store.final_path(self.row.file_name))
+        _fsync_dir(self.store.tars)
+
+
+def _fsync_dir(path: os.PathLike[str]) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def is_disk_full(exc: BaseException) -> bool:
