@@ -104,3 +104,20 @@ async def test_a_streamed_body_of_exactly_the_size_ends_cleanly(tmp_path):
         )
         await receiver.run(body_of(response, 1 << 20), 30.0)
         assert receiver.pos == len(data) and file.written.prefix() == len(data)
+
+
+async def test_a_trickle_is_not_a_stall(tmp_path):
+    """A streamed body reports every 50 ms, however little came: the watchdog hears a trickle."""
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(40):  # 1.2 s in all, far past the stall timeout
+            await asyncio.sleep(0.03)
+            yield b"t" * 100
+
+    response = httpx.Response(200, content=trickle())
+    async with await shard_file(tmp_path).open(SpanSet()) as file:
+        receiver = Receiver(
+            file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
+        )
+        await receiver.run(body_of(response, 1 << 20), 0.25)
+        assert receiver.pos == 4000
