@@ -78,8 +78,7 @@ class Fetcher:
                 await self._receive(response, piece.pos, piece)
             finally:
                 # After a drop mid-piece: whatever is written from pos on need not come again.
-                written = self.file.written.run_end(piece.pos)
-                piece.pos = min(piece.end, max(piece.pos, written))
+                piece.reached(self.file.written.run_end(piece.pos))
 
     @asynccontextmanager
     async def _request(self, ask: Ask) -> AsyncIterator[tuple[httpx.Response, Verdict]]:

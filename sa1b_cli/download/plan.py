@@ -256,6 +256,10 @@ class Piece:
     def left(self) -> int:
         return self.end - self.pos
 
+    def reached(self, pos: int) -> None:
+        """Bytes before ``pos`` are here: a split of this piece may only start past it."""
+        self.pos = min(self.end, max(self.pos, pos))
+
 
 class Pieces:
     """The unassigned ranges of one file, and the ones connections are working on."""

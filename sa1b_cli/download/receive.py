@@ -164,7 +164,7 @@ class Receiver:
         size = self.file.expected_size
         end = self.piece.end if self.piece is not None else size
         if self.piece is not None:
-            self.piece.pos = self.pos
+            self.piece.reached(self.pos)
         want = self.reserve if end is None else min(self.reserve, end - self.pos)
         if want <= 0:
             if end == size is not None and not await body.finished():
@@ -180,7 +180,7 @@ class Receiver:
     def _advance(self, size: int) -> None:
         self.pos += size
         if self.piece is not None:
-            self.piece.pos = self.pos
+            self.piece.reached(self.pos)
         self.counted(size)
         self._unreported += size
         if self._unreported >= PROGRESS_EVERY:  # not per call: rich takes a lock
