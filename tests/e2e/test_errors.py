@@ -234,6 +234,10 @@ def test_ctrl_c_before_any_byte_exits_130_and_says_nothing_was_kept(big_site):
     assert "partial bytes kept" not in stderr  # nothing was kept: it never got a byte
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_extraction_exits_130_and_marks_nothing_half_done(tmp_path):
     site = build_site(tmp_path, shards=3, images=500)
     try:
@@ -244,11 +248,14 @@ def test_ctrl_c_during_extraction_exits_130_and_marks_nothing_half_done(tmp_path
     log = tmp_path / "extract.log"
     with log.open("w") as sink:
         command = site.cmd("extract", "--root", root, "--jobs", "1")
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink, env=env())
+        # A runner started in the background (``cmd &``) passes SIGINT on ignored, and Python
+        # then leaves it ignored: the child gets the default back, as a terminal's job has.
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=sink, env=env(), preexec_fn=_sigint_default
+        )
     out = site.root / "extracted"
     try:
-        # Interrupted once it says a shard has started: polling the folder for its
-        # temporary files missed a whole run on a loaded machine (seen in CI).
+        # Interrupted once it says a shard has started.
         wait_for(lambda: "started" in log.read_text() or proc.poll() is not None, what="a start")
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
