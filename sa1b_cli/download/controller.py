@@ -148,14 +148,10 @@ class ConnectionController:
         self._wake.set()
 
     def splitting_pays(self) -> bool:
-        """Whether a shard should open more connections than its first.
-
-        Yes before any step was judged (only the spare slots of --jobs exist then), while a
-        step is being tried, and after a step that raised throughput; no after a step that
-        brought nothing: where one connection per shard already fills the link (loopback,
-        or many shards), more would only cost CPU and read-back. But yes again whenever
-        slots of the judged limit lie idle: in a run's tail fewer shards than connections
-        are left, and the shards that started last would otherwise finish on one each.
+        """Whether a shard should open more connections than its first: yes until a step
+        brought nothing (then one per shard already fills the link, and more cost CPU), and
+        yes again while slots lie idle (a run's tail, where the last shards would otherwise
+        finish on one connection each).
         """
         steps = self.steps
         return steps.before is not None or steps.more_pays or self.active < self.limit
@@ -179,8 +175,7 @@ class ConnectionController:
             self.shards -= 1
 
     def over_limit(self) -> bool:
-        """True when a connection should give its slot back after its current piece."""
-        return self.active > self.limit
+        return self.active > self.limit  # a connection gives its slot back after its piece
 
     async def wait_for_room(self) -> None:
         self._wake.clear()

@@ -244,14 +244,6 @@ class PartFile:
                 os.close(self._fd)
                 self._fd = None
 
-    async def __aenter__(self) -> PartFile:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
 
 class ClaimLost(Exception):
     """Another process took over this shard's claim: touch nothing more."""

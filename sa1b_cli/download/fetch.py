@@ -124,10 +124,8 @@ class Fetcher:
             raise SizeChanged(self.file.expected_size, verdict.total)
 
     def _build(self, ask: Ask) -> httpx.Request:
-        """The GET for ``ask``: the client's headers and timeout, and this shard's link.
-
-        Not ``build_request``, which merges the client's URL, headers and cookies anew for
-        every request (the link parsed again, a urllib request made for the cookie jar).
+        """The GET for ``ask``, from a template: ``build_request`` would parse the link and
+        merge headers and cookies anew for every request (a urllib request for the jar).
         """
         if self._template is None:
             client = self.ctx.client
@@ -178,9 +176,7 @@ class Fetcher:
             raise Retry(msg)
 
     def _block_size(self) -> int:
-        """Bytes a connection receives and writes at a time (the wire reads this many too).
-
-        Many slow connections: smaller blocks, so the buffers held stay within ~8 MiB.
-        """
+        """Bytes a connection receives and writes at a time: with many connections, fewer
+        (the buffers held stay within ~8 MiB)."""
         share = (8 << 20) // max(1, self.ctx.controller.active)
         return max(256 << 10, min(self.ctx.settings.block_size, share))
