@@ -36,7 +36,9 @@ class Fetcher:
 
     def __init__(self, ctx: TransferContext, row: ManifestRow, file: ShardFile) -> None:
         self.ctx, self.row, self.file, self.name = ctx, row, file, row.file_name
-        self.pushes = True  # a dropped connection asks for fewer (while split in pieces)
+        # Fetched in pieces over several connections (until a server refuses a range):
+        # only then does a dropped connection ask the run for fewer.
+        self.split = ctx.settings.split
         self._hosts: set[str] = set()  # other hosts a redirect led to, told once each
         self._template: tuple[httpx.URL, httpx.Headers, dict[str, Any]] | None = None
 
@@ -164,10 +166,10 @@ class Fetcher:
             msg = f"no data for {settings.stall_timeout:g}s"
             raise Retry(msg) from exc
         except httpx.RemoteProtocolError as exc:  # its message is already in words
-            raise Retry(str(exc), push=self.pushes) from exc
+            raise Retry(str(exc), push=self.split) from exc
         except httpx.TransportError as exc:
             msg = f"connection dropped ({type(exc).__name__}: {exc})"
-            raise Retry(msg, push=self.pushes) from exc
+            raise Retry(msg, push=self.split) from exc
         finally:
             self.ctx.fetched[self.name] = self.file.arrived  # an interrupted run counts them
         end = piece.end if piece is not None else self.file.expected_size

@@ -101,12 +101,10 @@ def records(store: Store, rows: list[ManifestRow]) -> dict[str, Record | None]:
     return {row.file_name: same_object(store, row) for row in rows}
 
 
-def check_space(
-    store: Store, records: dict[str, Record | None], sizes: dict[str, int | None]
-) -> int:
+def check_space(store: Store, found: dict[str, Record | None], sizes: dict[str, int | None]) -> int:
     """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit."""
     needed = 0
-    for name, record in records.items():
+    for name, record in found.items():
         needed += max(0, (sizes.get(name) or 0) - kept_spans(record).total())
     free = shutil.disk_usage(store.tars).free
     margin = min(SPACE_MARGIN, needed // 50)  # records, indexes, filesystem slack

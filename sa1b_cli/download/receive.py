@@ -163,8 +163,6 @@ class Receiver:
         """Bytes to ask for next; 0 at the end of the piece or of the file."""
         size = self.file.expected_size
         end = self.piece.end if self.piece is not None else size
-        if self.piece is not None:
-            self.piece.reached(self.pos)
         want = self.reserve if end is None else min(self.reserve, end - self.pos)
         if want <= 0:
             if end == size is not None and not await body.finished():

@@ -3,12 +3,12 @@
 The only code that takes or gives up connection slots or hands out pieces. A shard's
 slots (``Slots``) are taken from the run's ``ConnectionController``; ``Segments`` runs the
 missing ranges of a shard over as many connections as the controller allows, each one
-taking pieces lowest first (``pieces.Pieces``) until none is left.
+taking pieces lowest first (``plan.Pieces``) until none is left.
 
 State kept, all of it here: ``Slots.held`` and ``Slots.peak`` (this shard's connections
-now, and the most at once); ``Segments.workers`` (one task per connection) and
-``Segments.pieces`` (what is handed out and what is left); and the two calls owed to the
-engine, ``on_start`` (every time a slot is awaited) and ``on_tail`` (once).
+now, and the most at once); ``Segments.workers`` (one task per connection) and the
+``Pieces`` of its ``run`` (what is handed out and what is left); and the two calls owed
+to the engine, ``on_start`` (every time a slot is awaited) and ``on_tail`` (once).
 """
 
 from __future__ import annotations
@@ -84,13 +84,11 @@ class Segments:
         self.controller = slots.controller
         self.on_tail = on_tail  # once every range is handed out: the engine starts another
         self.workers: set[asyncio.Task[None]] = set()
-        self.pieces: Pieces | None = None
 
     async def run(self, have: SpanSet, size: int) -> None:
         """Until every piece is fetched; the first worker's error ends them all."""
         settings = self.settings
         pieces = Pieces(have, size, min_piece=settings.min_piece, max_piece=settings.max_piece)
-        self.pieces = pieces
         try:
             with self.controller.sharing():
                 while pieces or self.workers:

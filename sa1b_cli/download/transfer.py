@@ -97,7 +97,6 @@ class _Shard:
             check=self._check_expiry,
             counts=lambda: (self.file.written.total(), self.file.arrived),
         )
-        self.split = settings.split
         self.ends = _Ends(task, self.file, self.slots)
 
     async def run(self) -> ShardResult:
@@ -158,7 +157,7 @@ class _Shard:
     async def _fetch_all(self) -> None:
         """Until every byte is here: segments while the server honours them, else one stream."""
         size = self.file.expected_size
-        if self.split and size is not None and self.file.written.prefix() < size:
+        if self.fetcher.split and size is not None and self.file.written.prefix() < size:
             segments = Segments(
                 self.ctx.settings, self.slots, self.retrier, self.fetcher.piece, self.task.on_tail
             )
@@ -168,7 +167,7 @@ class _Shard:
                 await segments.run(self.file.written, size)
                 return
             except Fallback as fallback:
-                self.split = self.fetcher.pushes = False
+                self.fetcher.split = False
                 self.ends.fallback = f"{fallback}; fetched over one connection"
                 self.ctx.sink.note(self.name, self.ends.fallback)
         async with self.slots.slot() as slot:

@@ -17,6 +17,7 @@ import xxhash
 from sa1b_cli.core.manifest import ManifestRow, expiry_of
 from sa1b_cli.core.store import Record, RecordStatus, Store
 from sa1b_cli.download.accept import retry_after_seconds
+from sa1b_cli.download.controller import ConnectionController, ControllerSettings
 from sa1b_cli.download.transfer import ShardTask, TransferContext, TransferSettings, fetch_shard
 from tests.fakecdn import FakeCDN, url_for
 
@@ -339,3 +340,20 @@ async def test_a_dead_server_is_given_up_within_about_two_minutes_on_defaults(st
     assert result.status == "failed" and "without progress" in (result.detail or "")
     assert "ReadTimeout" in (result.detail or "")
     assert clock[0] - NOW <= 160  # about two minutes, not 8 attempts with a minute's backoff
+
+
+async def test_a_drop_without_split_does_not_take_connections_from_the_run(store, payload):
+    """Only a shard fetched in pieces answers a dropped connection by asking for fewer."""
+    cdn = FakeCDN({NAME: payload}, faults=["drop:120000"])
+    controller = ConnectionController(ControllerSettings(ceiling=8, initial=8))
+    async with httpx.AsyncClient(transport=cdn.transport()) as client:
+        ctx = TransferContext(
+            client,
+            TransferSettings(split=False),
+            sleep=Sleeps(),
+            wall_clock=lambda: NOW,
+            controller=controller,
+        )
+        result = await fetch_shard(ShardTask(row_for()), store, ctx)
+    assert result.status == "downloaded" and final_bytes(store) == payload
+    assert controller.limit == 8
