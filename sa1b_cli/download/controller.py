@@ -7,8 +7,10 @@ the server pushes back (429/503, resets), honouring Retry-After before it grows 
 
 Connections cost CPU (receiving, writing, and hashing what arrives ahead of the digest
 frontier a second time), so the controller only grows while a core is idle: with none
-idle, the link is not what limits, and more connections would only slow the ones there
-(docs/performance.md has the measurements behind these rules).
+idle, the link is not what limits, and more connections would only slow the ones there.
+Nor does a step grow past what the one thread receiving TLS bodies can take: busy half
+the time, it can take at most twice the bytes (docs/performance.md has the measurements
+behind these rules).
 
 Every connection of every shard takes a slot first; a shard's first connection waits
 for one, further ones are only taken when a slot is free.
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ConnectionController", "ControllerSettings", "IdleCores"]
+__all__ = ["ConnectionController", "ControllerSettings", "IdleCores", "ThreadLoad"]
 
 
 class IdleCores:
@@ -55,6 +57,27 @@ class IdleCores:
         if now is None or last is None or now[1] <= last[1]:
             return None
         return self.cores * (now[0] - last[0]) / (now[1] - last[1])
+
+
+class ThreadLoad:
+    """How busy one thread was since the last call: its share of a core (None before it ran).
+
+    ``cpu`` gives the CPU seconds that thread has used so far (0 until it runs).
+    """
+
+    def __init__(
+        self, cpu: Callable[[], float], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.cpu, self.clock = cpu, clock
+        self._last = (clock(), cpu())
+
+    def __call__(self) -> float | None:
+        now, used = self.clock(), self.cpu()
+        then, before = self._last
+        self._last = (now, used)
+        if now <= then or used <= 0:
+            return None
+        return max(0.0, used - before) / (now - then)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +112,11 @@ class ConnectionController:
         *,
         clock: Callable[[], float] = time.monotonic,
         idle: Callable[[], float | None] = lambda: None,
+        busy: Callable[[], float | None] = lambda: None,
     ) -> None:
-        self.settings = settings or ControllerSettings()
-        self.clock = clock
-        self.idle = idle  # idle cores over the last interval, or None when unknown
+        self.settings, self.clock = settings or ControllerSettings(), clock
+        # Over the last interval: idle cores, and the receiving thread's share of one.
+        self.idle, self.busy = idle, busy
         self.limit = max(1, min(self.settings.initial, self.settings.ceiling))
         self.active = 0
         self.streaming = 0  # connections currently receiving a body
@@ -149,12 +173,10 @@ class ConnectionController:
 
     def splitting_pays(self) -> bool:
         """Whether a shard should open more connections than its first: yes until a step
-        brought nothing (then one per shard already fills the link, and more cost CPU), and
-        yes again while slots lie idle (a run's tail, where the last shards would otherwise
-        finish on one connection each).
+        brought nothing (one per shard fills the link then, and more cost CPU), and yes
+        again while slots lie idle (in a run's tail, the last shards would run on one each).
         """
-        steps = self.steps
-        return steps.before is not None or steps.more_pays or self.active < self.limit
+        return self.steps.before is not None or self.steps.more_pays or self.active < self.limit
 
     @contextlib.contextmanager
     def receiving(self) -> Iterator[None]:
@@ -194,7 +216,7 @@ class ConnectionController:
             return
         rate = (self._bytes - before_bytes) / (now - then)
         self._mark = (now, self._bytes)
-        idle = self.idle()
+        idle, busy = self.idle(), self.busy()
         if self.streaming and rate:
             self.per_connection = rate / self.streaming
             self._wake.set()  # shards waiting to split look again at the new measurement
@@ -212,8 +234,9 @@ class ConnectionController:
             return  # held, or the slots we have are not all in use: more would not help
         if idle is not None and idle < self.settings.idle_needed:
             return  # the CPU is what limits now, not the link
-        if rate and (grown := steps.step(now, rate, self.limit, self.per_connection)):
-            self._set_limit(grown)  # (no rate yet, connections still starting: no blind step)
+        # (no rate yet, connections still starting: no blind step)
+        if rate and (grown := steps.step(now, rate, self.limit, self.per_connection, busy)):
+            self._set_limit(grown)
 
     def pushback(self, retry_after: float | None = None) -> None:
         """The server said no (429/503, a reset): keep only the connections it serves."""
@@ -288,15 +311,25 @@ class _Steps:
         self.more_pays = True
         return None
 
-    def step(self, now: float, rate: float, limit: int, per_connection: float | None) -> int:
-        """The limit to try next (0 when at the ceiling), and the step begins."""
+    def step(
+        self, now: float, rate: float, limit: int, per_connection: float | None, busy: float | None
+    ) -> int:
+        """The limit to try next (0 when none can pay), and the step begins.
+
+        ``busy`` is the receiving thread's share of a core: it can take at most ``1/busy``
+        times the bytes it takes now, so a step never grows by more than that.
+        """
         settings = self.settings
         capped = per_connection is not None and per_connection < settings.capped_below
         # Once the server has refused connections it counts them: probe gently from then on
         # (x8 into a 3-connection limit brought 35 refusals against 13 at x2).
         factor = settings.capped_growth if capped and not self.pushed_back else settings.growth
+        if busy:
+            # x4 from 32 TLS connections whose thread was busy 60 % of the time: 96
+            # handshakes, a third of a second at half the rate, then undone.
+            factor = min(factor, 1 / busy)
         grown = min(settings.ceiling, math.ceil(limit * factor))
-        if grown <= limit:
+        if grown <= limit or factor < settings.gain:  # at the ceiling, or it could not pay
             return 0
         self.before, self.previous = rate, limit
         self.settling = True

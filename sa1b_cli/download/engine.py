@@ -22,7 +22,12 @@ from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
 from sa1b_cli.download.client import make_client
 from sa1b_cli.download.config import DownloadConfig
-from sa1b_cli.download.controller import ConnectionController, ControllerSettings, IdleCores
+from sa1b_cli.download.controller import (
+    ConnectionController,
+    ControllerSettings,
+    IdleCores,
+    ThreadLoad,
+)
 from sa1b_cli.download.plan import (
     Expected,
     already_complete,
@@ -34,6 +39,7 @@ from sa1b_cli.download.plan import (
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.redirects import RedirectRefused, send_following
 from sa1b_cli.download.transfer import ShardTask, TransferContext, TransferSettings, fetch_shard
+from sa1b_cli.download.wire import WireTransport, make_transport
 
 __all__ = ["DownloadReport", "check_run_space", "run_downloads"]
 
@@ -141,12 +147,13 @@ async def run_downloads(
     for done in planned.settled:
         if done.status == "present":
             sink.finished(done)
+    transport = make_transport() if transport is None else transport
     async with make_client(config.timeout, transport=transport) as client:
         found = records(store, planned.pending)
         sizes = await _sizes(client, found, planned.pending, config.jobs, clock)
         needed = check_space(store, found, sizes) if config.check_space else 0
         sink.planned(needed)
-        ctx = _context(config, client, sink=sink, sleep=sleep, clock=clock)
+        ctx = _context(config, client, transport, sink=sink, sleep=sleep, clock=clock)
         hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after, sizes)
         pool = _Pool(ctx, store, _expected(config), config.jobs, hooks)
         # What is loaded by now lives as long as the run: the collector need not walk it
@@ -168,6 +175,7 @@ def _expected(config: DownloadConfig) -> Expected:
 def _context(
     config: DownloadConfig,
     client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport | None,
     *,
     sink: ProgressSink,
     sleep: Callable[[float], Awaitable[None]],
@@ -178,7 +186,11 @@ def _context(
     )
     ceiling = config.connections
     controller = ConnectionController(
-        ControllerSettings(ceiling=ceiling, initial=min(ceiling, config.jobs)), idle=IdleCores()
+        ControllerSettings(ceiling=ceiling, initial=min(ceiling, config.jobs)),
+        idle=IdleCores(),
+        # Our transport receives every TLS body on one thread: how busy it is says how
+        # many more bytes more connections could bring.
+        busy=_receiving_load(transport),
     )
     limiter = RateLimiter(config.max_rate, sleep=sleep) if config.max_rate else None
     return TransferContext(
@@ -190,6 +202,12 @@ def _context(
         limiter=limiter,
         controller=controller,
     )
+
+
+def _receiving_load(transport: httpx.AsyncBaseTransport | None) -> Callable[[], float | None]:
+    if isinstance(transport, WireTransport):
+        return ThreadLoad(transport.receiving_cpu)
+    return lambda: None  # httpx's own transport, or a test's: no one receiving thread
 
 
 class _Pool:

@@ -53,6 +53,7 @@ class TlsReactor:
         self._new: list[_Job] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None  # made with the thread
         self._closing = False
+        self.cpu = 0.0  # CPU seconds its thread has used so far (the controller's load)
 
     def close(self) -> None:
         """Let the thread end (once the jobs under way are over) and free its sockets."""
@@ -108,6 +109,7 @@ class TlsReactor:
             now = time.monotonic()
             for job in list(jobs.values()):
                 self._check(selector, jobs, job, now)
+            self.cpu = time.thread_time()
         selector.close()
         with self._lock:
             for end in self._wake:

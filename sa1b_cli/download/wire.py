@@ -432,6 +432,10 @@ class WireTransport(httpx.AsyncBaseTransport):
         # exchange, no signature on the server), verified as the first one was.
         self.sessions: dict[tuple[str, str, int], ssl.SSLSession] = {}
 
+    def receiving_cpu(self) -> float:
+        """CPU seconds used so far by the thread that receives every TLS body."""
+        return self.reactor.cpu
+
     def give_back(self, conn: Connection) -> None:
         self.idle.setdefault(conn.key, []).append(conn)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from sa1b_cli.download.controller import ConnectionController, ControllerSettings, IdleCores
+from sa1b_cli.download.controller import (
+    ConnectionController,
+    ControllerSettings,
+    IdleCores,
+    ThreadLoad,
+)
 
 
 class Clock:
@@ -209,6 +214,40 @@ def test_no_growth_while_no_core_is_idle(clock):
     idle[0] = 1.5
     step(controller, clock, 100)
     assert controller.limit == 8  # a core is free again: it grows
+
+
+@pytest.mark.parametrize(("load", "limit"), [(0.5, 32), (0.25, 64), (0.95, 16), (None, 128)])
+def test_a_step_never_grows_past_what_the_receiving_thread_can_take(clock, load, limit):
+    """Busy half the time, the thread can take at most twice the bytes: x2, not x8."""
+    controller = ConnectionController(
+        ControllerSettings(initial=16, ceiling=128, capped_growth=8.0),
+        clock=clock,
+        busy=lambda: load,
+    )
+    controller.per_connection = 1.0  # capped connections
+    step(controller, clock, 100)
+    assert controller.limit == limit  # (0.95: no step, 1/0.95 is less than a step must bring)
+
+
+def test_without_a_receiving_thread_capped_connections_grow_by_the_capped_factor(clock):
+    controller = ConnectionController(
+        ControllerSettings(initial=4, ceiling=128, capped_growth=8.0), clock=clock
+    )
+    controller.per_connection = 1.0
+    step(controller, clock, 100)
+    assert controller.limit == 32
+
+
+def test_thread_load_is_the_share_of_a_core_between_two_calls():
+    now, used = [10.0], [0.0]
+    load = ThreadLoad(lambda: used[0], lambda: now[0])
+    now[0], used[0] = 10.5, 0.0
+    assert load() is None  # the thread has not run yet
+    now[0], used[0] = 11.0, 0.25
+    assert load() == pytest.approx(0.5)
+    now[0], used[0] = 12.0, 1.25
+    assert load() == pytest.approx(1.0)
+    assert load() is None  # no time passed
 
 
 def test_idle_cores_are_read_from_proc_stat(tmp_path):

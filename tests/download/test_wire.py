@@ -198,8 +198,10 @@ async def test_tls_bodies_are_received_on_the_one_tls_thread_and_sessions_resume
     port = srv.sockets[0].getsockname()[1]
     trusted = ssl.create_default_context(cafile=str(cert))
     url = f"https://127.0.0.1:{port}/t"
+    transport = WireTransport(ssl_context=trusted)
+    assert transport.receiving_cpu() == 0.0
     try:
-        async with httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client:
+        async with httpx.AsyncClient(transport=transport) as client:
             sinks, responses = [Sink(), Sink()], []
             for _ in sinks:  # two open at once: two connections
                 responses.append(await client.send(client.build_request("GET", url), stream=True))
@@ -216,6 +218,7 @@ async def test_tls_bodies_are_received_on_the_one_tls_thread_and_sessions_resume
     assert all("sa1b-tls" in sink.threads for sink in sinks)
     assert len(sinks[0].landings) > 1  # the loop heard once per call, not once at the end
     assert reused == [False, True]  # the second connection resumed the first one's session
+    assert transport.receiving_cpu() > 0  # what the connection controller reads as its load
 
 
 async def test_a_silent_tls_body_raises_read_timeout_and_lands_once(certificate):
