@@ -196,6 +196,7 @@ async def test_a_bug_in_a_shard_is_raised_not_reported_as_interrupted(tmp_path, 
 async def test_the_shards_started_together_each_get_their_own_connection(tmp_path, cdn):
     """The first shard must not split into the slots the others are about to ask for."""
     write_links(tmp_path, NAMES)
-    report = await run_downloads(config(tmp_path, jobs=3), transport=cdn.transport())
+    run = config(tmp_path, jobs=3, connections=3)  # as many slots as shards
+    report = await run_downloads(run, transport=cdn.transport())
     assert {r.status for r in report.results} == {"downloaded"}
     assert [r.connections for r in report.results] == [1, 1, 1]
