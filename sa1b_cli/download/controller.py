@@ -83,7 +83,8 @@ class ThreadLoad:
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
     ceiling: int = 128  # connections in all, whatever the measurements say
-    initial: int = 4
+    initial: int = 4  # a guess for a far CDN, taken before anything was measured...
+    cpu_bound: int = 0  # ...and the limit to fall back to if the first look finds no idle core
     interval: float = 0.2  # seconds between two measurements
     growth: float = 2.0  # each step multiplies the limit by this...
     capped_growth: float = 8.0  # ...or by this while each connection is clearly capped
@@ -150,9 +151,7 @@ class ConnectionController:
 
     def try_acquire(self) -> bool:
         """A further connection for a shard that has one: only from slots nobody awaits."""
-        if self.active + self.starting >= self.limit:
-            return False
-        return self._take()
+        return self.active + self.starting < self.limit and self._take()
 
     def _take(self) -> bool:
         if self.active >= self.limit:
@@ -209,7 +208,7 @@ class ConnectionController:
         self._bytes += nbytes
 
     def tick(self) -> None:
-        """One measurement: grow while throughput rises, hold when it stops."""
+        """One measurement: grow while throughput rises (none yet: no step), hold when it stops."""
         now = self.clock()
         then, before_bytes = self._mark
         if now - then <= 0:
@@ -221,6 +220,9 @@ class ConnectionController:
             self.per_connection = rate / self.streaming
             self._wake.set()  # shards waiting to split look again at the new measurement
         steps = self.steps
+        if steps.blind and rate and (fallback := steps.first_look(idle, self.limit)):
+            self._set_limit(fallback)
+            return
         if steps.settling:  # new connections need a moment: judge a step on the interval after
             steps.settle(now, self._bytes, starting=self.streaming * 2 < self.active)
             return
@@ -234,7 +236,6 @@ class ConnectionController:
             return  # held, or the slots we have are not all in use: more would not help
         if idle is not None and idle < self.settings.idle_needed:
             return  # the CPU is what limits now, not the link
-        # (no rate yet, connections still starting: no blind step)
         if rate and (grown := steps.step(now, rate, self.limit, self.per_connection, busy)):
             self._set_limit(grown)
 
@@ -257,7 +258,8 @@ class _Steps:
     connections receive (or ``settle_until``); ``judged_from`` (time, bytes) where its
     judged interval began and ``looked_again``; ``hold_until`` (no growth before);
     ``fruitless`` (steps in a row that brought nothing); ``more_pays`` (the last judged
-    step raised throughput); ``pushed_back`` (the server has refused connections).
+    step raised throughput); ``pushed_back`` (the server has refused connections);
+    ``blind`` until the first measured interval has judged the initial limit.
     """
 
     def __init__(self, settings: ControllerSettings) -> None:
@@ -272,6 +274,17 @@ class _Steps:
         self.fruitless = 0
         self.more_pays = True
         self.pushed_back = False
+        self.blind = True
+
+    def first_look(self, idle: float | None, limit: int) -> int | None:
+        """Judge the initial limit on the first measured interval: with no idle core, the
+        CPU limits and not the link (a near server), so it falls back to ``cpu_bound``.
+        """
+        self.blind = False
+        fallback = self.settings.cpu_bound
+        if idle is not None and idle < self.settings.idle_needed and 0 < fallback < limit:
+            return fallback
+        return None
 
     def settle(self, now: float, counted: int, *, starting: bool) -> None:
         """Wait while most of a step's new connections are still starting, then judge it.

@@ -44,7 +44,8 @@ from sa1b_cli.download.wire import WireTransport, make_transport
 __all__ = ["DownloadReport", "check_run_space", "run_downloads"]
 
 # Connections before the first measurement: aria2c -x16's count. One per shard spent the
-# first tenth of a second at a quarter of what a far CDN allows (docs/performance.md).
+# first tenth of a second at a quarter of what a far CDN allows; a first look with no idle
+# core (a near server) goes back to one per shard (docs/performance.md).
 FIRST_CONNECTIONS = 16
 
 HEARTBEAT_SECONDS = 10.0
@@ -191,7 +192,9 @@ def _context(
     ceiling = config.connections
     controller = ConnectionController(
         ControllerSettings(
-            ceiling=ceiling, initial=min(ceiling, max(config.jobs, FIRST_CONNECTIONS))
+            ceiling=ceiling,
+            initial=min(ceiling, max(config.jobs, FIRST_CONNECTIONS)),
+            cpu_bound=min(ceiling, config.jobs),
         ),
         idle=IdleCores(),
         # Our transport receives every TLS body on one thread: how busy it is says how

@@ -238,6 +238,23 @@ def test_without_a_receiving_thread_capped_connections_grow_by_the_capped_factor
     assert controller.limit == 32
 
 
+@pytest.mark.parametrize(("idle", "cpu_bound", "limit"), [(0.1, 4, 4), (1.5, 4, 32), (0.1, 0, 16)])
+def test_a_first_look_with_no_idle_core_falls_back_from_the_initial_guess(
+    clock, idle, cpu_bound, limit
+):
+    """16 connections is a guess for a far CDN; a near server is CPU-bound: one per shard."""
+    controller = ConnectionController(
+        ControllerSettings(initial=16, cpu_bound=cpu_bound, ceiling=64, capped_growth=2.0),
+        clock=clock,
+        idle=lambda: idle,
+    )
+    step(controller, clock, 0)  # no byte yet: nothing is judged
+    assert controller.limit == 16 and controller.steps.blind
+    step(controller, clock, 100)
+    assert controller.limit == limit and not controller.steps.blind
+    assert controller.over_limit() == (limit < 16)  # the extra connections give back their slots
+
+
 def test_thread_load_is_the_share_of_a_core_between_two_calls():
     now, used = [10.0], [0.0]
     load = ThreadLoad(lambda: used[0], lambda: now[0])
