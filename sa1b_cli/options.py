@@ -142,7 +142,10 @@ ConnectionsOpt = Annotated[
         max=256,
         envvar="SA1B_CONNECTIONS",
         rich_help_panel=NETWORK,
-        help="Ceiling on connections in all. sa1b adds them while throughput still rises.",
+        help=(
+            "Ceiling on connections in all. sa1b starts with 16 and adds more while "
+            "throughput still rises, fewer when the CPU, not the link, is what limits."
+        ),
     ),
 ]
 NoSplitOpt = Annotated[

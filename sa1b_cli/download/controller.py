@@ -337,9 +337,7 @@ class _Steps:
         # Once the server has refused connections it counts them: probe gently from then on
         # (x8 into a 3-connection limit brought 35 refusals against 13 at x2).
         factor = settings.capped_growth if capped and not self.pushed_back else settings.growth
-        if busy:
-            # x4 from 32 TLS connections whose thread was busy 60 % of the time: 96
-            # handshakes, a third of a second at half the rate, then undone.
+        if busy:  # a step past that only adds handshakes, and is undone (docs/performance.md)
             factor = min(factor, 1 / busy)
         grown = min(settings.ceiling, math.ceil(limit * factor))
         if grown <= limit or factor < settings.gain:  # at the ceiling, or it could not pay

@@ -346,8 +346,8 @@ async def _measure(ctx: TransferContext) -> None:
     """The controller's clock: one measurement a tick, and the live count to the display."""
     controller = ctx.controller
     shown = -1
-    # The first look comes sooner: it only asks whether the connections are capped, and
-    # every tenth of a second before the first step is a tenth at --jobs connections.
+    # The first look comes sooner: it only asks whether the connections are capped (and
+    # whether the first limit, a guess, fits), and every tenth before the first step counts.
     wait = controller.settings.interval / 2
     while True:
         await asyncio.sleep(wait)  # a timer, not a retry wait
