@@ -84,7 +84,7 @@ class ThreadLoad:
 class ControllerSettings:
     ceiling: int = 128  # connections in all, whatever the measurements say
     initial: int = 4  # a guess for a far CDN, taken before anything was measured...
-    cpu_bound: int = 0  # ...and the limit to fall back to if the first look finds no idle core
+    cpu_bound: int = 0  # ...and the limit if the first look finds no idle core (0: keep it)
     interval: float = 0.2  # seconds between two measurements
     growth: float = 2.0  # each step multiplies the limit by this...
     capped_growth: float = 8.0  # ...or by this while each connection is clearly capped
