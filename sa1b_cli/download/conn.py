@@ -12,6 +12,7 @@ tried and were slower).
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import errno
@@ -107,8 +108,10 @@ class Connection:
         self._lock = threading.Lock()
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None]
         self._calls = queue.SimpleQueue()
-        # A daemon: a thread waiting on the network never holds up the end of the program.
-        threading.Thread(target=self._serve, name="sa1b-wire", daemon=True).start()
+        self.ident: int | None = None  # the thread's, once it runs (tests check who wrote)
+        # Not threading.Thread: its start() waits, on the loop, until the new thread holds the
+        # GIL. A raw thread is a daemon too: one waiting on the network never holds up the exit.
+        _thread.start_new_thread(self._serve, ())
 
     async def call(
         self, fn: Callable[..., T], *args: Any, settled: Callable[[Outcome], None] | None = None
@@ -147,6 +150,7 @@ class Connection:
                 self._close_socket()
 
     def _serve(self) -> None:
+        self.ident = threading.get_ident()
         while (item := self._calls.get()) is not None:
             fn, args, (future, settled, mailbox) = item
             with self._lock:
