@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,10 @@ class _Job:
     filled: int = 0  # bytes in the buffer, not yet written
     started: float = field(default_factory=time.monotonic)
     heard: float = field(default_factory=time.monotonic)  # when a byte last came
+
+
+_Jobs = dict[int, _Job]  # by id: the jobs whose sockets the selector watches
+_Step = Callable[[selectors.BaseSelector, _Jobs, _Job], None]
 
 
 class TlsReactor:
@@ -99,38 +104,58 @@ class TlsReactor:
         wake = self._wake[0]
         selector = selectors.DefaultSelector()
         selector.register(wake, selectors.EVENT_READ)
-        jobs: dict[int, _Job] = {}
+        jobs: _Jobs = {}
+        error: Exception = Abandoned()  # for a call that came as the thread ended
+        try:
+            self._serve(selector, jobs, wake)
+        except Exception as exc:  # a bug here must fail the calls, not leave them waiting
+            error = exc
+        with self._lock:  # a call after this starts a new thread
+            late, self._new = self._new, []
+            for end in self._wake:
+                end.close()
+            self._wake = None
+        for job in [*jobs.values(), *late]:
+            jobs[id(job)] = job
+            self._end(selector, jobs, job, (False, error))
+        selector.close()
+
+    def _serve(self, selector: selectors.BaseSelector, jobs: _Jobs, wake: socket.socket) -> None:
         while not (self._closing and not jobs and not self._new):
             for key, _ in selector.select(POLL / 4):
                 if key.fileobj is wake:
                     self._take_new(selector, jobs, wake)
                 else:
-                    self._pump(selector, jobs, key.data)
-            now = time.monotonic()
+                    self._safely(self._pump, selector, jobs, key.data)
             for job in list(jobs.values()):
-                self._check(selector, jobs, job, now)
+                self._safely(self._check, selector, jobs, job)
             self.cpu = time.thread_time()
-        selector.close()
-        with self._lock:
-            for end in self._wake:
-                end.close()
-            self._wake = None
 
-    def _take_new(
-        self, selector: selectors.BaseSelector, jobs: dict[int, _Job], wake: socket.socket
-    ) -> None:
+    def _take_new(self, selector: selectors.BaseSelector, jobs: _Jobs, wake: socket.socket) -> None:
         with contextlib.suppress(BlockingIOError):
             while wake.recv(4096):
                 pass
         with self._lock:
             new, self._new = self._new, []
         for job in new:
-            job.sock.setblocking(False)
             jobs[id(job)] = job
-            selector.register(job.sock, selectors.EVENT_READ, job)
-            self._pump(selector, jobs, job)  # records may wait decrypted already
+            self._safely(self._adopt, selector, jobs, job)
 
-    def _pump(self, selector: selectors.BaseSelector, jobs: dict[int, _Job], job: _Job) -> None:
+    def _safely(
+        self, step: _Step, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job
+    ) -> None:
+        """One step of one job; an error no step expected (a bug) fails that call alone."""
+        try:
+            step(selector, jobs, job)
+        except Exception as exc:  # raised in the caller's task (the run reports a bug)
+            self._end(selector, jobs, job, (False, exc))
+
+    def _adopt(self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job) -> None:
+        job.sock.setblocking(False)
+        selector.register(job.sock, selectors.EVENT_READ, job)
+        self._pump(selector, jobs, job)  # records may wait decrypted already
+
+    def _pump(self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job) -> None:
         """Receive what is there, writing full buffers; end the call when due."""
         view, sock = job.view, job.sock
         while job.got + job.filled < job.total:
@@ -169,9 +194,8 @@ class TlsReactor:
         job.filled = 0
         return None
 
-    def _check(
-        self, selector: selectors.BaseSelector, jobs: dict[int, _Job], job: _Job, now: float
-    ) -> None:
+    def _check(self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job) -> None:
+        now = time.monotonic()
         if job.conn.closed:
             self._end(selector, jobs, job, self._flushed(job) or (True, (job.got, None)))
         elif job.got or job.filled:
@@ -182,11 +206,12 @@ class TlsReactor:
             self._end(selector, jobs, job, (False, httpx.ReadTimeout(msg)))
 
     def _end(
-        self, selector: selectors.BaseSelector, jobs: dict[int, _Job], job: _Job, outcome: Outcome
+        self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job, outcome: Outcome
     ) -> None:
         if jobs.pop(id(job), None) is None:
             return
-        selector.unregister(job.sock)
+        with contextlib.suppress(KeyError, ValueError, OSError):  # not registered, or closed
+            selector.unregister(job.sock)
         with contextlib.suppress(OSError):
             job.sock.settimeout(POLL)  # back to the connection thread's way
         job.conn.restore()

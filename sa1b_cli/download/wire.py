@@ -404,7 +404,8 @@ class _Body(httpx.AsyncByteStream):
             sink.write(memoryview(data))
         except OSError as exc:
             error = exc
-        sink.landed(error)
+        finally:  # even after a bug: the part file waits for every block to land
+            sink.landed(error)
         if error is not None:
             raise error
         self.done = not self.leftover and self.remaining == 0

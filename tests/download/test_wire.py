@@ -255,8 +255,9 @@ async def test_a_silent_tls_body_raises_read_timeout_and_lands_once(certificate)
 class Sink:
     """A BlockSink that keeps what the connection's thread wrote, and counts landings."""
 
-    def __init__(self, fail_after: int | None = None) -> None:
+    def __init__(self, fail_after: int | None = None, *, bug: bool = False) -> None:
         self.data = bytearray()
+        self.bug = bug  # raise a RuntimeError, as a bug in the writing code would
         self.threads: set[str] = set()
         self.idents: set[int] = set()
         self.landings: list[OSError | None] = []
@@ -267,6 +268,8 @@ class Sink:
 
         self.threads.add(threading.current_thread().name)
         self.idents.add(threading.get_ident())
+        if self.bug:
+            raise RuntimeError("a bug in the sink")
         if self.fail_after is not None and len(self.data) >= self.fail_after:
             raise OSError(28, "No space left on device")
         self.data += view
@@ -360,6 +363,76 @@ async def test_read_through_raises_the_disk_s_error_itself(server):
             await r.extensions[BODY_EXTENSION].read_through(len(BODY), sink)
     assert not isinstance(raised.value, httpx.TransportError)  # not mistaken for the network
     assert len(sink.landings) == 1 and isinstance(sink.landings[0], OSError)
+
+
+@pytest.mark.parametrize("path", ["with the head", "connection thread", "TLS thread"])
+async def test_a_bug_while_writing_fails_its_call_and_still_lands(server, certificate, path):
+    """Never a wait without end: the part file waits for every block to land."""
+
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            if path == "with the head":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+            else:
+                await head_alone(writer, len(BODY))
+                writer.write(BODY)
+            await writer.drain()
+
+    if path == "TLS thread":
+        srv = await tls_server(certificate, BODY)
+        base = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        trusted = ssl.create_default_context(cafile=str(certificate[0]))
+        transport = WireTransport(ssl_context=trusted)
+    else:
+        base, transport = await server(serve), WireTransport()
+    sink, after = Sink(bug=True), Sink()
+    async with httpx.AsyncClient(transport=transport) as client:
+        async with client.stream("GET", f"{base}/x") as r:
+            body = r.extensions[BODY_EXTENSION]
+            with pytest.raises(RuntimeError, match="a bug in the sink"):
+                await asyncio.wait_for(body.read_through(len(BODY), sink), 10)
+        async with client.stream("GET", f"{base}/y") as r:  # the threads are still there
+            while await asyncio.wait_for(
+                r.extensions[BODY_EXTENSION].read_through(1 << 20, after), 10
+            ):
+                pass
+    if path == "TLS thread":
+        srv.close()
+    assert sink.landings == [None] and bytes(after.data) == BODY
+
+
+async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_starts_anew(
+    certificate, monkeypatch
+):
+    from sa1b_cli.download.reactor import TlsReactor
+
+    take_new = TlsReactor._take_new
+    bugs = [RuntimeError("a bug in the TLS thread")]
+
+    def once_broken(self, *args):
+        if bugs:
+            raise bugs.pop()
+        take_new(self, *args)
+
+    monkeypatch.setattr(TlsReactor, "_take_new", once_broken)
+    srv = await tls_server(certificate, BODY)
+    base = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    trusted = ssl.create_default_context(cafile=str(certificate[0]))
+    sink, after = Sink(), Sink()
+    try:
+        async with httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client:
+            async with client.stream("GET", f"{base}/x") as r:
+                body = r.extensions[BODY_EXTENSION]
+                with pytest.raises(RuntimeError, match="a bug in the TLS thread"):
+                    while await asyncio.wait_for(body.read_through(len(BODY), sink), 10):
+                        pass  # (bytes that came with the head are written on the loop)
+            async with client.stream("GET", f"{base}/y") as r:
+                read = r.extensions[BODY_EXTENSION].read_through
+                while await asyncio.wait_for(read(1 << 20, after), 10):
+                    pass
+    finally:
+        srv.close()
+    assert sink.landings[-1] is None and bytes(after.data) == BODY
 
 
 def test_a_buffer_is_lent_until_given_back_and_then_reused():
