@@ -10,6 +10,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,21 +29,22 @@ Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[Callable[[Serve], Awaitable[str]]]:
+async def server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     servers: list[asyncio.Server] = []
 
-    async def start(serve: Serve) -> str:
+    async def start(serve: Serve, tls: ssl.SSLContext | None = None) -> str:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 await serve(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
                 pass
             finally:
                 writer.close()
 
-        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
         servers.append(srv)
-        return f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        return f"{scheme}://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
 
     yield start
     for srv in servers:
@@ -378,13 +380,13 @@ async def test_a_bug_while_writing_fails_its_call_and_still_lands(server, certif
                 writer.write(BODY)
             await writer.drain()
 
+    transport = WireTransport()
     if path == "TLS thread":
-        srv = await tls_server(certificate, BODY)
-        base = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        served.load_cert_chain(*certificate)
         trusted = ssl.create_default_context(cafile=str(certificate[0]))
         transport = WireTransport(ssl_context=trusted)
-    else:
-        base, transport = await server(serve), WireTransport()
+    base = await server(serve, served if path == "TLS thread" else None)
     sink, after = Sink(bug=True), Sink()
     async with httpx.AsyncClient(transport=transport) as client:
         async with client.stream("GET", f"{base}/x") as r:
@@ -392,13 +394,10 @@ async def test_a_bug_while_writing_fails_its_call_and_still_lands(server, certif
             with pytest.raises(RuntimeError, match="a bug in the sink"):
                 await asyncio.wait_for(body.read_through(len(BODY), sink), 10)
         async with client.stream("GET", f"{base}/y") as r:  # the threads are still there
-            while await asyncio.wait_for(
-                r.extensions[BODY_EXTENSION].read_through(1 << 20, after), 10
-            ):
-                pass
-    if path == "TLS thread":
-        srv.close()
+            await asyncio.wait_for(read_all(r.extensions[BODY_EXTENSION], after), 10)
     assert sink.landings == [None] and bytes(after.data) == BODY
+    writer = {"with the head": {"MainThread"}, "TLS thread": {"sa1b-tls"}}  # where it raised
+    assert sink.threads == writer.get(path, sink.threads - {"MainThread", "sa1b-tls"})
 
 
 async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_starts_anew(
@@ -424,15 +423,18 @@ async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_
             async with client.stream("GET", f"{base}/x") as r:
                 body = r.extensions[BODY_EXTENSION]
                 with pytest.raises(RuntimeError, match="a bug in the TLS thread"):
-                    while await asyncio.wait_for(body.read_through(len(BODY), sink), 10):
-                        pass  # (bytes that came with the head are written on the loop)
+                    await asyncio.wait_for(read_all(body, sink), 10)
             async with client.stream("GET", f"{base}/y") as r:
-                read = r.extensions[BODY_EXTENSION].read_through
-                while await asyncio.wait_for(read(1 << 20, after), 10):
-                    pass
+                await asyncio.wait_for(read_all(r.extensions[BODY_EXTENSION], after), 10)
     finally:
         srv.close()
     assert sink.landings[-1] is None and bytes(after.data) == BODY
+
+
+async def read_all(body: Any, sink: Sink) -> None:
+    """Every call until the end (bytes that came with the head are written on the loop)."""
+    while await body.read_through(1 << 20, sink):
+        pass
 
 
 def test_a_buffer_is_lent_until_given_back_and_then_reused():
