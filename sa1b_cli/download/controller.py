@@ -8,6 +8,8 @@ the server pushes back (429/503, resets), honouring Retry-After before it grows 
 Connections cost CPU (receiving, writing, and hashing what arrives ahead of the digest
 frontier a second time), so the controller only grows while a core is idle: with none
 idle, the link is not what limits, and more connections would only slow the ones there.
+Unless the cores are busy with another's work (a training job): while each connection is
+capped and this process uses little CPU, the link limits, and capped connections grow.
 Nor does a step grow past what the one thread receiving TLS bodies can take: busy half
 the time, it can take at most twice the bytes (docs/performance.md has the measurements
 behind these rules).
@@ -94,7 +96,8 @@ class ControllerSettings:
     gain: float = 1.10  # a step must raise throughput by this factor to count
     hold_seconds: float = 3.0  # after a step that brought nothing, probe again this much later
     pushback_hold: float = 5.0  # no growth for this long after the server pushes back
-    idle_needed: float = 0.5  # cores that must have been idle over the interval to grow
+    idle_needed: float = 0.5  # cores that must have been idle over the interval to grow...
+    own_busy: float = 0.75  # ...unless connections are capped and we used less than this
     start_limit: float = 2.0  # seconds a step's connections get to start before it is judged
 
 
@@ -114,10 +117,12 @@ class ConnectionController:
         clock: Callable[[], float] = time.monotonic,
         idle: Callable[[], float | None] = lambda: None,
         busy: Callable[[], float | None] = lambda: None,
+        own: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.settings, self.clock = settings or ControllerSettings(), clock
-        # Over the last interval: idle cores, and the receiving thread's share of one.
-        self.idle, self.busy = idle, busy
+        # Over the last interval: idle cores, the receiving thread's share of one, and the
+        # cores this process used.
+        self.idle, self.busy, self.own = idle, busy, own
         self.limit = max(1, min(self.settings.initial, self.settings.ceiling))
         self.active = 0
         self.streaming = 0  # connections currently receiving a body
@@ -215,12 +220,17 @@ class ConnectionController:
             return
         rate = (self._bytes - before_bytes) / (now - then)
         self._mark = (now, self._bytes)
-        idle, busy = self.idle(), self.busy()
+        idle, busy, own = self.idle(), self.busy(), self.own()
         if self.streaming and rate:
             self.per_connection = rate / self.streaming
             self._wake.set()  # shards waiting to split look again at the new measurement
         steps = self.steps
-        if steps.blind and rate and (fallback := steps.first_look(idle, self.limit)):
+        # With no idle core the CPU limits, not the link; unless each connection is capped
+        # and we use little of the CPU: then the link does, and others keep the cores busy.
+        cpu_bound = idle is not None and idle < self.settings.idle_needed
+        light = own is not None and own < self.settings.own_busy
+        cpu_bound = cpu_bound and not (light and steps.capped(self.per_connection))
+        if steps.blind and rate and (fallback := steps.first_look(cpu_bound, self.limit)):
             self._set_limit(fallback)
             return
         if steps.settling:  # new connections need a moment: judge a step on the interval after
@@ -234,8 +244,8 @@ class ConnectionController:
                 return  # undone, or looked at once more
         if now < steps.hold_until or self.active < self.limit:
             return  # held, or the slots we have are not all in use: more would not help
-        if idle is not None and idle < self.settings.idle_needed:
-            return  # the CPU is what limits now, not the link
+        if cpu_bound:
+            return  # more connections would only slow the ones there
         if rate and (grown := steps.step(now, rate, self.limit, self.per_connection, busy)):
             self._set_limit(grown)
 
@@ -276,15 +286,17 @@ class _Steps:
         self.pushed_back = False
         self.blind = True
 
-    def first_look(self, idle: float | None, limit: int) -> int | None:
-        """Judge the initial limit on the first measured interval: with no idle core, the
-        CPU limits and not the link (a near server), so it falls back to ``cpu_bound``.
+    def first_look(self, cpu_bound: bool, limit: int) -> int | None:
+        """Judge the initial limit on the first measured interval: when the CPU limits and
+        not the link (a near server), it falls back to ``settings.cpu_bound``.
         """
         self.blind = False
         fallback = self.settings.cpu_bound
-        if idle is not None and idle < self.settings.idle_needed and 0 < fallback < limit:
-            return fallback
-        return None
+        return fallback if cpu_bound and 0 < fallback < limit else None
+
+    def capped(self, per_connection: float | None) -> bool:
+        """Whether each connection, as last measured, is held to a rate: the link limits."""
+        return per_connection is not None and per_connection < self.settings.capped_below
 
     def settle(self, now: float, counted: int, *, starting: bool) -> None:
         """Wait while most of a step's new connections are still starting, then judge it.
@@ -333,7 +345,7 @@ class _Steps:
         times the bytes it takes now, so a step never grows by more than that.
         """
         settings = self.settings
-        capped = per_connection is not None and per_connection < settings.capped_below
+        capped = self.capped(per_connection)
         # Once the server has refused connections it counts them: probe gently from then on
         # (x8 into a 3-connection limit brought 35 refusals against 13 at x2).
         factor = settings.capped_growth if capped and not self.pushed_back else settings.growth

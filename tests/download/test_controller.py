@@ -216,6 +216,28 @@ def test_no_growth_while_no_core_is_idle(clock):
     assert controller.limit == 8  # a core is free again: it grows
 
 
+def test_capped_connections_grow_while_another_s_work_keeps_every_core_busy(clock):
+    """A far CDN from a machine that also trains: the link limits, not the CPU."""
+    own = [0.2]
+    controller = ConnectionController(
+        ControllerSettings(initial=4, ceiling=64, capped_growth=2.0),
+        clock=clock,
+        idle=lambda: 0.0,
+        own=lambda: own[0],
+    )
+    controller.per_connection = 8e6  # each connection held to 8 MB/s
+    step(controller, clock, 100)
+    assert controller.limit == 8
+    own[0] = 1.2  # the busy cores are ours: more connections would only slow these
+    step(controller, clock, 200)
+    step(controller, clock, 200)
+    assert controller.limit == 8
+    own[0], controller.per_connection = 0.2, 200e6  # a near server: not capped
+    step(controller, clock, 200)
+    step(controller, clock, 200)
+    assert controller.limit == 8
+
+
 @pytest.mark.parametrize(("load", "limit"), [(0.5, 32), (0.25, 64), (0.95, 16), (None, 128)])
 def test_a_step_never_grows_past_what_the_receiving_thread_can_take(clock, load, limit):
     """Busy half the time, the thread can take at most twice the bytes: x2, not x8."""
@@ -238,16 +260,27 @@ def test_without_a_receiving_thread_capped_connections_grow_by_the_capped_factor
     assert controller.limit == 32
 
 
-@pytest.mark.parametrize(("idle", "cpu_bound", "limit"), [(0.1, 4, 4), (1.5, 4, 32), (0.1, 0, 16)])
+@pytest.mark.parametrize(
+    ("idle", "cpu_bound", "per_connection", "limit"),
+    [
+        (0.1, 4, None, 4),
+        (0.1, 4, 100e6, 4),
+        (0.1, 4, 8e6, 32),  # capped: the link limits; another's work keeps the cores busy
+        (1.5, 4, None, 32),
+        (0.1, 0, None, 16),
+    ],
+)
 def test_a_first_look_with_no_idle_core_falls_back_from_the_initial_guess(
-    clock, idle, cpu_bound, limit
+    clock, idle, cpu_bound, per_connection, limit
 ):
     """16 connections is a guess for a far CDN; a near server is CPU-bound: one per shard."""
     controller = ConnectionController(
         ControllerSettings(initial=16, cpu_bound=cpu_bound, ceiling=64, capped_growth=2.0),
         clock=clock,
         idle=lambda: idle,
+        own=lambda: 0.2,  # this process used a fifth of a core
     )
+    controller.per_connection = per_connection
     step(controller, clock, 0)  # no byte yet: nothing is judged
     assert controller.limit == 16 and controller.steps.blind
     step(controller, clock, 100)
