@@ -476,6 +476,7 @@ def far_cases(work: Path) -> dict[str, object]:
     from sa1b_cli.devtools.bench_far import (
         CappedNginx,
         bench_connection_limited,
+        bench_far_busy,
         bench_far_cdn,
         far_files,
     )
@@ -487,6 +488,7 @@ def far_cases(work: Path) -> dict[str, object]:
     try:
         return {
             "far_cdn": bench_far_cdn(SA1B, files, cert),
+            "far_cdn_busy_cores": bench_far_busy(SA1B, files, cert),
             "connection_limited": bench_connection_limited(SA1B, files["10x96MiB"], server.log),
         }
     finally:

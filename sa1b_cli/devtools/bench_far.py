@@ -17,6 +17,7 @@ import random
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from pathlib import Path
 from sa1b_cli.devtools.nginx import NginxProcess
 from sa1b_cli.devtools.timing import REPEAT, Run, measure, median_run, summary
 
-__all__ = ["bench_connection_limited", "bench_far_cdn", "far_files"]
+__all__ = ["bench_connection_limited", "bench_far_busy", "bench_far_cdn", "far_files"]
 
 CAPS_MIB = tuple(int(c) for c in os.environ.get("BENCH_FAR_CAPS", "8,24").split(","))
 CASES = {"1x768MiB": (1, 768), "2x384MiB": (2, 384), "10x96MiB": (10, 96)}
@@ -115,55 +116,84 @@ def bench_far_cdn(
     sa1b: str, files: dict[str, list[Path]], cert: Path | None = None
 ) -> dict[str, object]:
     """Each scheme x cap x case: sa1b and aria2c -x16 alternated REPEAT times, aria2c -x1 once."""
+    combos = [(s, cap, case) for s in SCHEMES for cap in CAPS_MIB for case in files]
+    return _far_rows(sa1b, files, cert, combos, extras=True)
+
+
+def bench_far_busy(
+    sa1b: str, files: dict[str, list[Path]], cert: Path | None = None
+) -> dict[str, object]:
+    """Two far cases again while other processes keep every core busy (a training job).
+
+    A controller that reads "no idle core" as "the CPU limits" once held such a run at one
+    connection a shard: 15x aria2c's time. aria2c runs beside the same load.
+    """
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        combos = [("http", CAPS_MIB[0], "10x96MiB"), ("https", CAPS_MIB[-1], "2x384MiB")]
+        return _far_rows(sa1b, files, cert, combos, extras=False)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def _far_rows(
+    sa1b: str,
+    files: dict[str, list[Path]],
+    cert: Path | None,
+    combos: list[tuple[str, int, str]],
+    *,
+    extras: bool,
+) -> dict[str, object]:
     report: dict[str, object] = {}
     target = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        for scheme, cap, case in combos:
+            tls = cert if scheme == "https" else None
+            if scheme == "https" and tls is None:
+                continue
+            port = (TLS_PORT if tls else BASE_PORT) + CAPS_MIB.index(cap)
+            links, urls = _write_lists(target.parent, port, files[case], scheme)
+            cmds = _commands(sa1b, links, urls, target, len(files[case]), tls)
+            key = f"{cap}MiB/s_{case}" if scheme == "http" else f"https_{cap}MiB/s_{case}"
+            report[key] = row = _far_row(cmds, target, files[case], extras=extras)
+            print(f"far CDN {key}: {row}", flush=True)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    return report
 
+
+def _far_row(
+    cmds: dict[str, list[str]], target: Path, paths: list[Path], *, extras: bool
+) -> dict[str, object]:
     def wipe() -> None:
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
 
-    cases = [(s, i, cap) for s in SCHEMES for i, cap in enumerate(CAPS_MIB)]
-    try:
-        for scheme, i, cap in cases:
-            tls = cert if scheme == "https" else None
-            if scheme == "https" and tls is None:
-                continue
-            port = (TLS_PORT if tls else BASE_PORT) + i
-            for case, paths in files.items():
-                links, urls = _write_lists(target.parent, port, paths, scheme)
-                cmds = _commands(sa1b, links, urls, target, len(paths), tls)
-                total = sum(p.stat().st_size for p in paths)
-                runs: dict[str, list[Run]] = {"sa1b": [], "aria2c_x16": []}
-                before: dict[str, Callable[[], None]] = {"sa1b": wipe, "aria2c_x16": wipe}
-                if KNOWN:
-                    runs["sa1b_known"] = []
-                    cmds["sa1b_known"] = [*cmds["sa1b"], "--known"]
-                    before["sa1b_known"] = _with_known_list(wipe, target / "r", paths)
-                for _ in range(REPEAT):  # interleaved, so drift hits every tool alike
-                    for tool in runs:
-                        runs[tool].append(measure(cmds[tool], before=before[tool]))
-                row: dict[str, object] = {}
-                for tool, measured in runs.items():
-                    row[tool] = summary(median_run(measured), total, "MiB/s")
-                pairs = zip(runs["sa1b"], runs["aria2c_x16"], strict=True)
-                row["ratio_sa1b_vs_aria2c_x16"] = round(
-                    statistics.median(s.seconds / a.seconds for s, a in pairs), 3
-                )
-                if KNOWN:
-                    pairs = zip(runs["sa1b_known"], runs["aria2c_x16"], strict=True)
-                    row["ratio_sa1b_known_vs_aria2c_x16"] = round(
-                        statistics.median(s.seconds / a.seconds for s, a in pairs), 3
-                    )
-                if ARIA2_X1:
-                    row["aria2c_x1"] = summary(
-                        measure(cmds["aria2c_x1"], before=wipe), total, "MiB/s"
-                    )
-                key = f"{cap}MiB/s_{case}" if scheme == "http" else f"https_{cap}MiB/s_{case}"
-                report[key] = row
-                print(f"far CDN {key}: {row}", flush=True)
-    finally:
-        shutil.rmtree(target, ignore_errors=True)
-    return report
+    total = sum(p.stat().st_size for p in paths)
+    runs: dict[str, list[Run]] = {"sa1b": [], "aria2c_x16": []}
+    before: dict[str, Callable[[], None]] = {"sa1b": wipe, "aria2c_x16": wipe}
+    if KNOWN and extras:
+        runs["sa1b_known"] = []
+        cmds["sa1b_known"] = [*cmds["sa1b"], "--known"]
+        before["sa1b_known"] = _with_known_list(wipe, target / "r", paths)
+    for _ in range(REPEAT):  # interleaved, so drift hits every tool alike
+        for tool in runs:
+            runs[tool].append(measure(cmds[tool], before=before[tool]))
+    row: dict[str, object] = {}
+    for tool, measured in runs.items():
+        row[tool] = summary(median_run(measured), total, "MiB/s")
+    for tool in [t for t in runs if t != "aria2c_x16"]:
+        pairs = zip(runs[tool], runs["aria2c_x16"], strict=True)
+        ratio = statistics.median(s.seconds / a.seconds for s, a in pairs)
+        row[f"ratio_{tool}_vs_aria2c_x16"] = round(ratio, 3)
+    if ARIA2_X1 and extras:
+        row["aria2c_x1"] = summary(measure(cmds["aria2c_x1"], before=wipe), total, "MiB/s")
+    return row
 
 
 def _with_known_list(wipe: Callable[[], None], root: Path, paths: list[Path]) -> Callable[[], None]:
