@@ -227,10 +227,10 @@ class ConnectionController:
         steps = self.steps
         # With no idle core the CPU limits, not the link; unless each connection is capped
         # and we use little of the CPU: then the link does, and others keep the cores busy.
-        cpu_bound = idle is not None and idle < self.settings.idle_needed
+        no_idle = idle is not None and idle < self.settings.idle_needed
         light = own is not None and own < self.settings.own_busy
-        cpu_bound = cpu_bound and not (light and steps.capped(self.per_connection))
-        if steps.blind and rate and (fallback := steps.first_look(cpu_bound, self.limit)):
+        cpu_limits = no_idle and not (light and steps.capped(self.per_connection))
+        if steps.blind and rate and (fallback := steps.first_look(cpu_limits, self.limit)):
             self._set_limit(fallback)
             return
         if steps.settling:  # new connections need a moment: judge a step on the interval after
@@ -244,7 +244,7 @@ class ConnectionController:
                 return  # undone, or looked at once more
         if now < steps.hold_until or self.active < self.limit:
             return  # held, or the slots we have are not all in use: more would not help
-        if cpu_bound:
+        if cpu_limits:
             return  # more connections would only slow the ones there
         if rate and (grown := steps.step(now, rate, self.limit, self.per_connection, busy)):
             self._set_limit(grown)
@@ -286,13 +286,13 @@ class _Steps:
         self.pushed_back = False
         self.blind = True
 
-    def first_look(self, cpu_bound: bool, limit: int) -> int | None:
+    def first_look(self, cpu_limits: bool, limit: int) -> int | None:
         """Judge the initial limit on the first measured interval: when the CPU limits and
         not the link (a near server), it falls back to ``settings.cpu_bound``.
         """
         self.blind = False
         fallback = self.settings.cpu_bound
-        return fallback if cpu_bound and 0 < fallback < limit else None
+        return fallback if cpu_limits and 0 < fallback < limit else None
 
     def capped(self, per_connection: float | None) -> bool:
         """Whether each connection, as last measured, is held to a rate: the link limits."""
