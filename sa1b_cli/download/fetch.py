@@ -179,6 +179,6 @@ class Fetcher:
 
     def _block_size(self) -> int:
         """Bytes a connection receives and writes at a time: with many connections, fewer
-        (the buffers held stay within ~8 MiB)."""
+        (within ~8 MiB in all up to 32 connections; past that 256 KiB each, not less)."""
         share = (8 << 20) // max(1, self.ctx.controller.active)
         return max(256 << 10, min(self.ctx.settings.block_size, share))
