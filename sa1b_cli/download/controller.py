@@ -62,9 +62,10 @@ class IdleCores:
 
 
 class ThreadLoad:
-    """How busy one thread was since the last call: its share of a core (None before it ran).
+    """How busy a thread was since the last call: its share of a core (None before it ran).
 
-    ``cpu`` gives the CPU seconds that thread has used so far (0 until it runs).
+    ``cpu`` gives the CPU seconds it has used so far (0 until it runs). Given a process's
+    CPU seconds instead, it says how many cores the process used.
     """
 
     def __init__(

@@ -200,7 +200,7 @@ def _context(
         # Our transport receives every TLS body on one thread: how busy it is says how
         # many more bytes more connections could bring.
         busy=_receiving_load(transport),
-        own=ThreadLoad(time.process_time),  # (the process's CPU, as one thread's)
+        own=ThreadLoad(time.process_time),  # the cores this process used
     )
     limiter = RateLimiter(config.max_rate, sleep=sleep) if config.max_rate else None
     return TransferContext(
