@@ -151,6 +151,9 @@ class TlsReactor:
             self._end(selector, jobs, job, (False, exc))
 
     def _adopt(self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job) -> None:
+        # Its turn (and its silence) runs from now: timed from the asking, a call that
+        # waited behind others would come back after one record, and fall further behind.
+        job.started = job.heard = time.monotonic()
         job.sock.setblocking(False)
         selector.register(job.sock, selectors.EVENT_READ, job)
         self._pump(selector, jobs, job)  # records may wait decrypted already

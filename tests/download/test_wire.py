@@ -431,6 +431,45 @@ async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_
     assert sink.landings[-1] is None and bytes(after.data) == BODY
 
 
+class SlowSink(Sink):
+    """Its first write holds the thread that calls it (a slow disk)."""
+
+    def write(self, view: memoryview) -> None:
+        if not self.data:
+            threading.Event().wait(0.3)
+        super().write(view)
+
+
+async def test_a_tls_call_that_waited_for_the_thread_still_gets_its_whole_turn(certificate, server):
+    """Its 50 ms run from when the TLS thread takes it up, not from when it was asked.
+
+    (Timed from the asking, a call that waited came back after one 16 KiB record, and the
+    calls after it too: the thread fell further behind with every turn.)
+    """
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(*certificate)
+
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            await head_alone(writer, len(BODY))
+            writer.write(BODY)  # all of it at once: it waits in the socket for the reader
+            await writer.drain()
+
+    base = await server(serve, tls=served)
+    trusted = ssl.create_default_context(cafile=str(certificate[0]))
+    slow, waited = SlowSink(), Sink()
+    async with (
+        httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client,
+        client.stream("GET", f"{base}/a") as a,
+        client.stream("GET", f"{base}/b") as b,
+    ):
+        holding = asyncio.create_task(a.extensions[BODY_EXTENSION].read_through(1000, slow))
+        await asyncio.sleep(0.1)  # the TLS thread is in the slow write now
+        got = await b.extensions[BODY_EXTENSION].read_through(256 << 10, waited)
+        await holding
+    assert got == 256 << 10  # the whole buffer, not one record
+
+
 async def read_all(body: Any, sink: Sink) -> None:
     """Every call until the end (bytes that came with the head are written on the loop)."""
     while await body.read_through(1 << 20, sink):
