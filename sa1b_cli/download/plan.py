@@ -301,21 +301,31 @@ class Pieces:
         self.active.add(piece)
         return piece
 
+    def splittable(self, per_connection: float | None = None) -> bool:
+        """Whether ``take`` would split a piece now (every range is handed out)."""
+        return not self.todo and self._to_split(per_connection) is not None
+
+    def _to_split(self, per_connection: float | None) -> Piece | None:
+        """The piece with the most left, if each half of it is worth a request.
+
+        Each half must be worth TAIL_SECONDS at the measured rate, and a quarter of
+        ``min_piece``: splits are few, so the per-request floor can be lower here than for
+        a whole piece.
+        """
+        biggest = max(self.active, key=lambda p: p.left, default=None)
+        half = self.min_piece
+        if per_connection is not None:
+            half = max(self.min_piece // 4, int(per_connection * TAIL_SECONDS))
+        return biggest if biggest is not None and biggest.left >= 2 * half else None
+
     def _split(self, per_connection: float | None = None) -> Piece | None:
         """The tail: take the second half of the piece with the most left (work stealing).
 
         Its connection stops at the new end; without this, the last pieces of a file run
-        on a few capped connections while the others idle. Each half must be worth
-        TAIL_SECONDS at the measured rate, and a quarter of ``min_piece``: splits are few,
-        so the per-request floor can be lower here than for a whole piece.
+        on a few capped connections while the others idle.
         """
-        biggest = max(self.active, key=lambda p: p.left, default=None)
+        biggest = self._to_split(per_connection)
         if biggest is None:
-            return None
-        half = self.min_piece
-        if per_connection is not None:
-            half = max(self.min_piece // 4, int(per_connection * TAIL_SECONDS))
-        if biggest.left < 2 * half:
             return None
         middle = biggest.pos + biggest.left // 2
         new = self._start(middle, biggest.end)

@@ -17,7 +17,6 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from sa1b_cli.download.config import TransferSettings
 from sa1b_cli.download.controller import ConnectionController
@@ -94,7 +93,7 @@ class Segments:
                 while pieces or self.workers:
                     if await self._opened(pieces):
                         continue
-                    await self._wait_for_change(room=bool(pieces))
+                    await self._wait_for_change()
         finally:
             for task in self.workers:
                 task.cancel()
@@ -103,7 +102,7 @@ class Segments:
     async def _opened(self, pieces: Pieces) -> bool:
         """Open one more connection if there is work and room for it."""
         workers = self.workers
-        room = bool(pieces) and len(workers) < self.settings.per_shard
+        room = self._work_for_one_more(pieces) and len(workers) < self.settings.per_shard
         if workers and not self.controller.splitting_pays():
             room = False  # measured: one connection already runs fast
         if room and not workers:
@@ -118,17 +117,25 @@ class Segments:
             await asyncio.sleep(0)
         return True
 
-    async def _wait_for_change(self, *, room: bool) -> None:
-        """Until a worker ends (its error is raised here) or, with work left, a slot frees up."""
-        waiters: set[asyncio.Future[Any]] = set(self.workers)
-        room_wait = asyncio.ensure_future(self.controller.wait_for_room()) if room else None
-        if room_wait is not None:
-            waiters.add(room_wait)
+    def _work_for_one_more(self, pieces: Pieces) -> bool:
+        """A range not handed out yet, or, in the tail, a piece worth splitting.
+
+        (With splits left to the shard's own connections as each finished, the last pieces
+        of a run went on at a few capped connections while the freed slots stayed idle.)
+        """
+        return bool(pieces) or pieces.splittable(self.controller.per_connection)
+
+    async def _wait_for_change(self) -> None:
+        """Until a worker ends (its error is raised here), a slot frees up or a measurement
+        comes: with ranges left, or in the tail (where a new rate may make a split pay).
+        """
+        room_wait = asyncio.ensure_future(self.controller.wait_for_room())
         try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {*self.workers, room_wait}, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            if room_wait is not None:
-                room_wait.cancel()
+            room_wait.cancel()
         for task in done & self.workers:
             self.workers.discard(task)
             task.result()  # a fallback, a stop or a disk error ends the whole shard

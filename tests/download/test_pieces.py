@@ -57,11 +57,19 @@ def test_in_the_tail_an_idle_connection_takes_half_of_the_biggest_piece():
     assert not pieces and pieces.take(1) is None  # nothing to hand out, nobody to help
     slow = pieces._start(0, 1000)  # one connection holds the whole file
     slow.pos = 200
+    assert pieces.splittable()  # so a free slot may open one more connection for it
     helper = pieces.take(2)
     assert helper is not None and (helper.pos, helper.end) == (600, 1000)
     assert slow.end == 600  # its connection stops there
     slow.pos, helper.pos = 450, 850
+    assert not pieces.splittable()
     assert pieces.take(3) is None  # 150 bytes left in each: not worth a split
+
+
+def test_nothing_is_split_while_a_range_is_still_to_hand_out():
+    pieces = Pieces(SpanSet(), 1000, min_piece=100, max_piece=400)
+    first = pieces.take(1)
+    assert first is not None and pieces and not pieces.splittable()
 
 
 def test_a_tail_split_leaves_each_half_an_eighth_of_a_second_at_the_measured_rate():

@@ -244,6 +244,41 @@ async def test_a_split_shard_lets_the_next_start_once_its_last_range_is_handed_o
     assert told == (["tail"] if connections > 1 else [])
 
 
+async def test_in_the_tail_slots_that_free_up_split_the_pieces_still_running(store, data):
+    """Every range is handed out to two slow connections; the limit then grows: the free
+    slots take halves of their pieces (before, they stayed idle until one of the two ended).
+    """
+    gate = asyncio.Event()
+    clock = iter(float(t) for t in range(100))
+    controller = ConnectionController(
+        ControllerSettings(ceiling=8, initial=2), clock=lambda: next(clock)
+    )
+    settings = TransferSettings(block_size=8192, min_piece=150_000, max_piece=400_000)
+    gated, ranges = gated_cdn(data, gate), []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        ranges.append(request.headers["Range"])
+        return gated.handle_request(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        ctx = TransferContext(client, settings, wall_clock=lambda: NOW, controller=controller)
+        task = asyncio.create_task(
+            fetch_shard(ShardTask(row_for(), size_hint=len(data)), store, ctx)
+        )
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert ranges == ["bytes=0-149999", "bytes=150000-"]  # all of it handed out
+        controller.counted(1000)
+        controller.tick()  # capped connections: the limit grows to 8
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert ranges[2] == "bytes=275000-"  # the second half of the biggest piece
+        assert controller.active > 2
+        gate.set()
+        result = await task
+    assert result.status == "downloaded" and whole(store) == data
+
+
 def test_idle_slots_in_a_runs_tail_are_used_even_after_a_fruitless_step():
     clock = iter(float(t) for t in range(100))
     controller = ConnectionController(
