@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -42,8 +42,8 @@ class _Job:
     reply: tuple[asyncio.Future[Any], Any, Any]  # (future, settled, mailbox), as Connection.call
     got: int = 0  # bytes written by the sink
     filled: int = 0  # bytes in the buffer, not yet written
-    started: float = field(default_factory=time.monotonic)
-    heard: float = field(default_factory=time.monotonic)  # when a byte last came
+    started: float = 0.0  # when the thread took the call up (``_adopt`` sets both)
+    heard: float = 0.0  # when a byte last came
 
 
 _Jobs = dict[int, _Job]  # by id: the jobs whose sockets the selector watches
