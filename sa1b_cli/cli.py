@@ -345,9 +345,20 @@ def _run_workers(
     config: DownloadConfig, xconfig: ExtractConfig | None, workers: int, sink: ProgressSink
 ) -> tuple[DownloadReport, ExtractReport | None]:
     """Several processes; the first Ctrl-C asks them to checkpoint and stop."""
-    import threading
-
     from sa1b_cli.workers import run_download_workers
+
+    with _stop_on_signals() as stopping:
+        return run_download_workers(config, workers, sink=sink, stop=stopping, extract=xconfig)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """For work that polls: the first Ctrl-C (or SIGTERM) only asks it to stop.
+
+    Raised as KeyboardInterrupt, a Ctrl-C can land anywhere: in a fork handler of a worker
+    pool, which swallows it, or in the middle of a print. The second Ctrl-C still aborts.
+    """
+    import threading
 
     stopping = threading.Event()
 
@@ -364,9 +375,7 @@ def _run_workers(
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, on_stop)
     try:
-        return run_download_workers(
-            config, workers, sink=sink, stop=stopping.is_set, extract=xconfig
-        )
+        yield stopping.is_set
     finally:
         signal.signal(signal.SIGINT, previous)
         for stop_signal in STOP_SIGNALS:
@@ -496,8 +505,8 @@ def extract(
         root, _selection(subset, shards, part), out_dir, layout, only, jobs, delete_tar
     )
     config = dataclasses.replace(config, salvage=salvage)
-    with _progress(as_json, quiet) as sink:
-        report = extract_shards(config, sink=sink)
+    with _progress(as_json, quiet) as sink, _stop_on_signals() as stopping:
+        report = extract_shards(config, sink=sink, stop=stopping)
     _finish(
         report.exit_code,
         as_json,

@@ -8,7 +8,7 @@ import queue
 import shutil
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
@@ -121,18 +121,21 @@ class Extractor:
 
 
 def _collect(
-    extractor: Extractor, futures: dict[Future[ExtractResult], str]
+    extractor: Extractor, futures: dict[Future[ExtractResult], str], stop: Callable[[], bool]
 ) -> list[ExtractResult]:
+    """Every shard's result; once ``stop`` says so (or on Ctrl-C), the rest are stopped."""
     results: list[ExtractResult] = []
     pending = dict(futures)
     try:
-        while pending:
+        while pending and not stop():
             extractor.pump()
             for future in [f for f in pending if f.done()]:
                 pending.pop(future)
                 results.append(future.result())
                 extractor.sink.finished(results[-1])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a caller that installed no handler: stop the same way
+        pass
+    if pending:
         extractor.abort.set()
         for future, name in pending.items():
             future.cancel()
@@ -145,9 +148,16 @@ def _collect(
 
 
 def extract_shards(
-    config: ExtractConfig, *, sink: ProgressSink | None = None, names: Iterable[str] | None = None
+    config: ExtractConfig,
+    *,
+    sink: ProgressSink | None = None,
+    names: Iterable[str] | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> ExtractReport:
-    """Extract the selected shards; every outcome is data, a full disk is raised at the end."""
+    """Extract the selected shards; every outcome is data, a full disk is raised at the end.
+
+    ``stop`` is polled (every 0.1 s): once true, running shards stop and none start.
+    """
     started = time.monotonic()
     store = Store(config.root)
     chosen = list(names) if names is not None else config.selection.apply(store.known_names())
@@ -158,7 +168,7 @@ def extract_shards(
         extractor.sink.planned(sum(sizes.values()))
         for name, size in sizes.items():
             extractor.sink.started(name, size, 0)
-        results = _collect(extractor, {extractor.submit(n): n for n in chosen})
+        results = _collect(extractor, {extractor.submit(n): n for n in chosen}, stop)
     finally:
         extractor.close()
     order = {n: i for i, n in enumerate(chosen)}

@@ -184,6 +184,19 @@ def test_subset_selection_and_overall_index_in_parallel(store):
     assert not (store.root / "extracted" / "sa_000003").exists()
 
 
+def test_a_stop_asked_for_leaves_the_shards_not_started_interrupted(store):
+    names = [f"sa_{i:06d}.tar" for i in range(4)]
+    for i, name in enumerate(names):
+        install(store, name, shard(i * 10 + 1, i * 10 + 2))
+    cfg = ExtractConfig(store.root, Selection(tuple(names)), jobs=1)
+    report = extract_shards(cfg, stop=lambda: True)  # as the first Ctrl-C asks
+    interrupted = [r for r in report.results if r.status == "interrupted"]
+    assert report.exit_code == 130 and len(interrupted) >= 3  # one may have run, no more
+    assert {r.name for r in report.results} == set(names)
+    done = {p.stem for p in (store.root / "extracted" / ".done").glob("sa_*.json")}
+    assert done <= {r.name.removesuffix(".tar") for r in report.results if r.ok}
+
+
 def test_needed_bytes_reads_the_gzip_trailer(store):
     data = shard(1, 2)
     path = install(store, NAME, data)
