@@ -30,6 +30,7 @@ from sa1b_cli.core.claims import Claim
 from sa1b_cli.core.manifest import ManifestRow, object_path
 from sa1b_cli.core.store import Record, RecordStatus, Store
 from sa1b_cli.core.text import format_size
+from sa1b_cli.download.allocate import Allocator
 from sa1b_cli.download.plan import SpanSet
 
 __all__ = [
@@ -111,6 +112,7 @@ class PartFile:
         self._hashing: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._back_buffer: bytearray | None = None
+        self._allocator: Allocator | None = None
 
     async def open(self, *, keep: SpanSet) -> PartFile:
         """Open, trusting only ``keep`` (the last durable checkpoint) and hashing its prefix."""
@@ -119,7 +121,8 @@ class PartFile:
         self.written = keep.clipped(current)
         # Bytes past the last fsync'ed checkpoint may be garbage after a power cut.
         end = max((e for _, e in self.written), default=0)
-        os.ftruncate(self._fd, end)
+        os.ftruncate(self._fd, end)  # also frees blocks an earlier run allocated past the end
+        self._allocator = Allocator.on(self._fd)
         self.received = self.written.total()
         self._new_hashers()
         prefix = self.written.prefix()
@@ -138,13 +141,16 @@ class PartFile:
     def _new_hashers(self) -> None:
         self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
 
-    def block(self, offset: int, size: int) -> Block:
+    def block(self, offset: int, size: int, limit: int | None = None) -> Block:
         """Reserve ``[offset, offset + size)`` for a write another thread does as bytes arrive.
 
         The receiving thread calls ``Block.write``; ``Block.landed`` must follow on the
         loop, whether or not anyone still waits for the bytes (the wire calls it either way).
+        Its disk blocks are allocated ahead on another thread, never past ``limit``.
         """
         assert self._fd is not None
+        if self._allocator is not None:
+            self._allocator.ahead_of(offset, offset + size, limit)
         block = Block(self, self._fd, offset, self._at_frontier(offset, size))
         if block.hashers:
             self._hashing = block.done
@@ -226,6 +232,8 @@ class PartFile:
         assert self._fd is not None
         await self._settle()
         os.ftruncate(self._fd, 0)
+        if self._allocator is not None:
+            self._allocator.forget()
         self.written = SpanSet()
         self.received = 0
         self.hashed = 0
@@ -240,9 +248,22 @@ class PartFile:
         try:
             await self._settle()
         finally:
+            self._stop_allocating()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+    def _stop_allocating(self) -> None:
+        """No allocation from now on; blocks allocated past the end (the run stopped short
+        of them) are given back."""
+        allocator, self._allocator = self._allocator, None
+        if allocator is None or self._fd is None:
+            return
+        allocator.close()
+        with contextlib.suppress(OSError):
+            size = os.fstat(self._fd).st_size
+            if max((end for _, end in allocator.asked), default=0) > size:
+                os.ftruncate(self._fd, size)  # the same size: frees the blocks past it
 
 
 class ClaimLost(Exception):
@@ -313,7 +334,7 @@ class ShardFile:
 
     def block(self, offset: int, size: int) -> Block:
         """Lend ``[offset, offset + size)`` to a receiving thread (see ``PartFile.block``)."""
-        return self.part.block(offset, size)
+        return self.part.block(offset, size, self.expected_size)
 
     async def drain(self) -> None:
         await self.part.drain()
