@@ -1,17 +1,16 @@
 """A part file's disk blocks, allocated ahead of the writes on a thread of its own.
 
-On ext4 a write that must allocate its blocks as it goes (delayed allocation) costs the
-receiving thread most of its time in the kernel: 1 GiB in 256 KiB writes took 0.17 CPU s,
-and 0.10 s into blocks allocated before; a loopback download of 4 x 512 MiB to disk went
-from 2.15 to 1.52 s and from 2.6 to 1.7 CPU s (docs/performance.md). So a helper thread
-allocates them a little ahead with ``fallocate(FALLOC_FL_KEEP_SIZE)``, which changes
-neither the file's size nor its bytes; blocks a crash leaves past the end are freed by the
-``ftruncate`` of the next open.
+On ext4 and XFS, a write that allocates its blocks as it goes costs the receiving thread
+(a download's critical path) more than the copy itself; into blocks allocated before, it
+does not (docs/performance.md). So a helper allocates them a little ahead with
+``fallocate(FALLOC_FL_KEEP_SIZE)``, which changes neither the file's size nor its bytes.
+Blocks left past the end are freed at close, or by the ``ftruncate`` of the next open
+after a crash.
 
-Only on the file systems where that was measured (ext2/3/4, XFS). On tmpfs, ``fallocate``
-zeroes every page while it holds the file's lock, and the writes wait for it: slower. On a
-network file system each call may be a round trip. Best effort: where a call fails
-(EOPNOTSUPP, ENOSPC...) it stops, and the writes allocate, and report ENOSPC, as before.
+Only there: on tmpfs ``fallocate`` zeroes each page while it holds the file's lock, and
+the writes wait for it; on a network file system a call may be a round trip. Best
+effort: after any failed call (EOPNOTSUPP, ENOSPC) it stops, and the writes allocate, and
+report ENOSPC, as before.
 """
 
 from __future__ import annotations
@@ -116,12 +115,15 @@ class Allocator:
         self._asks.put(None)
 
     def _run(self) -> None:
-        while (ask := self._asks.get()) is not None:
-            start, stop = ask
-            for offset in range(start, stop, _CHUNK):
-                if not self._allocate(offset, min(_CHUNK, stop - offset)):
-                    self.stopped = True
-                    return
+        try:
+            while (ask := self._asks.get()) is not None:
+                start, stop = ask
+                for offset in range(start, stop, _CHUNK):
+                    if not self._allocate(offset, min(_CHUNK, stop - offset)):
+                        self.stopped = True
+                        return
+        except Exception:  # a help, never a failure: the writes allocate for themselves
+            self.stopped = True
 
     def _allocate(self, offset: int, length: int) -> bool:
         """One call; False once the file is closed, or on any error."""
