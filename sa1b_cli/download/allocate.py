@@ -1,16 +1,16 @@
 """A part file's disk blocks, allocated ahead of the writes on a thread of its own.
 
-On ext4 and XFS, a write that allocates its blocks as it goes costs the receiving thread
+On ext4, a write that allocates its blocks as it goes costs the receiving thread
 (a download's critical path) more than the copy itself; into blocks allocated before, it
 does not (docs/performance.md). So a helper allocates them a little ahead with
 ``fallocate(FALLOC_FL_KEEP_SIZE)``, which changes neither the file's size nor its bytes.
 Blocks left past the end are freed at close, or by the ``ftruncate`` of the next open
 after a crash.
 
-Only there: on tmpfs ``fallocate`` zeroes each page while it holds the file's lock, and
-the writes wait for it; on a network file system a call may be a round trip. Best
-effort: after any failed call (EOPNOTSUPP, ENOSPC) it stops, and the writes allocate, and
-report ENOSPC, as before.
+Only there: on XFS a write costs as little either way; on tmpfs ``fallocate`` zeroes each
+page while it holds the file's lock, and the writes wait for it; on a network file system
+a call may be a round trip. Best effort: after any failed call (EOPNOTSUPP, ENOSPC) it
+stops, and the writes allocate, and report ENOSPC, as before.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = ["AHEAD", "Allocator", "Fallocate"]
 AHEAD = 32 << 20  # bytes allocated past a block that falls outside what was asked before
 _CHUNK = 8 << 20  # per call: the file system holds the file's lock meanwhile
 _KEEP_SIZE = 0x01  # FALLOC_FL_KEEP_SIZE
-_MEASURED = {0xEF53, 0x58465342}  # statfs f_type: ext2/3/4, XFS
+_MEASURED = {0xEF53}  # statfs f_type: ext2/3/4
 
 Fallocate = Callable[[int, int, int, int], int]  # (fd, mode, offset, length) -> 0 or -1
 

@@ -103,7 +103,7 @@ def _measured_file_system(path: Path) -> bool:
 
 async def test_a_part_file_gets_its_blocks_ahead_and_gives_back_those_past_the_end(tmp_path):
     if not _measured_file_system(tmp_path / "probe"):
-        pytest.skip("allocation ahead is only used on ext4 and XFS")
+        pytest.skip("allocation ahead is only used on ext4")
     path = tmp_path / "x.part"
     data = random.Random(5).randbytes(MIB)
     part = await PartFile(path, ["xxh128"]).open(keep=SpanSet())
