@@ -101,6 +101,31 @@ def tmpfs(mount: Path, options: str, *, why: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@contextlib.contextmanager
+def ext4(mount: Path, kib: int, *, why: str) -> Iterator[Path]:
+    """A small ext4 file system in an image under ``mount``'s parent, mounted at ``mount``
+    for the test (skipped, saying ``why``, where mkfs or a loop mount is not possible)."""
+    image = mount.with_suffix(".img")
+    with image.open("wb") as handle:
+        handle.truncate(kib * 1024)
+    made = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)],
+        capture_output=True,
+        check=False,
+    )
+    mount.mkdir(exist_ok=True)
+    if made.returncode == 0:
+        made = subprocess.run(
+            ["mount", "-o", "loop", str(image), str(mount)], capture_output=True, check=False
+        )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount {why} here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def wait_for(predicate: Any, *, timeout: float = 30.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

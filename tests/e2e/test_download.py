@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from tests.site import Site, tmpfs, wait_for
+from tests.site import Site, ext4, tmpfs, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -220,6 +220,13 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
+@pytest.fixture
+def tiny_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A small ext4: there a part file's blocks are allocated ahead of the writes."""
+    with ext4(tmp_path / "tiny", 2048, why="a small ext4 (mkfs.ext4, a loop device)") as mount:
+        yield mount
+
+
 def test_not_enough_space_is_refused_up_front(big_site: Site, tiny_disk: Path):
     (tiny_disk / "filler").write_bytes(b"\0" * 900_000)
     done = big_site.run(
@@ -262,6 +269,27 @@ def test_disk_filling_mid_run_keeps_partial_bytes(big_site: Site, tiny_disk: Pat
     assert durable_bytes(root, "sa_000000.tar") > 0
     (tiny_disk / "filler").unlink()
     time.sleep(0.1)
+
+
+def test_on_ext4_a_disk_filled_after_the_blocks_were_allocated_stops_nothing(
+    big_site: Site, tiny_ext4: Path
+):
+    site = big_site
+    site.mirror.faults.rate = 100_000  # per connection: the first checkpoint comes at 1/3
+    root = tiny_ext4 / "root"
+    proc = site.popen(
+        "download", "--links", str(site.manifest()), "--root", str(root), "--subset", "2"
+    )
+    wait_for(lambda: durable_bytes(root, "sa_000000.tar") > 0, what="a checkpoint")
+    free = shutil.disk_usage(tiny_ext4).free
+    with contextlib.suppress(OSError), (tiny_ext4 / "filler").open("wb") as filler:
+        filler.write(b"\0" * free)  # meets ENOSPC: the shards' blocks were taken already
+    assert shutil.disk_usage(tiny_ext4).free < 64 << 10
+    site.mirror.faults.rate = None
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    for name in ("sa_000000.tar", "sa_000001.tar"):
+        assert (root / "tars" / name).read_bytes() == site.source(name)
 
 
 @pytest.mark.parametrize(("split", "delay"), [(False, 0.4), (False, 1.1), (True, 0.7)])
