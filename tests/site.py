@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -105,6 +106,8 @@ def tmpfs(mount: Path, options: str, *, why: str) -> Iterator[Path]:
 def ext4(mount: Path, kib: int, *, why: str) -> Iterator[Path]:
     """A small ext4 file system in an image under ``mount``'s parent, mounted at ``mount``
     for the test (skipped, saying ``why``, where mkfs or a loop mount is not possible)."""
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip(f"cannot make {why} here: no mkfs.ext4")
     image = mount.with_suffix(".img")
     with image.open("wb") as handle:
         handle.truncate(kib * 1024)
