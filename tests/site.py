@@ -88,18 +88,8 @@ def build_site(tmp: Path, *, shards: int = 3, images: int = 6, pad: int = 0) -> 
 @contextlib.contextmanager
 def tmpfs(mount: Path, options: str, *, why: str) -> Iterator[Path]:
     """A tmpfs mounted at ``mount`` for the test (skipped, saying ``why``, where mount fails)."""
-    mount.mkdir(exist_ok=True)
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount {why} here: {made.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    with _mounted(mount, ["-t", "tmpfs", "-o", options, "tmpfs"], why=why) as mounted:
+        yield mounted
 
 
 @contextlib.contextmanager
@@ -116,11 +106,17 @@ def ext4(mount: Path, kib: int, *, why: str) -> Iterator[Path]:
         capture_output=True,
         check=False,
     )
+    if made.returncode != 0:
+        pytest.skip(f"cannot make {why} here: {made.stderr.decode().strip()}")
+    with _mounted(mount, ["-o", "loop", str(image)], why=why) as mounted:
+        yield mounted
+
+
+@contextlib.contextmanager
+def _mounted(mount: Path, source: list[str], *, why: str) -> Iterator[Path]:
+    """``mount <source...> <mount>`` for the test, unmounted after (skipped where it fails)."""
     mount.mkdir(exist_ok=True)
-    if made.returncode == 0:
-        made = subprocess.run(
-            ["mount", "-o", "loop", str(image), str(mount)], capture_output=True, check=False
-        )
+    made = subprocess.run(["mount", *source, str(mount)], capture_output=True, check=False)
     if made.returncode != 0:
         pytest.skip(f"cannot mount {why} here: {made.stderr.decode().strip()}")
     try:
