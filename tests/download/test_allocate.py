@@ -14,6 +14,7 @@ import pytest
 from sa1b_cli.download.allocate import AHEAD, Allocator
 from sa1b_cli.download.durable import PartFile
 from sa1b_cli.download.plan import SpanSet
+from tests.site import wait_for
 
 MIB = 1 << 20
 
@@ -30,19 +31,14 @@ class Recorder:
         return self.result
 
 
-def _until(check, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "the allocating thread did not get there"
-        time.sleep(0.01)
-
-
 def test_blocks_are_asked_ahead_of_the_writes_and_never_past_the_size() -> None:
     fallocate = Recorder()
     allocator = Allocator(7, fallocate)
     allocator.ahead_of(0, 4 * MIB, size=10 * MIB)
     allocator.ahead_of(4 * MIB, 8 * MIB, size=10 * MIB)  # asked already: no second call
-    _until(lambda: sum(call[3] for call in fallocate.calls) == 10 * MIB)
+    wait_for(
+        lambda: sum(call[3] for call in fallocate.calls) == 10 * MIB, timeout=5, what="the calls"
+    )
     allocator.close()
     assert {call[:2] for call in fallocate.calls} == {(7, 1)}  # KEEP_SIZE: the size stays
     covered = SpanSet()
@@ -55,7 +51,7 @@ def test_with_the_size_unknown_only_the_block_itself_is_allocated() -> None:
     fallocate = Recorder()
     allocator = Allocator(7, fallocate)
     allocator.ahead_of(3 * MIB, 4 * MIB, size=None)
-    _until(lambda: bool(fallocate.calls))
+    wait_for(lambda: bool(fallocate.calls), timeout=5, what="a call")
     allocator.close()
     assert [call[2:] for call in fallocate.calls] == [(3 * MIB, MIB)]
     assert AHEAD > MIB
@@ -65,7 +61,7 @@ def test_a_refusal_stops_the_allocation_for_good() -> None:
     fallocate = Recorder(result=-1)  # EOPNOTSUPP, ENOSPC...
     allocator = Allocator(7, fallocate)
     allocator.ahead_of(0, 64 * MIB, size=None)
-    _until(lambda: allocator.stopped)
+    wait_for(lambda: allocator.stopped, timeout=5, what="the refusal")
     allocator.ahead_of(64 * MIB, 65 * MIB, size=None)
     allocator.close()
     time.sleep(0.05)
@@ -111,7 +107,7 @@ async def test_a_part_file_gets_its_blocks_ahead_and_gives_back_those_past_the_e
         block = part.block(0, MIB, 64 * MIB)
         await asyncio.to_thread(block.write, memoryview(data))
         block.landed(None)
-        _until(lambda: path.stat().st_blocks * 512 >= MIB + AHEAD)
+        wait_for(lambda: path.stat().st_blocks * 512 >= MIB + AHEAD, timeout=5, what="blocks")
         assert path.stat().st_size == MIB  # allocated, not written: the size says only bytes
     finally:
         await part.close()  # a run that stops here: the blocks past the end are given back
