@@ -80,6 +80,7 @@ class Allocator:
         self._lock = threading.Lock()
         self._asks: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._started = False
+        self._closing = False
         self.asked = SpanSet()  # ranges handed to the thread (allocated, or about to be)
         self.stopped = False  # set by the thread once a call failed
 
@@ -104,12 +105,9 @@ class Allocator:
             # Not threading.Thread: its start() waits on the loop until the thread runs.
             _thread.start_new_thread(self._run, ())
 
-    def forget(self) -> None:
-        """The file was cut to nothing: its blocks are gone."""
-        self.asked = SpanSet()
-
     def close(self) -> None:
         """No call after this returns; the thread ends."""
+        self._closing = True  # the thread makes no further call: this waits for one at most
         with self._lock:
             self._fd = None
         self._asks.put(None)
@@ -127,6 +125,8 @@ class Allocator:
 
     def _allocate(self, offset: int, length: int) -> bool:
         """One call; False once the file is closed, or on any error."""
+        if self._closing:
+            return False
         with self._lock:
             fd = self._fd
             return fd is not None and self._fallocate(fd, _KEEP_SIZE, offset, length) == 0

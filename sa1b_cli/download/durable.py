@@ -231,9 +231,9 @@ class PartFile:
         """Drop every byte: the server ignored our Range or the content was wrong."""
         assert self._fd is not None
         await self._settle()
+        self._stop_allocating()  # a call still under way would allocate past the cut
         os.ftruncate(self._fd, 0)
-        if self._allocator is not None:
-            self._allocator.forget()
+        self._allocator = Allocator.on(self._fd)
         self.written = SpanSet()
         self.received = 0
         self.hashed = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sa1b_cli.download.allocate import AHEAD, Allocator
+from sa1b_cli.download.allocate import AHEAD, Allocator, _libc_fallocate
 from sa1b_cli.download.durable import PartFile
 from sa1b_cli.download.plan import SpanSet
 from tests.site import wait_for
@@ -121,3 +121,31 @@ def test_tmpfs_is_left_to_allocate_as_it_writes() -> None:
         pytest.skip("no /dev/shm here")
     probe = shm / f"sa1b-test-{os.getpid()}.part"
     assert not _measured_file_system(probe)  # zeroing under the file's lock: writes wait
+
+
+async def test_no_block_is_allocated_after_a_reset_cut_the_file(tmp_path, monkeypatch):
+    """A call under way when the file is cut is the last: nothing lies past its new end."""
+    real = _libc_fallocate()
+    if real is None:
+        pytest.skip("no fallocate(2) here")
+    release, made = threading.Event(), Recorder()
+
+    def held(fd: int, mode: int, offset: int, length: int) -> int:
+        release.wait(5)  # the first call is still under way when reset comes
+        made(fd, mode, offset, length)
+        return real(fd, mode, offset, length)
+
+    monkeypatch.setattr(Allocator, "on", classmethod(lambda cls, fd: cls(fd, held)))
+    path = tmp_path / "x.part"
+    part = await PartFile(path, ["xxh128"]).open(keep=SpanSet())
+    try:
+        part.block(0, MIB, 64 * MIB).landed(None)  # asks for 33 MiB: five calls
+        threading.Timer(0.2, release.set).start()
+        await part.reset()
+        calls = len(made.calls)
+        await asyncio.sleep(0.3)  # time enough for the four calls left, were they to come
+        assert len(made.calls) == calls <= 1
+        assert path.stat().st_blocks == 0
+    finally:
+        release.set()
+        await part.close()
