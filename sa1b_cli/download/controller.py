@@ -10,8 +10,8 @@ frontier a second time), so the controller only grows while a core is idle: with
 idle, the link is not what limits, and more connections would only slow the ones there.
 Unless the cores are busy with another's work (a training job): while each connection is
 capped and this process uses little CPU, the link limits, and capped connections grow.
-Nor does a step grow past what the one thread receiving TLS bodies can take: busy half
-the time, it can take at most twice the bytes (docs/performance.md has the measurements
+Nor does a step grow past what the threads receiving TLS bodies can take: busy half
+the time, they can take at most twice the bytes (docs/performance.md has the measurements
 behind these rules).
 
 Every connection of every shard takes a slot first; a shard's first connection waits

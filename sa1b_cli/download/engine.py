@@ -197,7 +197,7 @@ def _context(
             cpu_bound=min(ceiling, config.jobs),
         ),
         idle=IdleCores(),
-        # Our transport receives every TLS body on one thread: how busy it is says how
+        # Our transport receives TLS bodies on a few threads: how busy they are says how
         # many more bytes more connections could bring.
         busy=_receiving_load(transport),
         own=ThreadLoad(time.process_time),  # the cores this process used
@@ -217,7 +217,7 @@ def _context(
 def _receiving_load(transport: httpx.AsyncBaseTransport | None) -> Callable[[], float | None]:
     if isinstance(transport, WireTransport):
         return ThreadLoad(transport.receiving_cpu)
-    return lambda: None  # httpx's own transport, or a test's: no one receiving thread
+    return lambda: None  # httpx's own transport, or a test's: no receiving threads
 
 
 class _Pool:

@@ -1,11 +1,12 @@
-"""One thread that receives the bodies of every TLS connection: no GIL hand-offs between them.
+"""A thread that receives the bodies of many TLS connections: few GIL hand-offs between them.
 
 Python's ``ssl`` decrypts one 16 KiB record per call and gives the GIL up around each. With
 a thread per connection, dozens of threads then hand the GIL back and forth for every
-record; one thread alone decrypts without that contention. So a TLS body's reads run
-here, on non-blocking sockets behind a selector: record after record into the caller's
-buffer, each full buffer handed to ``sink.write`` on this thread, and the outcome posted
-to the event loop once per call, as a connection's own thread would.
+record; a few threads, each serving many connections, contend far less. So a TLS body's
+reads run here, on non-blocking sockets behind a selector: record after record into the
+caller's buffer, each full buffer handed to ``sink.write`` on this thread, and the outcome
+posted to the event loop once per call, as a connection's own thread would. (The transport
+runs two of these; each call goes to the one with fewer calls under way.)
 Connect, handshake and response heads stay on the connection's thread.
 """
 
@@ -51,14 +52,16 @@ _Step = Callable[[selectors.BaseSelector, _Jobs, _Job], None]
 
 
 class TlsReactor:
-    """Receives TLS bodies for every connection of a transport, on one thread of its own."""
+    """Receives TLS bodies for the connections of a transport, on one thread of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "sa1b-tls") -> None:
+        self.name = name
         self._lock = threading.Lock()
         self._new: list[_Job] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None  # made with the thread
         self._closing = False
         self.cpu = 0.0  # CPU seconds its thread has used so far (the controller's load)
+        self.calls = 0  # calls under way (read and written on the loop)
 
     def close(self) -> None:
         """Let the thread end (once the jobs under way are over) and free its sockets."""
@@ -91,13 +94,16 @@ class TlsReactor:
                 if self._wake is None:
                     self._wake = socket.socketpair()
                     self._wake[0].setblocking(False)
-                    threading.Thread(target=self._run, name="sa1b-tls", daemon=True).start()
+                    threading.Thread(target=self._run, name=self.name, daemon=True).start()
                 self._wake[1].send(b"x")
+        self.calls += 1
         try:
             return await future
         except asyncio.CancelledError:
             conn.close()  # the job sees the socket shut down and ends; nobody waits for it
             raise
+        finally:
+            self.calls -= 1
 
     def _run(self) -> None:
         assert self._wake is not None

@@ -58,6 +58,9 @@ BODY_EXTENSION = "sa1b.body"  # response extension: the body, for ``read_through
 BUDGET = 0.05  # seconds a thread keeps receiving before it reports progress to the loop
 MAX_HEAD = 64 << 10  # bytes of response head (interim 1xx heads included) one exchange reads
 MAX_INTERIM = 8  # 1xx heads before the final one
+# Threads receiving TLS bodies: with one, a 2-core machine left a core idle while that
+# thread was the bottleneck; two, 0.6-0.8x the wall time (docs/performance.md).
+RECEIVERS = min(2, os.cpu_count() or 1)
 _HEAD_READ = 16 << 10
 _STREAM_READ = 64 << 10  # chunked and close-delimited bodies: rare, and never the fast path
 T = TypeVar("T")
@@ -374,8 +377,8 @@ class _Body(httpx.AsyncByteStream):
                 pool.give(buffer)
 
         view = memoryview(buffer)[:size]
-        if self.conn.tls:  # one thread receives every TLS body (see reactor.py)
-            reactor = self.transport.reactor
+        if self.conn.tls:  # a few threads receive every TLS body (see reactor.py)
+            reactor = min(self.transport.reactors, key=lambda r: r.calls)
             call = reactor.receive_through(
                 self.conn, view, want, sink, self.timeout, settled=settled
             )
@@ -424,18 +427,21 @@ class _Body(httpx.AsyncByteStream):
 class WireTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 connections with zero-copy body reads, reused while the server allows."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, receivers: int = RECEIVERS
+    ) -> None:
         self.ssl_context = ssl_context
         self.buffers = BufferPool()
-        self.reactor = TlsReactor()
+        self.reactors = tuple(TlsReactor(f"sa1b-tls-{k}") for k in range(receivers))
         self.idle: dict[tuple[str, str, int], list[Connection]] = {}
         # A TLS session ticket per host: later connections resume it (no certificate
         # exchange, no signature on the server), verified as the first one was.
         self.sessions: dict[tuple[str, str, int], ssl.SSLSession] = {}
 
     def receiving_cpu(self) -> float:
-        """CPU seconds used so far by the thread that receives every TLS body."""
-        return self.reactor.cpu
+        """CPU seconds used so far by a thread receiving TLS bodies, on average (their
+        calls are balanced, so each is about as busy)."""
+        return sum(reactor.cpu for reactor in self.reactors) / len(self.reactors)
 
     def give_back(self, conn: Connection) -> None:
         self.idle.setdefault(conn.key, []).append(conn)
@@ -516,7 +522,8 @@ class WireTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        self.reactor.close()
+        for reactor in self.reactors:
+            reactor.close()
         for conns in self.idle.values():
             for conn in conns:
                 conn.close()

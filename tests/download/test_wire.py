@@ -194,7 +194,7 @@ async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
         srv.close()
 
 
-async def test_tls_bodies_are_received_on_the_one_tls_thread_and_sessions_resume(certificate):
+async def test_tls_bodies_are_received_on_the_tls_threads_and_sessions_resume(certificate):
     cert, _ = certificate
     body = bytes(range(256)) * 20_000  # ~5 MiB: many records, several calls
     srv = await tls_server(certificate, body)
@@ -217,11 +217,35 @@ async def test_tls_bodies_are_received_on_the_one_tls_thread_and_sessions_resume
         srv.close()
     assert all(bytes(sink.data) == body for sink in sinks)
     # (bytes that came with the head are written on the loop, the rest on the TLS thread)
-    assert {t for sink in sinks for t in sink.threads} <= {"sa1b-tls", "MainThread"}
-    assert all("sa1b-tls" in sink.threads for sink in sinks)
+    assert {t for sink in sinks for t in sink.threads} <= {*TLS_THREADS, "MainThread"}
+    assert all(sink.threads & TLS_THREADS for sink in sinks)
     assert len(sinks[0].landings) > 1  # the loop heard once per call, not once at the end
     assert reused == [False, True]  # the second connection resumed the first one's session
     assert transport.receiving_cpu() > 0  # what the connection controller reads as its load
+
+
+async def test_tls_bodies_received_at_once_go_to_both_threads(certificate):
+    """Each call goes to the thread with fewer calls under way: two bodies, two threads."""
+    body = bytes(range(256)) * 20_000
+    srv = await tls_server(certificate, body)
+    url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/t"
+    trusted = ssl.create_default_context(cafile=str(certificate[0]))
+    transport = WireTransport(ssl_context=trusted, receivers=2)
+    sinks = [Sink(), Sink()]
+    try:
+        async with httpx.AsyncClient(transport=transport) as client:
+            responses = [
+                await client.send(client.build_request("GET", url), stream=True) for _ in sinks
+            ]
+            bodies = [r.extensions[BODY_EXTENSION] for r in responses]
+            await asyncio.gather(*map(read_all, bodies, sinks))
+            for r in responses:
+                await r.aclose()
+    finally:
+        srv.close()
+    assert all(bytes(sink.data) == body for sink in sinks)
+    assert {t for sink in sinks for t in sink.threads} == {*TLS_THREADS, "MainThread"}
+    assert all(reactor.cpu > 0 for reactor in transport.reactors)
 
 
 async def test_a_silent_tls_body_raises_read_timeout_and_lands_once(certificate):
@@ -252,6 +276,9 @@ async def test_a_silent_tls_body_raises_read_timeout_and_lands_once(certificate)
     finally:
         srv.close()
     assert sink.landings == [None] and not sink.data
+
+
+TLS_THREADS = {"sa1b-tls-0", "sa1b-tls-1"}
 
 
 class Sink:
@@ -396,8 +423,8 @@ async def test_a_bug_while_writing_fails_its_call_and_still_lands(server, certif
         async with client.stream("GET", f"{base}/y") as r:  # the threads are still there
             await asyncio.wait_for(read_all(r.extensions[BODY_EXTENSION], after), 10)
     assert sink.landings == [None] and bytes(after.data) == BODY
-    writer = {"with the head": {"MainThread"}, "TLS thread": {"sa1b-tls"}}  # where it raised
-    assert sink.threads == writer.get(path, sink.threads - {"MainThread", "sa1b-tls"})
+    writer = {"with the head": {"MainThread"}, "TLS thread": {"sa1b-tls-0"}}  # where it raised
+    assert sink.threads == writer.get(path, sink.threads - {"MainThread", *TLS_THREADS})
 
 
 async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_starts_anew(
@@ -458,8 +485,9 @@ async def test_a_tls_call_that_waited_for_the_thread_still_gets_its_whole_turn(c
     base = await server(serve, tls=served)
     trusted = ssl.create_default_context(cafile=str(certificate[0]))
     slow, waited = SlowSink(), Sink()
+    one = WireTransport(ssl_context=trusted, receivers=1)  # so b waits behind a's slow write
     async with (
-        httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client,
+        httpx.AsyncClient(transport=one) as client,
         client.stream("GET", f"{base}/a") as a,
         client.stream("GET", f"{base}/b") as b,
     ):
