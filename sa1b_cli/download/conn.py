@@ -40,6 +40,10 @@ Outcome = tuple[bool, Any]  # (True, the call's result) or (False, the exception
 class BlockSink(Protocol):
     """Where a body's bytes go as they arrive (see ``wire._Body.read_through``)."""
 
+    @property
+    def file(self) -> object:
+        """The file written to: one receiving thread writes it at a time (see wire)."""
+
     def write(self, view: memoryview) -> None:
         """Blocking, on the connection's thread; called once per buffer filled, in order."""
 

@@ -82,6 +82,7 @@ class Block:
 
     def __init__(self, part: PartFile, fd: int, offset: int, hashers: list[Hasher]) -> None:
         self.part, self.fd, self.offset, self.hashers = part, fd, offset, hashers
+        self.file = part
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.wrote = 0
 

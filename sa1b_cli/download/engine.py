@@ -215,9 +215,16 @@ def _context(
 
 
 def _receiving_load(transport: httpx.AsyncBaseTransport | None) -> Callable[[], float | None]:
-    if isinstance(transport, WireTransport):
-        return ThreadLoad(transport.receiving_cpu)
-    return lambda: None  # httpx's own transport, or a test's: no receiving threads
+    """The busiest receiving thread's share of a core (one file's calls stay on one
+    thread: the mean would halve a one-shard run's load, and it grew too far)."""
+    if not isinstance(transport, WireTransport):
+        return lambda: None  # httpx's own transport, or a test's: no receiving threads
+    loads = [ThreadLoad(reactor.used_cpu) for reactor in transport.reactors]
+
+    def busiest() -> float | None:
+        return max((x for x in (load() for load in loads) if x is not None), default=None)
+
+    return busiest
 
 
 class _Pool:

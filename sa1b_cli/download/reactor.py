@@ -6,7 +6,7 @@ record; a few threads, each serving many connections, contend far less. So a TLS
 reads run here, on non-blocking sockets behind a selector: record after record into the
 caller's buffer, each full buffer handed to ``sink.write`` on this thread, and the outcome
 posted to the event loop once per call, as a connection's own thread would. (The transport
-runs two of these; each call goes to the one with fewer calls under way.)
+runs two of these; see ``WireTransport.receiver``.)
 Connect, handshake and response heads stay on the connection's thread.
 """
 
@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +61,13 @@ class TlsReactor:
         self._new: list[_Job] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None  # made with the thread
         self._closing = False
-        self.cpu = 0.0  # CPU seconds its thread has used so far (the controller's load)
+        self.cpu = 0.0  # CPU seconds its thread has used so far
         self.calls = 0  # calls under way (read and written on the loop)
+        self.files: Counter[object] = Counter()  # their sinks' files (``BlockSink.file``)
+
+    def used_cpu(self) -> float:
+        """CPU seconds its thread has used so far (the controller reads its load)."""
+        return self.cpu
 
     def close(self) -> None:
         """Let the thread end (once the jobs under way are over) and free its sockets."""
@@ -97,6 +103,7 @@ class TlsReactor:
                     threading.Thread(target=self._run, name=self.name, daemon=True).start()
                 self._wake[1].send(b"x")
         self.calls += 1
+        self.files[sink.file] += 1
         try:
             return await future
         except asyncio.CancelledError:
@@ -104,6 +111,9 @@ class TlsReactor:
             raise
         finally:
             self.calls -= 1
+            self.files[sink.file] -= 1
+            if not self.files[sink.file]:
+                del self.files[sink.file]
 
     def _run(self) -> None:
         assert self._wake is not None
