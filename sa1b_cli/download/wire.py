@@ -58,8 +58,8 @@ BODY_EXTENSION = "sa1b.body"  # response extension: the body, for ``read_through
 BUDGET = 0.05  # seconds a thread keeps receiving before it reports progress to the loop
 MAX_HEAD = 64 << 10  # bytes of response head (interim 1xx heads included) one exchange reads
 MAX_INTERIM = 8  # 1xx heads before the final one
-# Threads receiving TLS bodies: with one, a 2-core machine left a core idle while that
-# thread was the bottleneck; two, 0.6-0.8x the wall time (docs/performance.md).
+# Threads receiving TLS bodies: with one, several shards at once left part of a core
+# idle while that thread was the bottleneck (docs/performance.md).
 RECEIVERS = min(2, os.cpu_count() or 1)
 _HEAD_READ = 16 << 10
 _STREAM_READ = 64 << 10  # chunked and close-delimited bodies: rare, and never the fast path
