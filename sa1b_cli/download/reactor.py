@@ -61,13 +61,17 @@ class TlsReactor:
         self._new: list[_Job] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None  # made with the thread
         self._closing = False
-        self.cpu = 0.0  # CPU seconds its thread has used so far
-        self.calls = 0  # calls under way (read and written on the loop)
-        self.files: Counter[object] = Counter()  # their sinks' files (``BlockSink.file``)
+        self._cpu = 0.0  # written by the thread, read by the controller
+        # The files of the calls under way, by their sinks (read and written on the loop).
+        self.files: Counter[object] = Counter()
 
     def used_cpu(self) -> float:
         """CPU seconds its thread has used so far (the controller reads its load)."""
-        return self.cpu
+        return self._cpu
+
+    def calls(self) -> int:
+        """Calls under way."""
+        return self.files.total()
 
     def close(self) -> None:
         """Let the thread end (once the jobs under way are over) and free its sockets."""
@@ -102,7 +106,6 @@ class TlsReactor:
                     self._wake[0].setblocking(False)
                     threading.Thread(target=self._run, name=self.name, daemon=True).start()
                 self._wake[1].send(b"x")
-        self.calls += 1
         self.files[sink.file] += 1
         try:
             return await future
@@ -110,7 +113,6 @@ class TlsReactor:
             conn.close()  # the job sees the socket shut down and ends; nobody waits for it
             raise
         finally:
-            self.calls -= 1
             self.files[sink.file] -= 1
             if not self.files[sink.file]:
                 del self.files[sink.file]
@@ -145,7 +147,7 @@ class TlsReactor:
                     self._safely(self._pump, selector, jobs, key.data)
             for job in list(jobs.values()):
                 self._safely(self._check, selector, jobs, job)
-            self.cpu = time.thread_time()
+            self._cpu = time.thread_time()
 
     def _take_new(self, selector: selectors.BaseSelector, jobs: _Jobs, wake: socket.socket) -> None:
         with contextlib.suppress(BlockingIOError):

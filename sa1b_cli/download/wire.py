@@ -447,7 +447,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         for reactor in self.reactors:
             if reactor.files[sink.file]:
                 return reactor
-        return min(self.reactors, key=lambda r: r.calls)
+        return min(self.reactors, key=TlsReactor.calls)
 
     def give_back(self, conn: Connection) -> None:
         self.idle.setdefault(conn.key, []).append(conn)
