@@ -44,6 +44,11 @@ class BlockSink(Protocol):
     def file(self) -> object:
         """The file written to: one receiving thread writes it at a time (see wire)."""
 
+    def room(self) -> int:
+        """Bytes it still takes: read before each receive, as a tail split on the loop may
+        lower it while a thread writes (then the thread stops there, and only the other
+        connection fetches the rest)."""
+
     def write(self, view: memoryview) -> None:
         """Blocking, on the connection's thread; called once per buffer filled, in order."""
 

@@ -31,7 +31,7 @@ from sa1b_cli.core.manifest import ManifestRow, object_path
 from sa1b_cli.core.store import Record, RecordStatus, Store
 from sa1b_cli.core.text import format_size
 from sa1b_cli.download.allocate import Allocator
-from sa1b_cli.download.plan import SpanSet
+from sa1b_cli.download.plan import Piece, Span, SpanSet
 
 __all__ = [
     "Block",
@@ -80,16 +80,31 @@ def _hash_range(
 class Block:
     """One block written straight from the receiving thread (no hop through the event loop)."""
 
-    def __init__(self, part: PartFile, fd: int, offset: int, hashers: list[Hasher]) -> None:
-        self.part, self.fd, self.offset, self.hashers = part, fd, offset, hashers
+    def __init__(
+        self, part: PartFile, fd: int, span: Span, hashers: list[Hasher], piece: Piece | None
+    ) -> None:
+        self.part, self.fd, self.hashers = part, fd, hashers
+        self.offset, self.end = span
+        self.piece = piece  # a tail split lowers its end while the thread writes
         self.file = part
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.wrote = 0
+
+    def room(self) -> int:
+        """Bytes it still takes, up to the piece's end as it is now (read on the thread).
+
+        A split that comes between a receive and its write lets one buffer past the new
+        end: the same bytes the other connection writes there, so no harm but the waste.
+        """
+        end = self.end if self.piece is None else min(self.end, self.piece.end)
+        return end - self.offset - self.wrote
 
     def write(self, view: memoryview) -> None:
         """Blocking, on the receiving thread: write ``view`` next, hash it if at the frontier."""
         _write_at(self.fd, self.offset + self.wrote, view, self.hashers)
         self.wrote += len(view)
+        if self.piece is not None:  # now, not when the call ends: a split starts past it
+            self.piece.reached(self.offset + self.wrote)
 
     def landed(self, error: OSError | None) -> None:
         """On the loop, once the thread is done with the block (whether or not it wrote)."""
@@ -142,17 +157,21 @@ class PartFile:
     def _new_hashers(self) -> None:
         self.hashers = {alg: ALGORITHMS[alg]() for alg in self.algorithms}
 
-    def block(self, offset: int, size: int, limit: int | None = None) -> Block:
+    def block(
+        self, offset: int, size: int, limit: int | None = None, piece: Piece | None = None
+    ) -> Block:
         """Reserve ``[offset, offset + size)`` for a write another thread does as bytes arrive.
 
-        The receiving thread calls ``Block.write``; ``Block.landed`` must follow on the
-        loop, whether or not anyone still waits for the bytes (the wire calls it either way).
-        Its disk blocks are allocated ahead on another thread, never past ``limit``.
+        The receiving thread calls ``Block.write``, never past ``piece.end`` as a split moves
+        it; ``Block.landed`` must follow on the loop, whether or not anyone still waits for
+        the bytes (the wire calls it either way). Its disk blocks are allocated ahead on
+        another thread, never past ``limit``.
         """
         assert self._fd is not None
         if self._allocator is not None:
             self._allocator.ahead_of(offset, offset + size, limit)
-        block = Block(self, self._fd, offset, self._at_frontier(offset, size))
+        span = (offset, offset + size)
+        block = Block(self, self._fd, span, self._at_frontier(offset, size), piece)
         if block.hashers:
             self._hashing = block.done
         self._writes.add(block.done)
@@ -333,9 +352,9 @@ class ShardFile:
         """Bytes this run wrote into the file."""
         return self.part.arrived
 
-    def block(self, offset: int, size: int) -> Block:
+    def block(self, offset: int, size: int, piece: Piece | None = None) -> Block:
         """Lend ``[offset, offset + size)`` to a receiving thread (see ``PartFile.block``)."""
-        return self.part.block(offset, size, self.expected_size)
+        return self.part.block(offset, size, self.expected_size, piece)
 
     async def drain(self) -> None:
         await self.part.drain()

@@ -245,7 +245,11 @@ TAIL_SECONDS = 0.125
 
 @dataclass(eq=False, slots=True)
 class Piece:
-    """One connection's range: ``pos`` moves as bytes land, ``end`` shrinks when split."""
+    """One connection's range: ``pos`` moves as bytes land, ``end`` shrinks when split.
+
+    The receiving thread moves ``pos`` after each write, and reads ``end`` before each
+    receive; both only ever move toward each other.
+    """
 
     pos: int
     end: int

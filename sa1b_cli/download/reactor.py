@@ -179,10 +179,10 @@ class TlsReactor:
     def _pump(self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job) -> None:
         """Receive what is there, writing full buffers; end the call when due."""
         view, sock = job.view, job.sock
-        while job.got + job.filled < job.total:
-            want = min(len(view), job.total - job.got) - job.filled
+        # The buffer fills up to ``fill``: the sink's room may shrink under a tail split.
+        while job.filled < (fill := min(len(view), job.total - job.got, job.sink.room())):
             try:
-                n = sock.recv_into(view[job.filled : job.filled + want])
+                n = sock.recv_into(view[job.filled : fill])
             except (ssl.SSLWantReadError, BlockingIOError):
                 return  # wait until readable
             except OSError as exc:  # a reset, or the connection closed from the loop
@@ -193,8 +193,7 @@ class TlsReactor:
                 return
             job.filled += n
             job.heard = time.monotonic()
-            full = job.filled == min(len(view), job.total - job.got)
-            if full and (failed := self._flushed(job)) is not None:
+            if job.filled == fill and (failed := self._flushed(job)) is not None:
                 self._end(selector, jobs, job, failed)
                 return
             if job.heard - job.started >= BUDGET:

@@ -69,11 +69,12 @@ class StreamedBody:
             return data
         return await anext(self._chunks, b"")
 
-    async def _collect(self, size: int, parts: list[bytes]) -> None:
-        """Chunks into ``parts`` until ``size`` bytes, the end, or ``BUDGET`` seconds."""
+    async def _collect(self, size: int, parts: list[bytes], sink: BlockSink) -> None:
+        """Chunks into ``parts`` until ``size`` bytes (or the sink's room), the end, or
+        ``BUDGET`` seconds."""
         got, loop = 0, asyncio.get_running_loop()
         start = loop.time()
-        while got < size and (chunk := await self._next()):
+        while got < (size := min(size, sink.room())) and (chunk := await self._next()):
             if got + len(chunk) > size:
                 chunk, self._rest = chunk[: size - got], chunk[size - got :]
             parts.append(chunk)
@@ -84,7 +85,7 @@ class StreamedBody:
     async def read_through(self, size: int, sink: BlockSink) -> int:
         parts: list[bytes] = []
         try:
-            await self._collect(min(size, self._block_size), parts)
+            await self._collect(min(size, self._block_size), parts, sink)
         except BaseException:  # a drop or a stop: what came before it is kept all the same
             await _write_landed(sink, b"".join(parts))
             raise
@@ -136,8 +137,8 @@ class Receiver:
     ) -> None:
         self.file, self.name, self.pos = file, file.row.file_name, pos
         self.sink, self.limiter = sink, limiter
-        # Up to this much is written per call; a split of the piece starts at least a
-        # minimum piece past ``piece.pos``, so never inside it (reserve <= min_piece).
+        # Up to this much is written per call; a split of the piece moves its end down
+        # mid-call, and the receiving thread stops there (``Block.room``).
         self.reserve = reserve
         self.counted = counted  # every byte, as it arrives (the connection controller)
         self.piece = piece  # when set, never write past piece.end (another connection's now)
@@ -148,7 +149,8 @@ class Receiver:
         try:
             with StallWatchdog(stall_timeout) as watchdog:
                 while (want := await self._want(body)) > 0:
-                    size = await body.read_through(want, self.file.block(self.pos, want))
+                    block = self.file.block(self.pos, want, self.piece)
+                    size = await body.read_through(want, block)
                     if size == 0:
                         return
                     watchdog.fed()

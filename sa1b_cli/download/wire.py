@@ -242,8 +242,8 @@ def _receive_through(
     is closed from the loop) and the write's error, if any.
     """
     got, waited, start = 0, 0.0, time.monotonic()
-    while got < total:
-        n = _receive(conn, buffer[: min(len(buffer), total - got)], wait_all=True)
+    while (fill := min(len(buffer), total - got, sink.room())) > 0:
+        n = _receive(conn, buffer[:fill], wait_all=True)
         if n < 0:  # nothing for POLL seconds
             if got or conn.closed:
                 break
@@ -389,7 +389,7 @@ class _Body(httpx.AsyncByteStream):
         n, error = await self._call(call)
         if error is not None:
             raise error
-        if n == 0:
+        if n == 0 and sink.room() > 0:  # (with no room, a split took the rest)
             raise self._short()
         self.remaining -= n
         self.done = self.remaining == 0

@@ -13,7 +13,7 @@ from sa1b_cli.core.events import NullSink
 from sa1b_cli.core.manifest import ManifestRow
 from sa1b_cli.core.store import Store
 from sa1b_cli.download.durable import ShardFile
-from sa1b_cli.download.plan import SpanSet
+from sa1b_cli.download.plan import Piece, SpanSet
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.receive import Overrun, Receiver, body_of
 from sa1b_cli.download.wire import BODY_EXTENSION
@@ -121,3 +121,25 @@ async def test_a_trickle_is_not_a_stall(tmp_path):
         )
         await receiver.run(body_of(response, 1 << 20), 0.25)
         assert receiver.pos == 4000
+
+
+async def test_a_split_while_a_streamed_body_is_collected_stops_it_at_the_new_end(tmp_path):
+    """The body path behind a proxy and in MockTransport honours a split as the wire does."""
+    data = bytes(range(256)) * 400
+    piece = Piece(0, len(data))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data[:7_000]
+        piece.end = 20_000  # a tail split on the loop, while this body is being collected
+        for i in range(7_000, len(data), 7_000):
+            yield data[i : i + 7_000]
+
+    response = httpx.Response(200, content=chunks())
+    async with await shard_file(tmp_path).open(SpanSet()) as file:
+        file.expected_size = len(data)
+        block = file.block(0, len(data), piece)
+        n = await body_of(response, 1 << 20).read_through(len(data), block)
+        await file.drain()
+        assert n == 20_000 and list(file.written) == [(0, 20_000)]
+        assert piece.pos == piece.end == 20_000  # the block moved the piece as it wrote
+    assert (tmp_path / "tars" / f"{NAME}.part").read_bytes() == data[:20_000]

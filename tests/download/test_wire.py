@@ -299,6 +299,10 @@ class Sink:
         self.landings: list[OSError | None] = []
         self.fail_after = fail_after
         self.file = self  # each sink its own file
+        self.limit = 1 << 40  # bytes it takes in all (a test lowers it, as a split would)
+
+    def room(self) -> int:
+        return self.limit - len(self.data)
 
     def write(self, view: memoryview) -> None:
         import threading
@@ -464,6 +468,48 @@ async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_
     finally:
         srv.close()
     assert sink.landings[-1] is None and bytes(after.data) == BODY
+
+
+class SplitSink(Sink):
+    """After its first write, its room shrinks to 100,000 bytes more: a tail split landing
+    between two writes of the receiving thread (lowering ``piece.end``)."""
+
+    def write(self, view: memoryview) -> None:
+        super().write(view)
+        if self.limit > len(self.data) + 100_000:
+            self.limit = len(self.data) + 100_000
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_a_split_during_a_call_stops_the_thread_at_the_new_end(server, request, tls):
+    """Not a byte past it: those belong to the connection that took the split's half.
+
+    (The thread went on to the end of its call: a tenth of the bytes of a 10 x 96 MiB
+    run at 8 MiB/s a connection were fetched twice.)
+    """
+    served, trusted = None, None
+    if tls:
+        cert, key = request.getfixturevalue("certificate")
+        served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        served.load_cert_chain(cert, key)
+        trusted = ssl.create_default_context(cafile=str(cert))
+
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            await head_alone(writer, len(BODY))
+            writer.write(BODY)  # all at once: the thread never waits for bytes
+            await writer.drain()
+
+    base = await server(serve, tls=served)
+    sink = SplitSink()
+    async with (
+        httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client,
+        client.stream("GET", f"{base}/x", extensions={CHUNK_EXTENSION: 65536}) as r,
+    ):
+        await asyncio.sleep(0.2)  # the body waits in the socket: the call's turn is not spent
+        n = await r.extensions[BODY_EXTENSION].read_through(len(BODY), sink)
+    assert n == len(sink.data) == (64 << 10) + 100_000  # one 64 KiB buffer, then the room
+    assert bytes(sink.data) == BODY[:n] and sink.landings == [None]
 
 
 class SlowSink(Sink):
