@@ -106,7 +106,8 @@ class ConnectionController:
     """Slots for connections; the limit moves with measured throughput and server pushback.
 
     State, changed only by its own methods: ``limit``; ``active`` (slots taken) and
-    ``peak_active``; ``starting`` (shards whose first connection has not asked yet);
+    ``peak_active``; ``starting`` (shards whose first connection has not asked yet) and
+    ``waiting`` (connections waiting for a slot);
     ``shards`` (fetching ranges, ``sharing``) and ``streaming`` (receiving, ``receiving``);
     the bytes ``counted`` and ``per_connection``, measured each ``tick``; ``steps``.
     """
@@ -128,6 +129,7 @@ class ConnectionController:
         self.active = 0
         self.streaming = 0  # connections currently receiving a body
         self.starting = 0  # shards started whose first connection has not asked for a slot
+        self.waiting = 0  # connections waiting in ``acquire``
         self.shards = 0  # shards fetching ranges now: they share the limit
         self.peak_active = 0
         self._bytes = 0
@@ -157,7 +159,7 @@ class ConnectionController:
 
     def try_acquire(self) -> bool:
         """A further connection for a shard that has one: only from slots nobody awaits."""
-        return self.active + self.starting < self.limit and self._take()
+        return self.active + self.starting + self.waiting < self.limit and self._take()
 
     def _take(self) -> bool:
         if self.active >= self.limit:
@@ -168,9 +170,23 @@ class ConnectionController:
 
     async def acquire(self) -> None:
         """A shard's first connection (or one given up while waiting to retry)."""
-        while not self._take():
-            self._wake.clear()
-            await self._wake.wait()
+        self.waiting += 1
+        try:
+            while not self._take():
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            self.waiting -= 1
+
+    @contextlib.contextmanager
+    def stepped_aside(self) -> Iterator[None]:
+        """A connection waits to retry without its slot: it counts as waiting, so no further
+        connection of a split takes the slot meanwhile (a shard's first one still may)."""
+        self.waiting += 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
 
     def release(self) -> None:
         self.active -= 1

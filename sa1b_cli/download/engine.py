@@ -137,6 +137,7 @@ async def run_downloads(
     stop: asyncio.Event | None = None,
     after: OnComplete | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> DownloadReport:
     """Download the selected files of the manifest into ``config.root``.
 
@@ -158,7 +159,8 @@ async def run_downloads(
         sizes = await _sizes(client, found, planned.pending, config.jobs, clock)
         needed = check_space(store, found, sizes) if config.check_space else 0
         sink.planned(needed)
-        ctx = _context(config, client, transport, sink=sink, sleep=sleep, clock=clock)
+        clocks = (clock, monotonic)
+        ctx = _context(config, client, transport, sink=sink, sleep=sleep, clocks=clocks)
         hooks = _Hooks(stop or asyncio.Event(), after, config.stale_after, sizes)
         pool = _Pool(ctx, store, _expected(config), config.jobs, hooks)
         # What is loaded by now lives as long as the run: the collector need not walk it
@@ -184,7 +186,7 @@ def _context(
     *,
     sink: ProgressSink,
     sleep: Callable[[float], Awaitable[None]],
-    clock: Callable[[], float],
+    clocks: tuple[Callable[[], float], Callable[[], float]],  # wall, monotonic
 ) -> TransferContext:
     settings = TransferSettings(
         stall_timeout=config.timeout, max_attempts=config.max_attempts, split=config.split
@@ -208,7 +210,8 @@ def _context(
         settings,
         sink=sink,
         sleep=sleep,
-        wall_clock=clock,
+        wall_clock=clocks[0],
+        monotonic=clocks[1],
         limiter=limiter,
         controller=controller,
     )

@@ -153,8 +153,10 @@ class Retrier:
     async def run(self, attempt: Callable[[], Awaitable[None]], slot: Slot) -> None:
         """Run ``attempt`` until it succeeds; failures count against the shard's one budget.
 
-        When the server pushes back and the run holds more connections than it now allows,
-        this connection gives its slot up while it waits, and that wait is not a failure.
+        The connection gives its slot up while it waits: kept through a backoff, it held
+        the other shards up (a host refusing every connection shrank the run to one slot,
+        and its shards failed one after another). When the server pushed back and the run
+        holds more connections than it now allows, that wait is not a failure.
         """
         streak = self.budget.streak()
         while True:
@@ -165,17 +167,24 @@ class Retrier:
             except Retry as retry:
                 if retry.push:
                     self.controller.pushback(retry.retry_after)
-                    if self.controller.over_limit():
-                        slot.give()
-                        await self.wait(retry)
-                        await slot.take()
-                        continue
-                written, fetched = self.counts()
-                self.budget.progress(written)
-                given_up = streak.failed(retry.reason, fetched=fetched)
-                if given_up is not None:
-                    raise Stop.failed(given_up) from retry
-                await self.wait(retry, streak.failures)
+                failures, over = 1, retry.push and self.controller.over_limit()
+                if not over:
+                    written, fetched = self.counts()
+                    self.budget.progress(written)
+                    given_up = streak.failed(retry.reason, fetched=fetched)
+                    if given_up is not None:
+                        raise Stop.failed(given_up) from retry
+                    failures = streak.failures
+                slot.give()
+                with self.controller.stepped_aside():
+                    await self.wait(retry, failures)
+                await self._take_back(slot)
+
+    async def _take_back(self, slot: Slot) -> None:
+        """The slot again; the time others held it is not this shard's time without progress."""
+        asked = self.budget.monotonic()
+        await slot.take()
+        self.budget.excuse(self.budget.monotonic() - asked)
 
     def progressed(self) -> None:
         """A piece landed whole: the budget may renew."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
+import time
 from collections import namedtuple
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sa1b_cli.core.claims import try_claim
@@ -200,3 +203,44 @@ async def test_the_shards_started_together_each_get_their_own_connection(tmp_pat
     report = await run_downloads(run, transport=cdn.transport())
     assert {r.status for r in report.results} == {"downloaded"}
     assert [r.connections for r in report.results] == [1, 1, 1]
+
+
+class Dilated:
+    """A clock on which a second passes in 5 ms: backoff and patience play out for real,
+    the connections' waits and their order included, in a fraction of the time."""
+
+    SCALE = 200.0
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self.start) * self.SCALE
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self.SCALE)
+
+
+async def test_a_host_that_refuses_every_connection_fails_its_shards_side_by_side(tmp_path):
+    """Each shard fails on its own budget (about two minutes), not after the others' backoff.
+
+    Each refusal shrank the run to one connection, which a shard then kept through its
+    backoff sleeps: the other shards waited for it, and ten failed one after another
+    (548 s on defaults). A connection now gives its slot up while it waits.
+    """
+    names = [f"sa_{k:06d}.tar" for k in range(6)]
+    write_links(tmp_path, names)
+    clock = Dilated()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    run = config(tmp_path, jobs=3)
+    transport = httpx.MockTransport(refuse)
+    report = await run_downloads(run, transport=transport, sleep=clock.sleep, monotonic=clock.now)
+    assert [r.status for r in report.results] == ["failed"] * 6
+    for result in report.results:  # on its own clock: patience and one last backoff at most
+        assert "ConnectError" in (result.detail or "")
+        waited = re.search(r"after (\d+)s without progress", result.detail or "")
+        assert waited is None or int(waited[1]) <= 180, result.detail
+    assert clock.now() < 2 * 180  # two rounds of three shards, not one shard after another
