@@ -8,6 +8,7 @@ finishes. A new behaviour is one row here and one entry in tests/hostile.py.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -106,3 +107,26 @@ def test_a_cross_host_redirect_is_told_once(hostile, tmp_path):
     done = download(hostile, "redirect_host", tmp_path)
     told = [line for line in done.stderr.splitlines() if "redirected to another host" in line]
     assert len(told) == 1, done.stderr
+
+
+def test_a_host_that_refuses_connections_fails_its_shard_and_never_the_run(hostile, tmp_path):
+    """Nothing listens where shard 0's link points: its line names the refusal, shard 1 lands."""
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        links = tmp_path / "links.txt"
+        dead = f"http://127.0.0.1:{port}/{BAD}?oh=00_SECRETSIG&oe=7FFFFFFF"
+        links.write_text(
+            f"file_name\tcdn_link\n{BAD}\t{dead}\n{GOOD}\t{hostile.url('good', GOOD)}\n"
+        )
+        args = ["download", "--links", str(links), "--root", str(tmp_path / "root")]
+        args += ["--timeout", str(TIMEOUT), "--retries", str(RETRIES)]
+        done = subprocess.run(
+            [SA1B, *args], capture_output=True, text=True, timeout=120, env=env(), check=False
+        )
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "Traceback" not in out and "unexpected error" not in out and "SECRET" not in out, out
+    assert [line for line in out.splitlines() if BAD in line and "ConnectError" in line], out
+    tars = tmp_path / "root" / "tars"
+    assert (tars / GOOD).read_bytes() == DATA[GOOD] and not (tars / BAD).exists()
