@@ -9,6 +9,9 @@ goes wrong is one of the signals of ``retries``: ``Retry``, ``Fallback`` or ``St
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import httpx
 
 from sa1b_cli.core.manifest import ManifestRow
-from sa1b_cli.core.text import format_size
+from sa1b_cli.core.text import format_size, shown
 from sa1b_cli.download.accept import Ask, Verdict, judge
 from sa1b_cli.download.config import TransferContext
 from sa1b_cli.download.durable import ShardFile, SizeChanged
@@ -29,6 +32,40 @@ from sa1b_cli.download.wire import CHUNK_EXTENSION
 __all__ = ["Fetcher"]
 
 _PUSHBACK_STATUS = frozenset({429, 503})
+_UNTRUSTED_HINT = "behind a proxy or a CA of your own, set SSL_CERT_FILE to its certificate"
+
+
+def _not_connected(exc: httpx.ConnectError) -> Retry | Stop:
+    """A failed connect, named by its cause's type (its message may quote the link).
+
+    An untrusted certificate stops the shard: every retry would fail the same way.
+    """
+    cause = _root_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        why = shown(getattr(cause, "verify_message", None) or "verification failed", 100)
+        msg = f"the server's TLS certificate is not trusted ({why}); {_UNTRUSTED_HINT}"
+        return Stop.failed(msg)
+    if isinstance(cause, ConnectionRefusedError):
+        what = "connection refused"
+    elif isinstance(cause, socket.gaierror):
+        what = "the host name does not resolve"
+    elif isinstance(cause, ssl.SSLError):
+        what = f"TLS handshake failed, {shown(cause.reason or type(cause).__name__, 60)}"
+    elif isinstance(cause, OSError) and cause.errno:
+        what = os.strerror(cause.errno)
+    else:
+        what = type(cause).__name__
+    return Retry(f"could not connect ({what})", push=True)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first exception of a chain (a transport's error, wrapped by httpx)."""
+    for _ in range(8):  # a chain is a few links long; never follow a loop of them
+        below = exc.__cause__ or exc.__context__
+        if below is None:
+            break
+        exc = below
+    return exc
 
 
 class Fetcher:
@@ -108,9 +145,11 @@ class Fetcher:
             raise Stop.failed(msg) from exc
         except httpx.RemoteProtocolError as exc:
             raise Retry(str(exc)) from exc
+        except httpx.ConnectError as exc:
+            raise _not_connected(exc) from exc
         except httpx.TransportError as exc:
             msg = f"network error ({type(exc).__name__})"
-            raise Retry(msg, push=isinstance(exc, httpx.ConnectError)) from exc
+            raise Retry(msg) from exc
 
     def _act_on(self, verdict: Verdict, status: int) -> None:
         """Raise what a verdict that writes nothing means for the shard."""

@@ -4,9 +4,12 @@ Parallel segments have their own tests in test_segments.py."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import random
+import socket
+import ssl
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -357,3 +360,47 @@ async def test_a_drop_without_split_does_not_take_connections_from_the_run(store
         result = await fetch_shard(ShardTask(row_for()), store, ctx)
     assert result.status == "downloaded" and final_bytes(store) == payload
     assert controller.limit == 8
+
+
+def _failing_connect(cause: OSError, asked: list[httpx.Request]):  # type: ignore[no-untyped-def]
+    """A transport whose connect fails with ``cause``, its message quoting the whole link."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        raise httpx.ConnectError(f"cannot reach {request.url}", request=request) from cause
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(
+    ("cause", "says", "requests"),
+    [
+        (
+            ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify"),
+            "the server's TLS certificate is not trusted",
+            1,  # not retried: every attempt would fail the same way
+        ),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), "(connection refused)", 3),
+        (socket.gaierror(socket.EAI_NONAME, "no name"), "(the host name does not resolve)", 3),
+        (OSError(errno.ENETUNREACH, "unreachable"), "(Network is unreachable)", 3),
+    ],
+)
+async def test_a_failed_connect_is_named_by_its_cause_never_by_the_link(
+    store, cause, says, requests
+):
+    asked: list[httpx.Request] = []
+    async with httpx.AsyncClient(transport=_failing_connect(cause, asked)) as client:
+        ctx = TransferContext(
+            client,
+            TransferSettings(split=False, max_attempts=2),
+            sleep=Sleeps(),
+            wall_clock=lambda: NOW,
+            rng=random.Random(1),
+        )
+        result = await fetch_shard(ShardTask(row_for()), store, ctx)
+    detail = result.detail or ""
+    assert result.status == "failed" and says in detail, detail
+    assert len(asked) == requests
+    assert "oh=" not in detail and "cdn" not in detail  # the message quoted the signed link
+    if requests == 1:
+        assert "SSL_CERT_FILE" in detail  # what to do about it

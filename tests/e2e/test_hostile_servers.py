@@ -8,8 +8,12 @@ finishes. A new behaviour is one row here and one entry in tests/hostile.py.
 
 from __future__ import annotations
 
+import http.server
+import shutil
 import socket
+import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from sa1b_cli.devtools.bench_tls import self_signed_certificate
 from tests.hostile import BEHAVIOURS, DATA, HostileServer
 from tests.site import SA1B, env
 
@@ -110,7 +115,10 @@ def test_a_cross_host_redirect_is_told_once(hostile, tmp_path):
 
 
 def test_a_host_that_refuses_connections_fails_its_shard_and_never_the_run(hostile, tmp_path):
-    """Nothing listens where shard 0's link points: its line names the refusal, shard 1 lands."""
+    """Nothing listens where shard 0's link points: its line names the refusal, shard 1 lands.
+
+    (Beside the table, whose rows are behaviours of a server that answers.)
+    """
     with socket.socket() as closed:  # bound, never listening: connections are refused
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -127,6 +135,41 @@ def test_a_host_that_refuses_connections_fails_its_shard_and_never_the_run(hosti
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     assert "Traceback" not in out and "unexpected error" not in out and "SECRET" not in out, out
-    assert [line for line in out.splitlines() if BAD in line and "ConnectError" in line], out
+    refused = "could not connect (connection refused)"
+    assert [line for line in out.splitlines() if BAD in line and refused in line], out
     tars = tmp_path / "root" / "tars"
     assert (tars / GOOD).read_bytes() == DATA[GOOD] and not (tars / BAD).exists()
+
+
+def test_an_untrusted_certificate_fails_its_shard_at_once_and_says_what_to_do(hostile, tmp_path):
+    """A self-signed server, and no SSL_CERT_FILE: the line names the certificate and the fix."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate for the TLS server")
+    cert, key = self_signed_certificate(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    httpd.socket = served.wrap_socket(httpd.socket, server_side=True)
+    httpd.handle_error = lambda *_: None  # type: ignore[method-assign]  # the refused handshakes
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        links = tmp_path / "links.txt"
+        bad = f"https://127.0.0.1:{httpd.server_address[1]}/{BAD}?oh=00_SECRETSIG&oe=7FFFFFFF"
+        links.write_text(
+            f"file_name\tcdn_link\n{BAD}\t{bad}\n{GOOD}\t{hostile.url('good', GOOD)}\n"
+        )
+        args = ["download", "--links", str(links), "--root", str(tmp_path / "root")]
+        untrusting = {k: v for k, v in env().items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        done = subprocess.run(
+            [SA1B, *args], capture_output=True, text=True, timeout=120, env=untrusting, check=False
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "Traceback" not in out and "SECRET" not in out, out
+    said = [line for line in out.splitlines() if BAD in line and "not trusted" in line]
+    assert said and "SSL_CERT_FILE" in out, out
+    assert "retry" not in out, out  # every attempt would fail the same way
+    assert (tmp_path / "root" / "tars" / GOOD).read_bytes() == DATA[GOOD]
