@@ -170,18 +170,15 @@ class ConnectionController:
 
     async def acquire(self) -> None:
         """A shard's first connection (or one given up while waiting to retry)."""
-        self.waiting += 1
-        try:
+        with self.waiting_for_slot():
             while not self._take():
                 self._wake.clear()
                 await self._wake.wait()
-        finally:
-            self.waiting -= 1
 
     @contextlib.contextmanager
-    def stepped_aside(self) -> Iterator[None]:
-        """A connection waits to retry without its slot: it counts as waiting, so no further
-        connection of a split takes the slot meanwhile (a shard's first one still may)."""
+    def waiting_for_slot(self) -> Iterator[None]:
+        """A connection without a slot that will want one (in ``acquire``, or waiting to
+        retry): no further connection of a split takes a slot from it meanwhile."""
         self.waiting += 1
         try:
             yield

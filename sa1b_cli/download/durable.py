@@ -86,9 +86,13 @@ class Block:
         self.part, self.fd, self.hashers = part, fd, hashers
         self.offset, self.end = span
         self.piece = piece  # a tail split lowers its end while the thread writes
-        self.file = part
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.wrote = 0
+
+    @property
+    def file(self) -> PartFile:
+        """The file it writes into (one receiving thread writes a file at a time)."""
+        return self.part
 
     def room(self) -> int:
         """Bytes it still takes, up to the piece's end as it is now (read on the thread).

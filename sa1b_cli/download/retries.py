@@ -176,7 +176,7 @@ class Retrier:
                         raise Stop.failed(given_up) from retry
                     failures = streak.failures
                 slot.give()
-                with self.controller.stepped_aside():
+                with self.controller.waiting_for_slot():
                     await self.wait(retry, failures)
                 await self._take_back(slot)
 
