@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import ssl
 import threading
 from collections import deque
@@ -17,6 +18,7 @@ import pytest
 
 from sa1b_cli.devtools.bench_tls import self_signed_certificate
 from sa1b_cli.download.conn import _Mailbox
+from sa1b_cli.download.reactor import _record_reader
 from sa1b_cli.download.wire import (
     BODY_EXTENSION,
     CHUNK_EXTENSION,
@@ -283,6 +285,47 @@ async def test_a_silent_tls_body_raises_read_timeout_and_lands_once(certificate)
     finally:
         srv.close()
     assert sink.landings == [None] and not sink.data
+
+
+@pytest.mark.parametrize("close_notify", [True, False])
+async def test_a_tls_body_cut_short_is_a_transport_error_with_every_byte_before_it(
+    certificate, close_notify
+):
+    """Closed mid-body, with TLS's close_notify or without it (a ragged end: a bare FIN),
+    the thread writes what came, and the call fails short, never as a whole body."""
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    sent = BODY * 3  # ~3 MiB of a declared 4 MiB: several records past the head
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (4 << 20) + sent)
+            await writer.drain()
+            await asyncio.sleep(0.3)  # the bytes leave before the end does
+            if not close_notify:
+                writer.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
+                await asyncio.sleep(5)
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    port = srv.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert))
+    sink = Sink()
+    try:
+        transport = WireTransport(ssl_context=trusted)
+        async with (
+            httpx.AsyncClient(transport=transport, timeout=3) as client,
+            client.stream("GET", f"https://127.0.0.1:{port}/t") as r,
+        ):
+            with pytest.raises(httpx.TransportError) as raised:
+                await read_all(r.extensions[BODY_EXTENSION], sink)
+    finally:
+        srv.close()
+    assert str(raised.value) == "the connection closed 1.1 MiB before the end"  # not a timeout
+    assert bytes(sink.data) == sent
+    assert sink.threads & TLS_THREADS
 
 
 TLS_THREADS = {"sa1b-tls-0", "sa1b-tls-1"}
@@ -648,3 +691,16 @@ async def test_an_error_while_settling_one_outcome_does_not_hold_up_the_others()
     with pytest.raises(OSError, match="lost"):
         await second
     assert [type(e) for e in errors] == [ValueError]
+
+
+def test_the_record_reader_falls_back_to_recv_into_without_the_ssl_object():
+    """A socket closed under the thread (or another ssl module) has no ``_sslobj``."""
+
+    class Closed:
+        def recv_into(self, view: memoryview, n: int) -> int:
+            view[:n] = b"r" * n
+            return n
+
+    buffer = bytearray(8)
+    assert _record_reader(Closed())(3, memoryview(buffer)[2:]) == 3  # type: ignore[arg-type]
+    assert buffer == b"\0\0rrr\0\0\0"
