@@ -254,7 +254,8 @@ def _record_reader(sock: ssl.SSLSocket) -> Callable[[int, memoryview], int]:
 
     The GIL is held between records, so the Python each record costs is time the other
     receiving thread waits: the ``_ssl`` object's own ``read`` skips three frames of
-    ``SSLSocket.recv_into``, which would turn a ragged end into 0 (the caller does).
+    ``SSLSocket.recv_into``. Those frames also turn an end without close_notify (a ragged
+    end) into 0; the caller does that itself.
     """
     direct = getattr(sock, "_sslobj", None)
     if direct is None:  # an ssl module without it: the public way

@@ -303,7 +303,10 @@ async def test_a_tls_body_cut_short_is_a_transport_error_with_every_byte_before_
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (4 << 20) + sent)
             await writer.drain()
-            await asyncio.sleep(0.3)  # the bytes leave before the end does
+            for _ in range(1000):  # the end goes out only once every byte sent has come
+                if len(sink.data) >= len(sent):
+                    break
+                await asyncio.sleep(0.01)
             if not close_notify:
                 writer.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
                 await asyncio.sleep(5)
