@@ -134,6 +134,7 @@ class ConnectionController:
         self.peak_active = 0
         self._bytes = 0
         self._mark = (clock(), 0)  # (time, bytes) at the last measurement
+        self._active_then = 0  # slots taken at the last measurement
         self.per_connection: float | None = None  # bytes/s one connection carried, measured
         self.steps = _Steps(self.settings)
         self._wake = asyncio.Event()
@@ -235,6 +236,7 @@ class ConnectionController:
         rate = (self._bytes - before_bytes) / (now - then)
         self._mark = (now, self._bytes)
         idle, busy, own = self.idle(), self.busy(), self.own()
+        ending, self._active_then = self._active_then > self.limit, self.active
         if self.streaming and rate:
             self.per_connection = rate / self.streaming
             self._wake.set()  # shards waiting to split look again at the new measurement
@@ -256,8 +258,11 @@ class ConnectionController:
                 self._set_limit(undo)
             if steps.before is not None or undo is not None:
                 return  # undone, or looked at once more
-        if now < steps.hold_until or self.active < self.limit:
-            return  # held, or the slots we have are not all in use: more would not help
+        if now < steps.hold_until or self.active != self.limit or ending:
+            # Held; or the slots are not all in use (more would not help); or connections
+            # from before a cut were still ending over the interval: a step measured with
+            # their bytes would be judged against them, undone and held for seconds.
+            return
         if cpu_limits:
             return  # more connections would only slow the ones there
         if rate and (grown := steps.step(now, rate, self.limit, self.per_connection, busy)):
