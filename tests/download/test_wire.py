@@ -160,20 +160,35 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     return self_signed_certificate(tmp_path)
 
 
-async def tls_server(certificate: tuple[Path, Path], body: bytes) -> asyncio.Server:
-    """A TLS server on 127.0.0.1 that answers every request with ``body``."""
+async def serve_tls(
+    certificate: tuple[Path, Path], respond: Serve
+) -> tuple[asyncio.Server, str, ssl.SSLContext]:
+    """A TLS server on 127.0.0.1 that runs ``respond`` for each connection: the server, its
+    URL, and a client context that trusts its certificate."""
     cert, key = certificate
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            async for _ in requests(reader):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-                await writer.drain()
+            await respond(reader, writer)
         writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/t"
+    return srv, url, ssl.create_default_context(cafile=str(cert))
+
+
+async def tls_server(certificate: tuple[Path, Path], body: bytes) -> asyncio.Server:
+    """A TLS server on 127.0.0.1 that answers every request with ``body``."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+
+    srv, _, _ = await serve_tls(certificate, respond)
+    return srv
 
 
 async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
@@ -258,27 +273,19 @@ async def test_tls_bodies_received_at_once_go_to_both_threads_unless_one_file(
 
 
 async def test_a_silent_tls_body_raises_read_timeout_and_lands_once(certificate):
-    cert, key = certificate
-    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    served.load_cert_chain(cert, key)
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(10)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-            await writer.drain()
-            await asyncio.sleep(10)
-        writer.close()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
-    port = srv.sockets[0].getsockname()[1]
-    trusted = ssl.create_default_context(cafile=str(cert))
+    srv, url, trusted = await serve_tls(certificate, respond)
     sink = Sink()
     try:
         transport = WireTransport(ssl_context=trusted)
         async with (
             httpx.AsyncClient(transport=transport, timeout=1.5) as client,
-            client.stream("GET", f"https://127.0.0.1:{port}/t") as r,
+            client.stream("GET", url) as r,
         ):
             with pytest.raises(httpx.ReadTimeout):
                 await r.extensions[BODY_EXTENSION].read_through(1000, sink)
@@ -293,34 +300,27 @@ async def test_a_tls_body_cut_short_is_a_transport_error_with_every_byte_before_
 ):
     """Closed mid-body, with TLS's close_notify or without it (a ragged end: a bare FIN),
     the thread writes what came, and the call fails short, never as a whole body."""
-    cert, key = certificate
-    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    served.load_cert_chain(cert, key)
     sent = BODY * 3  # ~3 MiB of a declared 4 MiB: several records past the head
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (4 << 20) + sent)
-            await writer.drain()
-            for _ in range(1000):  # the end goes out only once every byte sent has come
-                if len(sink.data) >= len(sent):
-                    break
-                await asyncio.sleep(0.01)
-            if not close_notify:
-                writer.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
-                await asyncio.sleep(5)
-        writer.close()
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (4 << 20) + sent)
+        await writer.drain()
+        for _ in range(1000):  # the end goes out only once every byte sent has come
+            if len(sink.data) >= len(sent):
+                break
+            await asyncio.sleep(0.01)
+        if not close_notify:
+            writer.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
+            await asyncio.sleep(5)
 
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
-    port = srv.sockets[0].getsockname()[1]
-    trusted = ssl.create_default_context(cafile=str(cert))
+    srv, url, trusted = await serve_tls(certificate, respond)
     sink = Sink()
     try:
         transport = WireTransport(ssl_context=trusted)
         async with (
             httpx.AsyncClient(transport=transport, timeout=3) as client,
-            client.stream("GET", f"https://127.0.0.1:{port}/t") as r,
+            client.stream("GET", url) as r,
         ):
             with pytest.raises(httpx.TransportError) as raised:
                 await read_all(r.extensions[BODY_EXTENSION], sink)
