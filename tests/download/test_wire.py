@@ -179,31 +179,29 @@ async def serve_tls(
     return srv, url, ssl.create_default_context(cafile=str(cert))
 
 
-async def tls_server(certificate: tuple[Path, Path], body: bytes) -> asyncio.Server:
-    """A TLS server on 127.0.0.1 that answers every request with ``body``."""
+async def tls_server(
+    certificate: tuple[Path, Path], body: bytes
+) -> tuple[asyncio.Server, str, ssl.SSLContext]:
+    """A TLS server on 127.0.0.1 that answers every request with ``body``: as ``serve_tls``."""
 
     async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async for _ in requests(reader):
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
             await writer.drain()
 
-    srv, _, _ = await serve_tls(certificate, respond)
-    return srv
+    return await serve_tls(certificate, respond)
 
 
 async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
-    cert, _ = certificate
-    srv = await tls_server(certificate, BODY)
-    port = srv.sockets[0].getsockname()[1]
-    trusted = ssl.create_default_context(cafile=str(cert))
+    srv, url, trusted = await tls_server(certificate, BODY)
     try:
         async with httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client:
             for _ in range(2):
-                async with client.stream("GET", f"https://127.0.0.1:{port}/t?_nc_gid&oe=1") as r:
+                async with client.stream("GET", f"{url}?_nc_gid&oe=1") as r:
                     got = b"".join([bytes(c) async for c in r.aiter_raw()])
                 assert r.status_code == 200 and got == BODY
             sink = Sink()  # the fast path over TLS: records, not one recv(MSG_WAITALL)
-            async with client.stream("GET", f"https://127.0.0.1:{port}/t") as r:
+            async with client.stream("GET", url) as r:
                 while await r.extensions[BODY_EXTENSION].read_through(1 << 20, sink):
                     pass
             assert bytes(sink.data) == BODY
@@ -212,12 +210,8 @@ async def test_https_bodies_arrive_whole(certificate: tuple[Path, Path]):
 
 
 async def test_tls_bodies_are_received_on_the_tls_threads_and_sessions_resume(certificate):
-    cert, _ = certificate
     body = bytes(range(256)) * 20_000  # ~5 MiB: many records, several calls
-    srv = await tls_server(certificate, body)
-    port = srv.sockets[0].getsockname()[1]
-    trusted = ssl.create_default_context(cafile=str(cert))
-    url = f"https://127.0.0.1:{port}/t"
+    srv, url, trusted = await tls_server(certificate, body)
     transport = WireTransport(ssl_context=trusted, receivers=2)  # one on a 1-core machine
     assert [reactor.used_cpu() for reactor in transport.reactors] == [0.0, 0.0]
     try:
@@ -248,9 +242,7 @@ async def test_tls_bodies_received_at_once_go_to_both_threads_unless_one_file(
     """Each call goes to the thread with fewer calls under way: two bodies, two threads;
     but one file is written by one thread at a time (two would take its lock in turn)."""
     body = bytes(range(256)) * 20_000
-    srv = await tls_server(certificate, body)
-    url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/t"
-    trusted = ssl.create_default_context(cafile=str(certificate[0]))
+    srv, url, trusted = await tls_server(certificate, body)
     transport = WireTransport(ssl_context=trusted, receivers=2)
     sinks = [Sink(), Sink()]
     if one_file:
@@ -499,17 +491,15 @@ async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_
         take_new(self, *args)
 
     monkeypatch.setattr(TlsReactor, "_take_new", once_broken)
-    srv = await tls_server(certificate, BODY)
-    base = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
-    trusted = ssl.create_default_context(cafile=str(certificate[0]))
+    srv, url, trusted = await tls_server(certificate, BODY)
     sink, after = Sink(), Sink()
     try:
         async with httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client:
-            async with client.stream("GET", f"{base}/x") as r:
+            async with client.stream("GET", url) as r:
                 body = r.extensions[BODY_EXTENSION]
                 with pytest.raises(RuntimeError, match="a bug in the TLS thread"):
                     await asyncio.wait_for(read_all(body, sink), 10)
-            async with client.stream("GET", f"{base}/y") as r:
+            async with client.stream("GET", url) as r:
                 await asyncio.wait_for(read_all(r.extensions[BODY_EXTENSION], after), 10)
     finally:
         srv.close()
@@ -632,8 +622,7 @@ def test_the_pool_keeps_at_most_its_bound_and_drops_sizes_no_longer_asked_for_fi
 async def test_ssl_cert_file_is_trusted_as_httpx_would(certificate, monkeypatch):
     """A cluster with its own CA sets SSL_CERT_FILE; without it the certificate is refused."""
     cert, _ = certificate
-    srv = await tls_server(certificate, b"ok")
-    url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/t"
+    srv, url, _ = await tls_server(certificate, b"ok")
     try:
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         monkeypatch.delenv("SSL_CERT_DIR", raising=False)
