@@ -6,7 +6,8 @@ sa1b on its defaults is compared, side by side in the same run, with ``aria2c -x
 -k4M -j<shards>`` (what power users run) and ``aria2c -x1`` (one connection per file),
 downloading into tmpfs, over plain HTTP and over HTTPS (nginx with a throwaway self-signed
 certificate, trusted through ``SSL_CERT_FILE`` by sa1b and ``--ca-certificate`` by aria2c:
-Meta's CDN is HTTPS). Files are random bytes: a download does not look inside.
+Meta's CDN is HTTPS). Over HTTPS, ``tls_floor`` runs too: aria2c's way in plain Python, what
+the interpreter itself costs. Files are random bytes: a download does not look inside.
 """
 
 from __future__ import annotations
@@ -102,13 +103,17 @@ def _commands(
 ) -> dict[str, list[str]]:
     aria = ["aria2c", "-q", "--file-allocation=none", "-d", str(target), "-i", str(urls)]
     mine = [sa1b, "download", "--links", str(links), "--root", str(target / "r"), "--quiet"]
+    floor: dict[str, list[str]] = {}
     if cert is not None:
         aria.append(f"--ca-certificate={cert}")
         mine = ["env", f"SSL_CERT_FILE={cert}", *mine]
+        tool = [sys.executable, "-m", "sa1b_cli.devtools.tls_floor", str(urls), str(target)]
+        floor["python_floor"] = ["env", f"SSL_CERT_FILE={cert}", *tool]
     return {
         "sa1b": mine,
         "aria2c_x16": [*aria, "-x16", "-s16", "-k4M", f"-j{count}"],
         "aria2c_x1": [*aria, "-x1", f"-j{count}"],
+        **floor,
     }
 
 
@@ -181,6 +186,8 @@ def _far_row(
         runs["sa1b_known"] = []
         cmds["sa1b_known"] = [*cmds["sa1b"], "--known"]
         before["sa1b_known"] = _with_known_list(wipe, target / "r", paths)
+    if "python_floor" in cmds and extras:  # HTTPS: what the interpreter itself costs
+        runs["python_floor"], before["python_floor"] = [], wipe
     for _ in range(REPEAT):  # interleaved, so drift hits every tool alike
         for tool in runs:
             runs[tool].append(measure(cmds[tool], before=before[tool]))
