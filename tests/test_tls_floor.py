@@ -30,7 +30,7 @@ def server(mode: str) -> Serve:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
             elif (found := re.search(rb"Range: bytes=(\d+)-(\d+)", head)) and mode != "whole":
                 start, end = int(found[1]), int(found[2])
-                part = body[start : end + 1]
+                part = body[start : end + 1] + (b"!" if mode == "long" else b"")
                 writer.write(
                     b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n"
                     b"Content-Range: bytes %d-%d/%d\r\n\r\n" % (len(part), start, end, len(body))
@@ -69,7 +69,7 @@ async def test_the_floor_writes_every_range_of_every_file(certificate, tmp_path,
 
 @pytest.mark.parametrize(
     ("mode", "says"),
-    [("whole", "a range from"), ("short", "bytes short")],
+    [("whole", "a range from"), ("long", "length b'"), ("short", "bytes short")],
 )
 async def test_the_floor_fails_on_a_wrong_answer(
     certificate, tmp_path, monkeypatch, capsys, mode, says

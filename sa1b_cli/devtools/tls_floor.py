@@ -3,10 +3,10 @@
 ``python -m sa1b_cli.devtools.tls_floor URLS OUT``: each file named in URLS is cut into 16
 ranges, all fetched at once on connections of their own, spread over two threads. Each
 thread is a selector loop, as aria2c's one thread is: a non-blocking handshake, the
-request, the head through h11, then every 16 KiB record read straight into a buffer,
-written at its offset when full (256 KiB). No event loop, no controller, no hashing, no retry: any
-failure ends the run with an error. The bench runs it beside sa1b and aria2c, so that
-sa1b's HTTPS figures can be read against what the interpreter itself costs.
+request, the head through h11, then every 16 KiB record read straight into a 256 KiB
+buffer, written at its offset when full. No event loop, no controller, no hashing, no
+retry: any failure ends the run with an error. The bench runs it beside sa1b and aria2c,
+so that sa1b's HTTPS figures can be read against what the interpreter itself costs.
 """
 
 from __future__ import annotations
@@ -62,10 +62,12 @@ def _size(url: str, context: ssl.SSLContext) -> int:
         sock.sendall(http.send(_request("HEAD", parts.netloc, parts.path)) or b"")
         while (event := http.next_event()) is h11.NEED_DATA:
             http.receive_data(sock.recv(65536))  # b"" at the end: h11 raises
-    if not isinstance(event, h11.Response) or event.status_code != 200:
+    headers = dict(event.headers) if isinstance(event, h11.Response) else {}
+    length = headers.get(b"content-length", b"")
+    if not isinstance(event, h11.Response) or event.status_code != 200 or not length.isdigit():
         msg = f"HEAD {parts.path}: {event!r}"
         raise FloorError(msg)
-    return int(dict(event.headers)[b"content-length"])
+    return int(length)
 
 
 def _request(method: str, netloc: str, path: str, span: str = "") -> h11.Request:
@@ -130,8 +132,9 @@ def _check(event: h11.Response, piece: _Range) -> None:
     if event.status_code != 206 or not found or int(found[1]) != piece.at:
         msg = f"a range from {piece.at}: {event.status_code} {headers.get(b'content-range')!r}"
         raise FloorError(msg)
-    if int(found[2]) - int(found[1]) + 1 != piece.left:
-        msg = f"a range from {piece.at} of {piece.left} bytes: {found[0]!r}"
+    length = headers.get(b"content-length")
+    if int(found[2]) - int(found[1]) + 1 != piece.left or length != b"%d" % piece.left:
+        msg = f"a range from {piece.at} of {piece.left} bytes: {found[0]!r}, length {length!r}"
         raise FloorError(msg)
 
 
