@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.site import Site, build_site
+from tests.tlsserver import make_certificate
 
 
 @pytest.fixture
@@ -20,6 +21,12 @@ def _no_user_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(("SA1B_", "SLURM_")):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1 and its key."""
+    return make_certificate(tmp_path)
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 from sa1b_cli.devtools import tls_floor
-from tests.download.test_wire import Serve, certificate, requests, serve_tls
-
-__all__ = ["certificate"]  # the fixture, used by name
+from tests.tlsserver import Serve, requests, serve_tls
 
 BODIES = {"/a.bin": os.urandom(3 << 20 | 123), "/b.bin": os.urandom(700_001)}
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import socket
 import ssl
 import threading
@@ -16,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from sa1b_cli.devtools.bench_tls import self_signed_certificate
 from sa1b_cli.download.conn import _Mailbox
 from sa1b_cli.download.reactor import _record_reader
 from sa1b_cli.download.wire import (
@@ -26,8 +23,7 @@ from sa1b_cli.download.wire import (
     WireTransport,
     make_transport,
 )
-
-Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+from tests.tlsserver import Serve, requests, serve_tls
 
 
 @pytest.fixture
@@ -54,15 +50,6 @@ async def server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
 
 
 BODY = bytes(range(256)) * 4000  # ~1 MiB, bigger than one receive buffer
-
-
-async def requests(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    while True:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return
-        yield head
 
 
 async def test_bodies_arrive_whole_on_one_reused_connection(server):
@@ -150,33 +137,6 @@ def test_a_proxy_in_the_environment_uses_httpx_s_own_transport(monkeypatch):
     assert isinstance(make_transport(), WireTransport)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert make_transport() is None
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for 127.0.0.1, made with the openssl tool."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: no certificate for the TLS test")
-    return self_signed_certificate(tmp_path)
-
-
-async def serve_tls(
-    certificate: tuple[Path, Path], respond: Serve
-) -> tuple[asyncio.Server, str, ssl.SSLContext]:
-    """A TLS server on 127.0.0.1 that runs ``respond`` for each connection: the server, its
-    URL, and a client context that trusts its certificate."""
-    cert, key = certificate
-    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    served.load_cert_chain(cert, key)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            await respond(reader, writer)
-        writer.close()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
-    url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/t"
-    return srv, url, ssl.create_default_context(cafile=str(cert))
 
 
 async def tls_server(

@@ -9,7 +9,6 @@ finishes. A new behaviour is one row here and one entry in tests/hostile.py.
 from __future__ import annotations
 
 import http.server
-import shutil
 import socket
 import ssl
 import subprocess
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from sa1b_cli.devtools.bench_tls import self_signed_certificate
 from tests.hostile import BEHAVIOURS, DATA, HostileServer
 from tests.site import SA1B, env
 
@@ -141,11 +139,11 @@ def test_a_host_that_refuses_connections_fails_its_shard_and_never_the_run(hosti
     assert (tars / GOOD).read_bytes() == DATA[GOOD] and not (tars / BAD).exists()
 
 
-def test_an_untrusted_certificate_fails_its_shard_at_once_and_says_what_to_do(hostile, tmp_path):
+def test_an_untrusted_certificate_fails_its_shard_at_once_and_says_what_to_do(
+    hostile, tmp_path, certificate
+):
     """A self-signed server, and no SSL_CERT_FILE: the line names the certificate and the fix."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: no certificate for the TLS server")
-    cert, key = self_signed_certificate(tmp_path)
+    cert, key = certificate
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
     httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
