@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import make_certificate
 from tests.site import Site, build_site
-from tests.tlsserver import make_certificate
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sa1b_cli.devtools import tls_floor
-from tests.tlsserver import Serve, requests, serve_tls
+from tests.servers import Serve, requests, serve_tls
 
 BODIES = {"/a.bin": os.urandom(3 << 20 | 123), "/b.bin": os.urandom(700_001)}
 

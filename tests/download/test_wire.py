@@ -23,7 +23,7 @@ from sa1b_cli.download.wire import (
     WireTransport,
     make_transport,
 )
-from tests.tlsserver import Serve, requests, serve_tls
+from tests.servers import Serve, requests, serve_tls, start_server
 
 
 @pytest.fixture
@@ -31,15 +31,7 @@ async def server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     servers: list[asyncio.Server] = []
 
     async def start(serve: Serve, tls: ssl.SSLContext | None = None) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                await serve(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
-
-        srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+        srv = await start_server(serve, tls)
         servers.append(srv)
         scheme = "https" if tls else "http"
         return f"{scheme}://127.0.0.1:{srv.sockets[0].getsockname()[1]}"

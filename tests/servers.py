@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +32,21 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     return self_signed_certificate(folder)
 
 
+async def start_server(respond: Serve, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    """Run ``respond`` for each connection on 127.0.0.1 (a free port); a client that goes
+    away mid-exchange ends its connection quietly."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await respond(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+
+
 async def serve_tls(
     certificate: tuple[Path, Path], respond: Serve
 ) -> tuple[asyncio.Server, str, ssl.SSLContext]:
@@ -41,12 +55,6 @@ async def serve_tls(
     cert, key = certificate
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            await respond(reader, writer)
-        writer.close()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+    srv = await start_server(respond, served)
     url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}/t"
     return srv, url, ssl.create_default_context(cafile=str(cert))
