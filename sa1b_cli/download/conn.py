@@ -1,5 +1,8 @@
 """One socket and the one thread that does its blocking calls: connect, TLS, send, receive.
 
+(Over TLS, the steps before a body and the body's fast path run on the TLS threads instead,
+see ``steps`` and ``reactor``: such a connection starts its thread only for a slow path.)
+
 The event loop never blocks on the network: each call runs on the connection's thread and
 its outcome comes back through a future, handed over in batches (``_Mailbox``). A thread
 waits at most ``POLL`` seconds in one system call, so a closed connection or the end of
@@ -63,18 +66,6 @@ class Abandoned(OSError):
         super().__init__(errno.ECONNABORTED, "the connection was closed")
 
 
-def _handshake(conn: Connection, sock: ssl.SSLSocket, deadline: float) -> None:
-    while True:
-        try:
-            sock.do_handshake()
-            return
-        except TimeoutError:
-            if conn.closed:
-                raise Abandoned from None
-            if time.monotonic() >= deadline:
-                raise
-
-
 def _recv_tls(sock: ssl.SSLSocket, view: memoryview, *, wait_all: bool) -> int:
     """TLS hands over one record per call: loop (the GIL is released in each) for POLL at most."""
     got, deadline = 0, time.monotonic() + POLL
@@ -118,9 +109,7 @@ class Connection:
         self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None]
         self._calls = queue.SimpleQueue()
         self.ident: int | None = None  # the thread's, once it runs (tests check who wrote)
-        # Not threading.Thread: its start() waits, on the loop, until the new thread holds the
-        # GIL. A raw thread is a daemon too: one waiting on the network never holds up the exit.
-        _thread.start_new_thread(self._serve, ())
+        self._started = False  # the thread starts with the first call (TLS makes none, mostly)
 
     async def call(
         self, fn: Callable[..., T], *args: Any, settled: Callable[[Outcome], None] | None = None
@@ -132,6 +121,12 @@ class Connection:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        if not self._started:
+            # Not threading.Thread: its start() waits, on the loop, until the new thread holds
+            # the GIL. A raw thread is a daemon too: one waiting on the network never holds up
+            # the exit.
+            _thread.start_new_thread(self._serve, ())
+            self._started = True
         self._calls.put((fn, args, (future, settled, _Mailbox.of(loop))))
         try:
             return await future
@@ -233,12 +228,11 @@ def open_connection(
     conn: Connection,
     host: str,
     port: int,
-    tls: ssl.SSLContext | None,
     limit: float,
-    session: ssl.SSLSession | None = None,
 ) -> None:
-    """On the connection's thread: connect (and shake hands) in slices of POLL seconds,
-    so a close stops it."""
+    """On the connection's thread: connect in slices of POLL seconds, so a close stops it.
+
+    Plain HTTP only: a TLS connection opens on a TLS thread (``steps.Opening``)."""
     deadline = time.monotonic() + limit
     error: Exception | None = None
     for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
@@ -255,14 +249,6 @@ def open_connection(
     else:
         raise error or OSError(f"no address for {host}")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if tls is not None:
-        sock.settimeout(POLL)
-        secure = tls.wrap_socket(
-            sock, server_hostname=host, do_handshake_on_connect=False, session=session
-        )
-        conn.sock, conn.tls = secure, True
-        _handshake(conn, secure, deadline)
-        return
     # Blocking, with kernel timeouts: one recv(MSG_WAITALL) then fills a whole block.
     sock.setblocking(True)
     timeval = struct.pack("ll", int(POLL), int(POLL % 1 * 1e6))

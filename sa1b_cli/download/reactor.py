@@ -7,7 +7,8 @@ reads run here, on non-blocking sockets behind a selector: record after record i
 caller's buffer, each full buffer handed to ``sink.write`` on this thread, and the outcome
 posted to the event loop once per call, as a connection's own thread would. (The transport
 runs two of these; see ``WireTransport.receiver``.)
-Connect, handshake and response heads stay on the connection's thread.
+A TLS connection's steps before its bodies (connect, handshake, each request and its
+head) run here too, as non-blocking ``steps``: a TLS connection has no thread of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 
 from sa1b_cli.download.conn import POLL, Abandoned, BlockSink, Connection, Outcome, post
+from sa1b_cli.download.steps import Step
 
 __all__ = ["TlsReactor"]
 
@@ -48,8 +50,18 @@ class _Job:
     heard: float = 0.0  # when a byte last came
 
 
-_Jobs = dict[int, _Job]  # by id: the jobs whose sockets the selector watches
-_Step = Callable[[selectors.BaseSelector, _Jobs, _Job], None]
+@dataclass(slots=True)
+class _Setup:
+    """A step of a connection before its body (``steps``), run until done or expired."""
+
+    conn: Connection
+    step: Step
+    reply: tuple[asyncio.Future[Any], Any, Any]
+    watched: socket.socket | None = None  # the socket the selector watches for it
+
+
+_Jobs = dict[int, _Job | _Setup]  # by id: the jobs whose sockets the selector watches
+_Action = Callable[[selectors.BaseSelector, _Jobs, Any], None]
 
 
 class TlsReactor:
@@ -58,7 +70,8 @@ class TlsReactor:
     def __init__(self, name: str = "sa1b-tls") -> None:
         self.name = name
         self._lock = threading.Lock()
-        self._new: list[_Job] = []
+        self._new: list[_Job | _Setup] = []
+        self._steps = 0  # setup steps under way (read and written on the loop)
         self._wake: tuple[socket.socket, socket.socket] | None = None  # made with the thread
         self._closing = False
         self._cpu = 0.0  # written by the thread, read by the controller
@@ -71,7 +84,7 @@ class TlsReactor:
 
     def calls(self) -> int:
         """Calls under way."""
-        return self.files.total()
+        return self.files.total() + self._steps
 
     def close(self) -> None:
         """Let the thread end (once the jobs under way are over) and free its sockets."""
@@ -95,17 +108,7 @@ class TlsReactor:
         future: asyncio.Future[tuple[int, OSError | None]] = loop.create_future()
         sock = conn.sock
         assert isinstance(sock, ssl.SSLSocket)
-        job = _Job(conn, sock, view, total, sink, limit, conn.reply_to(future, settled))
-        if not conn.lend():
-            post(job.reply, (False, Abandoned()))
-        else:
-            with self._lock:
-                self._new.append(job)
-                if self._wake is None:
-                    self._wake = socket.socketpair()
-                    self._wake[0].setblocking(False)
-                    threading.Thread(target=self._run, name=self.name, daemon=True).start()
-                self._wake[1].send(b"x")
+        self._submit(_Job(conn, sock, view, total, sink, limit, conn.reply_to(future, settled)))
         self.files[sink.file] += 1
         try:
             return await future
@@ -116,6 +119,31 @@ class TlsReactor:
             self.files[sink.file] -= 1
             if not self.files[sink.file]:
                 del self.files[sink.file]
+
+    async def run(self, conn: Connection, step: Step) -> Any:
+        """Run ``step`` to its end on this thread: its result; cancelling closes the connection."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._submit(_Setup(conn, step, conn.reply_to(future, None)))
+        self._steps += 1
+        try:
+            return await future
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        finally:
+            self._steps -= 1
+
+    def _submit(self, job: _Job | _Setup) -> None:
+        if not job.conn.lend():
+            post(job.reply, (False, Abandoned()))
+            return
+        with self._lock:
+            self._new.append(job)
+            if self._wake is None:
+                self._wake = socket.socketpair()
+                self._wake[0].setblocking(False)
+                threading.Thread(target=self._run, name=self.name, daemon=True).start()
+            self._wake[1].send(b"x")
 
     def _run(self) -> None:
         assert self._wake is not None
@@ -143,10 +171,13 @@ class TlsReactor:
             for key, _ in selector.select(POLL / 4):
                 if key.fileobj is wake:
                     self._take_new(selector, jobs, wake)
+                elif isinstance(key.data, _Setup):
+                    self._safely(self._advance, selector, jobs, key.data)
                 else:
                     self._safely(self._pump, selector, jobs, key.data)
             for job in list(jobs.values()):
-                self._safely(self._check, selector, jobs, job)
+                check = self._expire if isinstance(job, _Setup) else self._check
+                self._safely(check, selector, jobs, job)
             self._cpu = time.thread_time()
 
     def _take_new(self, selector: selectors.BaseSelector, jobs: _Jobs, wake: socket.socket) -> None:
@@ -157,16 +188,40 @@ class TlsReactor:
             new, self._new = self._new, []
         for job in new:
             jobs[id(job)] = job
-            self._safely(self._adopt, selector, jobs, job)
+            self._safely(
+                self._advance if isinstance(job, _Setup) else self._adopt, selector, jobs, job
+            )
 
     def _safely(
-        self, step: _Step, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job
+        self, action: _Action, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job | _Setup
     ) -> None:
-        """One step of one job; an error no step expected (a bug) fails that call alone."""
+        """One action on one job; an error it raises (a step's failure, or a bug) fails that
+        call alone."""
         try:
-            step(selector, jobs, job)
+            action(selector, jobs, job)
         except Exception as exc:  # raised in the caller's task (the run reports a bug)
             self._end(selector, jobs, job, (False, exc))
+
+    def _advance(self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Setup) -> None:
+        """Take a setup step as far as it goes; watch its socket for what it waits on.
+
+        Unwatched first: a step may close its socket and open another on the same number.
+        """
+        if job.watched is not None:
+            selector.unregister(job.watched)
+            job.watched = None
+        if not (events := job.step.advance()):
+            self._end(selector, jobs, job, (True, job.step.result()))
+            return
+        assert job.conn.sock is not None
+        selector.register(job.conn.sock, events, job)
+        job.watched = job.conn.sock
+
+    def _expire(self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Setup) -> None:
+        if job.conn.closed:
+            self._end(selector, jobs, job, (False, Abandoned()))
+        elif time.monotonic() >= job.step.deadline:
+            self._end(selector, jobs, job, (False, job.step.expired()))
 
     def _adopt(self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job) -> None:
         # Its turn (and its silence) runs from now: timed from the asking, a call that
@@ -237,14 +292,17 @@ class TlsReactor:
             self._end(selector, jobs, job, (False, httpx.ReadTimeout(msg)))
 
     def _end(
-        self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job, outcome: Outcome
+        self, selector: selectors.BaseSelector, jobs: _Jobs, job: _Job | _Setup, outcome: Outcome
     ) -> None:
         if jobs.pop(id(job), None) is None:
             return
+        watched = job.watched if isinstance(job, _Setup) else job.sock
         with contextlib.suppress(KeyError, ValueError, OSError):  # not registered, or closed
-            selector.unregister(job.sock)
-        with contextlib.suppress(OSError):
-            job.sock.settimeout(POLL)  # back to the connection thread's way
+            if watched is not None:
+                selector.unregister(watched)
+        if (sock := job.conn.sock) is not None:
+            with contextlib.suppress(OSError):  # (closed: an opening that failed)
+                sock.settimeout(POLL)  # back to the connection thread's way, for a slow path
         job.conn.restore()
         post(job.reply, outcome)
 

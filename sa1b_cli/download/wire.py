@@ -1,9 +1,11 @@
 """An httpx transport for large HTTP/1.1 bodies: h11 frames every response, threads move the bytes.
 
-httpx stays the client API (requests, timeouts, exceptions). Each connection is a blocking
-socket with a thread of its own (``conn.Connection``): the thread receives a whole block
-in one ``recv(MSG_WAITALL)`` with the GIL released and writes it, and the event loop hears
-once per call. h11 writes every request and parses every response head: status line,
+httpx stays the client API (requests, timeouts, exceptions). A plain HTTP connection is a
+blocking socket with a thread of its own (``conn.Connection``): the thread receives a whole
+block in one ``recv(MSG_WAITALL)`` with the GIL released and writes it, and the event loop
+hears once per call. A TLS connection has no thread: two TLS threads (``reactor``) run its
+opening and exchanges (``steps``) and its bodies on non-blocking sockets. h11 writes every
+request and parses every response head (``heads``, for both ways): status line,
 header syntax, 1xx, Content-Length against Transfer-Encoding, keep-alive. A sized body is
 then read raw, exactly the length h11 accepted; chunked and close-delimited bodies go
 through h11 event by event. Request targets are sent byte for byte (a signed query must
@@ -18,19 +20,23 @@ Scope: HTTP/1.1 over TCP or TLS, keep-alive reuse. Proxies are not handled here:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import math
 import mmap
 import os
+import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import h11
 import httpx
 
-from sa1b_cli.core.text import format_size, shown
+from sa1b_cli.core.text import format_size
 from sa1b_cli.download.conn import (
     POLL,
     Abandoned,
@@ -39,7 +45,17 @@ from sa1b_cli.download.conn import (
     Outcome,
     open_connection,
 )
+from sa1b_cli.download.heads import (
+    MAX_HEAD,
+    MAX_INTERIM,
+    Head,
+    HeadReader,
+    framing,
+    protocol_error,
+    request_bytes,
+)
 from sa1b_cli.download.reactor import TlsReactor
+from sa1b_cli.download.steps import Address, Exchanging, Opening
 
 __all__ = [
     "BODY_EXTENSION",
@@ -56,11 +72,10 @@ CHUNK = 1 << 20  # bytes one receive fills at most, unless the request says othe
 CHUNK_EXTENSION = "sa1b.chunk"  # request extension: the body read size this caller wants
 BODY_EXTENSION = "sa1b.body"  # response extension: the body, for ``read_through``
 BUDGET = 0.05  # seconds a thread keeps receiving before it reports progress to the loop
-MAX_HEAD = 64 << 10  # bytes of response head (interim 1xx heads included) one exchange reads
-MAX_INTERIM = 8  # 1xx heads before the final one
 # Threads receiving TLS bodies: with one, several shards at once left part of a core
 # idle while that thread was the bottleneck (docs/performance.md).
 RECEIVERS = min(2, os.cpu_count() or 1)
+RESOLVED_FOR = 60.0  # seconds a host's addresses are kept (a CDN's answers live about that)
 _HEAD_READ = 16 << 10
 _STREAM_READ = 64 << 10  # chunked and close-delimited bodies: rare, and never the fast path
 T = TypeVar("T")
@@ -112,107 +127,34 @@ class BufferPool:
         self.kept += size
 
 
-# -- one exchange: request out, head in (on the connection's thread) ----------------------------
+# -- one exchange: request out, head in (on a plain connection's thread) ----------------------
 
 
-@dataclass(slots=True)
-class _Head:
-    """A final response head as h11 accepted it, and what that means for the body."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    parser: h11.Connection  # holds the bytes received past the head
-    length: int | None  # a sized body: its Content-Length; None when framed otherwise
-    framed: bool  # chunked or sized (not delimited by the end of the connection)
-    leftover: bytes  # body bytes that came with the head (a sized body only)
-
-
-def _protocol_error(exc: h11.ProtocolError) -> httpx.RemoteProtocolError:
-    # h11 quotes the offending line: the server's bytes, escaped but up to 64 KiB of them.
-    msg = f"malformed HTTP response ({shown(str(exc), 100)})"
-    return httpx.RemoteProtocolError(msg)
-
-
-def _exchange(conn: Connection, request: h11.Request, body: bytes, limit: float | None) -> _Head:
+def _exchange(conn: Connection, request: h11.Request, body: bytes, limit: float | None) -> Head:
     """Send one request and read its final response head, all within ``limit`` seconds."""
-    parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-    data = parser.send(request) or b""
-    if body:
-        data += parser.send(h11.Data(data=body)) or b""
-    data += parser.send(h11.EndOfMessage()) or b""
+    parser, data = request_bytes(request, body)
     try:
         conn.sendall(data)
     except OSError as exc:
         msg = f"{type(exc).__name__}: {exc}"
         raise httpx.WriteError(msg) from exc
-    try:
-        event = _final_head(conn, parser, limit)
-    except h11.RemoteProtocolError as exc:
-        raise _protocol_error(exc) from exc
-    return _framing(parser, event, request.method)
+    return framing(parser, _final_head(conn, parser, limit), request.method)
 
 
 def _final_head(conn: Connection, parser: h11.Connection, limit: float | None) -> h11.Response:
     deadline = None if limit is None else time.monotonic() + limit
-    view, seen, interim = memoryview(bytearray(_HEAD_READ)), 0, 0
-    while True:
-        event = parser.next_event()
-        if isinstance(event, h11.Response):
-            return event
-        if isinstance(event, h11.InformationalResponse):
-            interim += 1
-            if interim > MAX_INTERIM:
-                msg = f"more than {MAX_INTERIM} interim (1xx) responses"
-                raise httpx.RemoteProtocolError(msg)
-            continue
-        if event is not h11.NEED_DATA:  # ConnectionClosed, or PAUSED: no response came
-            msg = "the server closed the connection before a response"
-            raise httpx.RemoteProtocolError(msg)
-        if seen > MAX_HEAD:
-            msg = f"response heads over {MAX_HEAD >> 10} KiB"
-            raise httpx.RemoteProtocolError(msg)
-        # Never more than the limit (and a byte) in all before the head is whole.
-        n = _receive(conn, view[: MAX_HEAD + 1 - seen], wait_all=False)
+    view, reader = memoryview(bytearray(_HEAD_READ)), HeadReader(parser)
+    while (event := reader.event()) is None:
+        n = _receive(conn, view[: reader.room()], wait_all=False)
         if n > 0:
-            parser.receive_data(bytes(view[:n]))
-            seen += n
+            reader.feed(bytes(view[:n]))
         elif n == 0:
-            msg = "the server closed the connection before a whole response head"
-            raise httpx.RemoteProtocolError(msg)
+            reader.feed(b"")
         elif conn.closed:
             raise Abandoned
         if deadline is not None and time.monotonic() >= deadline:
-            msg = "no whole response head before the read timeout"
-            raise httpx.ReadTimeout(msg)
-
-
-def _framing(parser: h11.Connection, event: h11.Response, method: bytes) -> _Head:
-    """How the body is delimited, from the headers h11 validated (and collapsed)."""
-    fields = dict(event.headers)  # names lowercased; h11 refused conflicting lengths
-    chunked = b"transfer-encoding" in fields
-    length_field = fields.get(b"content-length")
-    if chunked and length_field is not None:
-        msg = "the response has both Content-Length and Transfer-Encoding"
-        raise httpx.RemoteProtocolError(msg)
-    length: int | None = int(length_field) if length_field is not None else None
-    if method == b"HEAD" or event.status_code in (204, 304):
-        length = 0
-    headers = [(bytes(k), bytes(v)) for k, v in event.headers.raw_items()]
-    head = _Head(event.status_code, headers, parser, length, chunked or length is not None, b"")
-    if length is not None:
-        head.leftover = _drain_data(parser)
-    return head
-
-
-def _drain_data(parser: h11.Connection) -> bytes:
-    """The body bytes h11 already holds (at most the declared length)."""
-    data = bytearray()
-    try:
-        while isinstance(event := parser.next_event(), h11.Data):
-            data += event.data
-    except h11.RemoteProtocolError as exc:
-        raise _protocol_error(exc) from exc
-    return bytes(data)
+            raise HeadReader.timeout()
+    return event
 
 
 def _receive(conn: Connection, view: memoryview, *, wait_all: bool) -> int:
@@ -281,7 +223,7 @@ class _Body(httpx.AsyncByteStream):
         self,
         transport: WireTransport,
         conn: Connection,
-        head: _Head,
+        head: Head,
         *,
         timeout: float | None,
         chunk: int,
@@ -321,7 +263,7 @@ class _Body(httpx.AsyncByteStream):
             try:
                 event = parser.next_event()
             except h11.RemoteProtocolError as exc:
-                raise _protocol_error(exc) from exc
+                raise protocol_error(exc) from exc
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
@@ -437,6 +379,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         # A TLS session ticket per host: later connections resume it (no certificate
         # exchange, no signature on the server), verified as the first one was.
         self.sessions: dict[tuple[str, str, int], ssl.SSLSession] = {}
+        self.resolved: dict[tuple[str, int], tuple[float, list[Address]]] = {}  # (until, them)
 
     def receiver(self, sink: BlockSink) -> TlsReactor:
         """The thread already writing the sink's file, else the one with fewer calls.
@@ -447,7 +390,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         for reactor in self.reactors:
             if reactor.files[sink.file]:
                 return reactor
-        return min(self.reactors, key=TlsReactor.calls)
+        return self._tls_thread()
 
     def give_back(self, conn: Connection) -> None:
         self.idle.setdefault(conn.key, []).append(conn)
@@ -484,10 +427,11 @@ class WireTransport(httpx.AsyncBaseTransport):
                 return conn
             conn.close()
         conn = Connection(key)
-        secure = self._context() if scheme == "https" else None
         try:
-            session = self.sessions.get(key)
-            await conn.call(open_connection, conn, url.host, port, secure, limit or 3600.0, session)
+            if scheme == "https":
+                await self._open_tls(conn, url.host, port, limit or 3600.0)
+            else:
+                await conn.call(open_connection, conn, url.host, port, limit or 3600.0)
         except TimeoutError as exc:
             conn.close()
             msg = f"could not connect to {url.host} in time"
@@ -498,15 +442,52 @@ class WireTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(msg) from exc
         return conn
 
+    async def _open_tls(self, conn: Connection, host: str, port: int, limit: float) -> None:
+        """Connect and shake hands on a TLS thread (``steps.Opening``), not a thread of its own."""
+        deadline = time.monotonic() + limit
+        addresses = await self._addresses(host, port)
+        session = self.sessions.get(conn.key)
+        step = Opening(conn, addresses, host, self._context(), session, deadline)
+        await self._tls_thread().run(conn, step)
+
+    async def _addresses(self, host: str, port: int) -> list[Address]:
+        """Where ``host`` is: an address as it stands, else the resolver's answer, kept for
+        RESOLVED_FOR seconds (each lookup is a hand-off to a thread and back)."""
+        with contextlib.suppress(ValueError):
+            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+            return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+        until, addresses = self.resolved.get((host, port), (0.0, []))
+        if time.monotonic() >= until:
+            loop = asyncio.get_running_loop()
+            found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = [(int(f), int(k), proto, name, where) for f, k, proto, name, where in found]
+            self.resolved[(host, port)] = (time.monotonic() + RESOLVED_FOR, addresses)
+        return addresses
+
+    def _tls_thread(self) -> TlsReactor:
+        return min(self.reactors, key=TlsReactor.calls)
+
+    async def _exchange(
+        self, conn: Connection, request: httpx.Request, limit: float | None
+    ) -> Head:
+        """Send the request and read its head: on its thread, or a TLS thread (``Exchanging``)."""
+        body = await request.aread()
+        message = h11.Request(
+            method=request.method, target=request.url.raw_path, headers=request.headers.raw
+        )
+        if not conn.tls:
+            return await conn.call(_exchange, conn, message, body, limit)
+        parser, data = request_bytes(message, body)
+        deadline = math.inf if limit is None else time.monotonic() + limit
+        step = Exchanging(conn, data, parser, message.method, deadline)
+        head: Head = await self._tls_thread().run(conn, step)
+        return head
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
         conn = await self._connect(request.url, timeouts.get("connect"))
         try:
-            body = await request.aread()
-            message = h11.Request(
-                method=request.method, target=request.url.raw_path, headers=request.headers.raw
-            )
-            head = await conn.call(_exchange, conn, message, body, timeouts.get("read"))
+            head = await self._exchange(conn, request, timeouts.get("read"))
         except Abandoned as exc:
             raise httpx.ReadError(str(exc)) from exc
         except h11.LocalProtocolError as exc:  # a request h11 will not write: never sent

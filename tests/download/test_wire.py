@@ -429,16 +429,18 @@ async def test_a_bug_while_writing_fails_its_call_and_still_lands(server, certif
     assert sink.threads == writer.get(path, sink.threads - {"MainThread", *TLS_THREADS})
 
 
+@pytest.mark.parametrize("during", ["a body", "an opening"])
 async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_starts_anew(
-    certificate, monkeypatch
+    certificate, monkeypatch, during
 ):
-    from sa1b_cli.download.reactor import TlsReactor
+    from sa1b_cli.download.reactor import TlsReactor, _Job
 
     take_new = TlsReactor._take_new
     bugs = [RuntimeError("a bug in the TLS thread")]
 
     def once_broken(self, *args):
-        if bugs:
+        bodies = any(isinstance(job, _Job) for job in self._new)
+        if bugs and bodies == (during == "a body"):
             raise bugs.pop()
         take_new(self, *args)
 
@@ -447,15 +449,15 @@ async def test_a_bug_that_ends_the_tls_thread_fails_its_calls_and_the_next_call_
     sink, after = Sink(), Sink()
     try:
         async with httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client:
-            async with client.stream("GET", url) as r:
-                body = r.extensions[BODY_EXTENSION]
-                with pytest.raises(RuntimeError, match="a bug in the TLS thread"):
-                    await asyncio.wait_for(read_all(body, sink), 10)
+            with pytest.raises(RuntimeError, match="a bug in the TLS thread"):
+                async with client.stream("GET", url) as r:
+                    await asyncio.wait_for(read_all(r.extensions[BODY_EXTENSION], sink), 10)
             async with client.stream("GET", url) as r:
                 await asyncio.wait_for(read_all(r.extensions[BODY_EXTENSION], after), 10)
     finally:
         srv.close()
-    assert sink.landings[-1] is None and bytes(after.data) == BODY
+    assert not bugs and bytes(after.data) == BODY
+    assert sink.landings[-1:] == ([None] if during == "a body" else [])
 
 
 class SplitSink(Sink):
