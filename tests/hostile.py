@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs
 
 __all__ = ["BEHAVIOURS", "DATA", "HostileServer", "Req"]
@@ -31,6 +33,7 @@ class Req:
     ranged: bool
     port: int
     query: str
+    scheme: str  # the server's: http, or https
 
     @property
     def probe(self) -> bool:
@@ -190,7 +193,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "redirect_chain": _redirect(_hop),
     "redirect_file": _redirect(lambda r: "file:///etc/passwd"),
     "redirect_host": _redirect(
-        lambda r: f"http://localhost:{r.port}/b/good/{r.name}?oh=REDIRECTSECRET&oe=7FFFFFFF"
+        lambda r: f"{r.scheme}://localhost:{r.port}/b/good/{r.name}?oh=REDIRECTSECRET&oe=7FFFFFFF"
     ),
     "forbidden_escapes": _raw(
         b"HTTP/1.1 403 Forbidden\r\nContent-Length: 32\r\n\r\n\x1b[2J\x1b[31mgone\nerror: forged line"
@@ -201,9 +204,14 @@ BEHAVIOURS: dict[str, Behaviour] = {
 
 
 class HostileServer:
-    """Serves BEHAVIOURS on 127.0.0.1 from a thread; counts requests per (behaviour, name)."""
+    """Serves BEHAVIOURS on 127.0.0.1 from a thread; counts requests per (behaviour, name).
 
-    def __init__(self) -> None:
+    Over TLS when given a server context (``cafile``: the certificate a client must trust).
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None = None, cafile: Path | None = None) -> None:
+        self.tls, self.cafile = tls, cafile
+        self.scheme = "https" if tls else "http"
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self.requests: dict[tuple[str, str], int] = {}
@@ -213,11 +221,13 @@ class HostileServer:
 
     def url(self, behaviour: str, name: str) -> str:
         query = "_nc_gid&ccb=10-5&oh=00_SECRETSIG&oe=7FFFFFFF&_nc_sid=0fdd"
-        return f"http://127.0.0.1:{self.port}/b/{behaviour}/{name}?{query}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/b/{behaviour}/{name}?{query}"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
+        )
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self.loop.run_forever()
@@ -242,7 +252,7 @@ class HostileServer:
 
     async def _serve(self, reader: asyncio.StreamReader, w: Writer) -> None:
         with contextlib.suppress(
-            ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
+            ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError
         ):
             while (req := await self._read(reader)) is not None:
                 key = (req.behaviour, req.name)
@@ -268,7 +278,7 @@ class HostileServer:
         if ranged:
             first, _, last = fields["range"].removeprefix("bytes=").partition("-")
             start, end = int(first), (int(last) if last else None)
-        return Req(behaviour, name, start, end, ranged, self.port, query)
+        return Req(behaviour, name, start, end, ranged, self.port, query, self.scheme)
 
     def __enter__(self) -> HostileServer:
         self._thread.start()

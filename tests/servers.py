@@ -26,7 +26,7 @@ async def requests(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for 127.0.0.1 and its key (the openssl tool)."""
+    """A throwaway self-signed certificate for 127.0.0.1 and localhost, and its key (openssl)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed: no certificate for the TLS test")
     return self_signed_certificate(folder)

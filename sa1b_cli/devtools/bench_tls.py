@@ -23,11 +23,11 @@ PORT = 18600
 
 
 def self_signed_certificate(work: Path) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for 127.0.0.1, and its key (the openssl tool)."""
+    """A throwaway self-signed certificate for 127.0.0.1 and localhost, and its key (openssl)."""
     cert, key = work / "tls-cert.pem", work / "tls-key.pem"
     command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
     command += ["-out", str(cert), "-days", "2", "-subj", "/CN=localhost"]
-    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
     subprocess.run(command, capture_output=True, check=True)
     return cert, key
 

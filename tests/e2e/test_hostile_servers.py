@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile import BEHAVIOURS, DATA, HostileServer
+from tests.servers import make_certificate
 from tests.site import SA1B, env
 
 pytestmark = pytest.mark.slow
@@ -72,19 +73,32 @@ def hostile() -> Iterator[HostileServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def hostile_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileServer]:
+    """The same behaviours over TLS: there a connection's steps run on the TLS threads."""
+    cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    with HostileServer(served, cafile=cert) as server:
+        yield server
+
+
 def download(server: HostileServer, behaviour: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     links = tmp / "links.txt"
     rows = [f"{BAD}\t{server.url(behaviour, BAD)}", f"{GOOD}\t{server.url('good', GOOD)}"]
     links.write_text("file_name\tcdn_link\n" + "\n".join(rows) + "\n")
     args = ["download", "--links", str(links), "--root", str(tmp / "root"), "--shards", "0,1"]
     args += ["--timeout", str(TIMEOUT), "--retries", str(RETRIES)]
+    trust = {"SSL_CERT_FILE": str(server.cafile)} if server.cafile else {}
     return subprocess.run(
-        [SA1B, *args], capture_output=True, text=True, timeout=120, env=env(), check=False
+        [SA1B, *args], capture_output=True, text=True, timeout=120, env=env() | trust, check=False
     )
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.behaviour)
-def test_a_hostile_server_fails_its_shard_and_never_the_run(hostile, row, tmp_path):
+def test_a_hostile_server_fails_its_shard_and_never_the_run(request, scheme, row, tmp_path):
+    hostile = request.getfixturevalue("hostile" if scheme == "http" else "hostile_tls")
     started = time.monotonic()
     done = download(hostile, row.behaviour, tmp_path)
     seconds = time.monotonic() - started
