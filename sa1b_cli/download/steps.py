@@ -129,8 +129,7 @@ class Exchanging:
         self.head: Head | None = None
 
     def advance(self) -> int:
-        sock = self.conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
+        sock: ssl.SSLSocket = self.conn.sock  # type: ignore[assignment]  # (opened by Opening)
         if sock.gettimeout() != 0.0:  # between calls, a connection's socket waits POLL at most
             sock.setblocking(False)
         return self._send(sock) or self._read_head(sock)

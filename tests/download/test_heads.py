@@ -1,9 +1,15 @@
 """Response heads fuzzed (hypothesis): h11 accepts a head or the exchange raises an httpx error.
 
-Nothing a server sends may raise anything else, loop, or take more than the head limit.
+Nothing a server sends may raise anything else, loop, or take more than the head limit:
+read blocking on a connection's thread (``wire._exchange``) or non-blocking on a TLS
+thread (``steps.Exchanging``).
 """
 
 from __future__ import annotations
+
+import selectors
+import ssl
+from types import SimpleNamespace
 
 import h11
 import httpx
@@ -11,6 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sa1b_cli.download.heads import Head, request_bytes
+from sa1b_cli.download.steps import Exchanging
 from sa1b_cli.download.wire import MAX_HEAD, _exchange
 
 
@@ -66,9 +74,75 @@ def test_any_head_is_accepted_by_h11_or_refused_as_an_http_error(data, step):
     assert conn.read <= MAX_HEAD + 1 + len(head.leftover) + 64
 
 
-def test_a_head_past_the_limit_is_refused_even_when_it_arrives_whole():
+@pytest.mark.parametrize("tls", [False, True], ids=["thread", "tls-thread"])
+def test_a_head_past_the_limit_is_refused_even_when_it_arrives_whole(tls):
     data = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n"
-    conn = Scripted(data, 16 << 10)
     request = h11.Request(method="GET", target="/", headers=[("Host", "cdn")])
+    conn = NonBlocking(data, 16 << 10) if tls else Scripted(data, 16 << 10)
     with pytest.raises(httpx.RemoteProtocolError, match=r"64 KiB|malformed"):
-        _exchange(conn, request, b"", 5.0)  # type: ignore[arg-type]
+        exchange(conn, request, tls=tls)
+    assert conn.read <= MAX_HEAD + 1
+
+
+def exchange(conn: Scripted, request: h11.Request, *, tls: bool) -> Head:
+    if tls:
+        assert isinstance(conn, NonBlocking)
+        return exchange_on_a_tls_thread(conn, request)
+    return _exchange(conn, request, b"", 5.0)  # type: ignore[arg-type]
+
+
+class NonBlocking(Scripted):
+    """The same peer behind a non-blocking TLS socket: every other read finds nothing yet,
+    and the first send must wait."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        super().__init__(data, step)
+        self.ready = False
+        self.waiting = False  # told "no data yet": set until the selector would wake us
+        self.sent = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def send(self, data: bytes) -> int:
+        if not self.sent:
+            self.sent = b"waited"
+            raise ssl.SSLWantWriteError
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        assert not self.waiting, "read again without waiting for the socket"
+        self.ready = not self.ready
+        if not self.ready:
+            self.waiting = True
+            raise ssl.SSLWantReadError
+        view = memoryview(bytearray(size))
+        return bytes(view[: self.recv_into(view, wait_all=False)])
+
+
+@settings(max_examples=400, deadline=None)
+@given(HEADS, st.integers(min_value=1, max_value=64))
+def test_any_head_read_on_a_tls_thread_is_accepted_by_h11_or_refused_as_an_http_error(data, step):
+    """``steps.Exchanging``, as the TLS threads run it: waits, never loops, same limits."""
+    sock = NonBlocking(data, step)
+    request = h11.Request(method="GET", target="/a.tar?x", headers=[("Host", "cdn")])
+    try:
+        head = exchange_on_a_tls_thread(sock, request)
+    except httpx.HTTPError:
+        return
+    assert 200 <= head.status <= 999
+    assert head.length is None or head.length >= 0
+    assert sock.read <= MAX_HEAD + 1
+
+
+def exchange_on_a_tls_thread(sock: NonBlocking, request: h11.Request) -> Head:
+    """Run ``steps.Exchanging`` as a TLS thread would: advance while it waits on the socket."""
+    parser, out = request_bytes(request, b"")
+    conn = SimpleNamespace(sock=sock)
+    exchange = Exchanging(conn, out, parser, b"GET", deadline=0.0)  # type: ignore[arg-type]
+    for _ in range(2 * len(sock.data) + 4):  # a wait per read at most, and one to send
+        if not (events := exchange.advance()):
+            return exchange.result()
+        assert events in (selectors.EVENT_READ, selectors.EVENT_WRITE)
+        sock.waiting = False  # the selector says the socket is ready
+    pytest.fail("the exchange went on past every byte the peer had")
