@@ -80,7 +80,11 @@ class Opening:
     def _connect_next(self) -> int:
         while self.addresses:
             family, kind, proto, _, address = self.addresses.pop(0)
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:  # (a family this machine does not have): the next address
+                self.error = exc
+                continue
             self.conn.sock = sock
             sock.setblocking(False)
             code = sock.connect_ex(address)

@@ -73,16 +73,18 @@ async def test_tls_connections_open_and_exchange_with_no_thread_of_their_own(cer
     assert during - before <= 2 + 6  # the TLS threads, and the resolver's pool at most
 
 
-async def test_an_opening_tries_the_next_address_when_one_refuses(certificate):
+async def test_an_opening_tries_the_next_address_when_one_fails(certificate):
     srv, _, trusted = await serve_tls(certificate, answer)
     port = srv.sockets[0].getsockname()[1]
     with socket.socket() as closed:  # bound, never listening: refused
         closed.bind(("127.0.0.1", 0))
         refused = (socket.AF_INET, socket.SOCK_STREAM, 6, "", closed.getsockname())
+        no_family = (255, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))  # socket() fails
         good = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))
         transport = WireTransport(ssl_context=trusted)
         conn = Connection(("https", "127.0.0.1", port))
-        step = Opening(conn, [refused, good], "127.0.0.1", trusted, None, time.monotonic() + 10)
+        addresses = [refused, no_family, good]
+        step = Opening(conn, addresses, "127.0.0.1", trusted, None, time.monotonic() + 10)
         try:
             await asyncio.wait_for(transport.reactors[0].run(conn, step), 10)
             assert isinstance(conn.sock, ssl.SSLSocket) and conn.sock.getpeername()[1] == port
