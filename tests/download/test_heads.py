@@ -60,37 +60,6 @@ PARTS = st.sampled_from(
 HEADS = st.lists(st.one_of(PARTS, st.binary(max_size=40)), max_size=30).map(b"".join)
 
 
-@settings(max_examples=400, deadline=None)
-@given(HEADS, st.integers(min_value=1, max_value=64))
-def test_any_head_is_accepted_by_h11_or_refused_as_an_http_error(data, step):
-    conn = Scripted(data, step)
-    request = h11.Request(method="GET", target="/a.tar?x", headers=[("Host", "cdn")])
-    try:
-        head = _exchange(conn, request, b"", 5.0)  # type: ignore[arg-type]
-    except httpx.HTTPError:
-        return
-    assert 200 <= head.status <= 999
-    assert head.length is None or head.length >= 0
-    assert conn.read <= MAX_HEAD + 1 + len(head.leftover) + 64
-
-
-@pytest.mark.parametrize("tls", [False, True], ids=["thread", "tls-thread"])
-def test_a_head_past_the_limit_is_refused_even_when_it_arrives_whole(tls):
-    data = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n"
-    request = h11.Request(method="GET", target="/", headers=[("Host", "cdn")])
-    conn = NonBlocking(data, 16 << 10) if tls else Scripted(data, 16 << 10)
-    with pytest.raises(httpx.RemoteProtocolError, match=r"64 KiB|malformed"):
-        exchange(conn, request, tls=tls)
-    assert conn.read <= MAX_HEAD + 1
-
-
-def exchange(conn: Scripted, request: h11.Request, *, tls: bool) -> Head:
-    if tls:
-        assert isinstance(conn, NonBlocking)
-        return exchange_on_a_tls_thread(conn, request)
-    return _exchange(conn, request, b"", 5.0)  # type: ignore[arg-type]
-
-
 class NonBlocking(Scripted):
     """The same peer behind a non-blocking TLS socket: every other read finds nothing yet,
     and the first send must wait."""
@@ -120,19 +89,17 @@ class NonBlocking(Scripted):
         return bytes(view[: self.recv_into(view, wait_all=False)])
 
 
-@settings(max_examples=400, deadline=None)
-@given(HEADS, st.integers(min_value=1, max_value=64))
-def test_any_head_read_on_a_tls_thread_is_accepted_by_h11_or_refused_as_an_http_error(data, step):
-    """``steps.Exchanging``, as the TLS threads run it: waits, never loops, same limits."""
-    sock = NonBlocking(data, step)
+def peer(data: bytes, step: int, *, tls: bool) -> Scripted:
+    return NonBlocking(data, step) if tls else Scripted(data, step)
+
+
+def read_head(conn: Scripted) -> Head:
+    """The head an exchange reads from ``conn``: blocking, on a connection's thread, or
+    non-blocking, as a TLS thread runs it (from a ``NonBlocking`` peer)."""
     request = h11.Request(method="GET", target="/a.tar?x", headers=[("Host", "cdn")])
-    try:
-        head = exchange_on_a_tls_thread(sock, request)
-    except httpx.HTTPError:
-        return
-    assert 200 <= head.status <= 999
-    assert head.length is None or head.length >= 0
-    assert sock.read <= MAX_HEAD + 1
+    if isinstance(conn, NonBlocking):
+        return exchange_on_a_tls_thread(conn, request)
+    return _exchange(conn, request, b"", 5.0)  # type: ignore[arg-type]
 
 
 def exchange_on_a_tls_thread(sock: NonBlocking, request: h11.Request) -> Head:
@@ -146,3 +113,25 @@ def exchange_on_a_tls_thread(sock: NonBlocking, request: h11.Request) -> Head:
         assert events in (selectors.EVENT_READ, selectors.EVENT_WRITE)
         sock.waiting = False  # the selector says the socket is ready
     pytest.fail("the exchange went on past every byte the peer had")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["thread", "tls-thread"])
+@settings(max_examples=400, deadline=None)
+@given(HEADS, st.integers(min_value=1, max_value=64))
+def test_any_head_is_accepted_by_h11_or_refused_as_an_http_error(tls, data, step):
+    conn = peer(data, step, tls=tls)
+    try:
+        head = read_head(conn)
+    except httpx.HTTPError:
+        return
+    assert 200 <= head.status <= 999
+    assert head.length is None or head.length >= 0
+    assert conn.read <= MAX_HEAD + 1
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["thread", "tls-thread"])
+def test_a_head_past_the_limit_is_refused_even_when_it_arrives_whole(tls):
+    conn = peer(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n", 16 << 10, tls=tls)
+    with pytest.raises(httpx.RemoteProtocolError, match=r"64 KiB|malformed"):
+        read_head(conn)
+    assert conn.read <= MAX_HEAD + 1
