@@ -15,10 +15,19 @@ import httpx
 
 from sa1b_cli.core.text import shown
 
-__all__ = ["MAX_HEAD", "MAX_INTERIM", "Head", "HeadReader", "framing", "request_bytes"]
+__all__ = [
+    "HEAD_READ",
+    "MAX_HEAD",
+    "MAX_INTERIM",
+    "Head",
+    "HeadReader",
+    "framing",
+    "request_bytes",
+]
 
 MAX_HEAD = 64 << 10  # bytes of response head (interim 1xx heads included) one exchange reads
 MAX_INTERIM = 8  # 1xx heads before the final one
+HEAD_READ = 16 << 10  # bytes one read of a head asks for (a TLS record at most)
 
 
 @dataclass(slots=True)

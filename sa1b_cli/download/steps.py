@@ -24,11 +24,10 @@ import h11
 import httpx
 
 from sa1b_cli.download.conn import Connection
-from sa1b_cli.download.heads import Head, HeadReader, framing
+from sa1b_cli.download.heads import HEAD_READ, Head, HeadReader, framing
 
 __all__ = ["Exchanging", "Opening", "Step"]
 
-_HEAD_READ = 16 << 10  # one TLS record at most
 _WAITING = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 Address = tuple[int, int, int, str, Any]  # as getaddrinfo gives them
@@ -154,7 +153,7 @@ class Exchanging:
     def _read_head(self, sock: ssl.SSLSocket) -> int:
         while (event := self.reader.event()) is None:
             try:
-                data = sock.recv(min(self.reader.room(), _HEAD_READ))
+                data = sock.recv(min(self.reader.room(), HEAD_READ))
             except ssl.SSLWantReadError:
                 return READ
             except ssl.SSLWantWriteError:

@@ -46,6 +46,7 @@ from sa1b_cli.download.conn import (
     open_connection,
 )
 from sa1b_cli.download.heads import (
+    HEAD_READ,
     MAX_HEAD,
     MAX_INTERIM,
     Head,
@@ -76,7 +77,6 @@ BUDGET = 0.05  # seconds a thread keeps receiving before it reports progress to 
 # idle while that thread was the bottleneck (docs/performance.md).
 RECEIVERS = min(2, os.cpu_count() or 1)
 RESOLVED_FOR = 60.0  # seconds a host's addresses are kept (a CDN's answers live about that)
-_HEAD_READ = 16 << 10
 _STREAM_READ = 64 << 10  # chunked and close-delimited bodies: rare, and never the fast path
 T = TypeVar("T")
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -143,7 +143,7 @@ def _exchange(conn: Connection, request: h11.Request, body: bytes, limit: float 
 
 def _final_head(conn: Connection, parser: h11.Connection, limit: float | None) -> h11.Response:
     deadline = None if limit is None else time.monotonic() + limit
-    view, reader = memoryview(bytearray(_HEAD_READ)), HeadReader(parser)
+    view, reader = memoryview(bytearray(HEAD_READ)), HeadReader(parser)
     while (event := reader.event()) is None:
         n = _receive(conn, view[: reader.room()], wait_all=False)
         if n > 0:
@@ -467,7 +467,7 @@ class WireTransport(httpx.AsyncBaseTransport):
     def _tls_thread(self) -> TlsReactor:
         return min(self.reactors, key=TlsReactor.calls)
 
-    async def _exchange(
+    async def _request_head(
         self, conn: Connection, request: httpx.Request, limit: float | None
     ) -> Head:
         """Send the request and read its head: on its thread, or a TLS thread (``Exchanging``)."""
@@ -487,7 +487,7 @@ class WireTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         conn = await self._connect(request.url, timeouts.get("connect"))
         try:
-            head = await self._exchange(conn, request, timeouts.get("read"))
+            head = await self._request_head(conn, request, timeouts.get("read"))
         except Abandoned as exc:
             raise httpx.ReadError(str(exc)) from exc
         except h11.LocalProtocolError as exc:  # a request h11 will not write: never sent
