@@ -360,7 +360,7 @@ class _Body(httpx.AsyncByteStream):
         reusable = self.done and self.head.framed and self.head.parser.our_state is h11.DONE
         if reusable and self.head.length is not None:
             reusable = not self.head.parser.trailing_data[0]  # nothing past the body
-        if reusable and self.conn.reusable():
+        if reusable and not self.conn.closed:  # is it still usable? asked when taken again
             self.transport.give_back(self.conn)
         else:
             self.conn.close()

@@ -65,6 +65,41 @@ async def test_bodies_arrive_whole_on_one_reused_connection(server):
     assert targets == [b"/x.tar?_nc_gid&oh=00_a%2Fb&oe=1"] * 3  # byte for byte
 
 
+@pytest.mark.parametrize("tls", [False, True])
+@pytest.mark.parametrize("after", ["hang-up", "stray bytes"])
+async def test_an_idle_connection_the_server_closed_or_wrote_to_is_not_reused(
+    server, request, tls, after
+):
+    """Each body is whole, on a new connection: a connection is checked when taken again."""
+    connections: list[int] = []
+    served, trusted = None, None
+    if tls:
+        cert, key = request.getfixturevalue("certificate")
+        served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        served.load_cert_chain(cert, key)
+        trusted = ssl.create_default_context(cafile=str(cert))
+
+    async def serve(reader, writer):
+        connections.append(1)
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+            await writer.drain()
+            await asyncio.sleep(0.1)  # after the body, in a record and a segment of their own
+            if after == "hang-up":
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+            await writer.drain()
+
+    base = await server(serve, tls=served)
+    async with httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client:
+        for _ in range(3):
+            async with client.stream("GET", f"{base}/x") as r:
+                got = b"".join([bytes(c) async for c in r.aiter_raw()])
+            assert r.status_code == 200 and got == BODY
+            await asyncio.sleep(0.3)  # the hang-up or the stray bytes are here by now
+    assert len(connections) == 3
+
+
 async def test_chunked_bodies_are_decoded(server):
     async def serve(reader, writer):
         async for _ in requests(reader):
