@@ -101,6 +101,7 @@ class TlsReactor:
         sink: BlockSink,
         limit: float | None,
         *,
+        filled: int = 0,
         settled: Any,
     ) -> tuple[int, OSError | None]:
         """As ``_receive_through`` on the connection's thread; cancelling closes the connection."""
@@ -108,7 +109,8 @@ class TlsReactor:
         future: asyncio.Future[tuple[int, OSError | None]] = loop.create_future()
         sock = conn.sock
         assert isinstance(sock, ssl.SSLSocket)
-        self._submit(_Job(conn, sock, view, total, sink, limit, conn.reply_to(future, settled)))
+        reply = conn.reply_to(future, settled)
+        self._submit(_Job(conn, sock, view, total, sink, limit, reply, filled=filled))
         self.files[sink.file] += 1
         try:
             return await future

@@ -30,7 +30,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import h11
@@ -175,15 +175,27 @@ def _silent(waited: float, limit: float | None, what: str) -> float:
 
 
 def _receive_through(
-    conn: Connection, buffer: memoryview, total: int, sink: BlockSink, limit: float | None
+    conn: Connection,
+    buffer: memoryview,
+    total: int,
+    sink: BlockSink,
+    limit: float | None,
+    filled: int = 0,
 ) -> tuple[int, OSError | None]:
     """Receive up to ``total`` bytes through ``buffer``, handing each fill to ``sink.write``.
 
     On the connection's thread, for at most about ``BUDGET`` seconds: the loop hears once
-    per call, not once per buffer. Returns the count (0 at the end, or once the connection
-    is closed from the loop) and the write's error, if any.
+    per call, not once per buffer. The buffer's first ``filled`` bytes (they came with the
+    head) are written first. Returns the count (0 at the end, or once the connection is
+    closed from the loop) and the write's error, if any.
     """
     got, waited, start = 0, 0.0, time.monotonic()
+    if filled:
+        try:
+            sink.write(buffer[:filled])
+        except OSError as exc:
+            return got, exc
+        got = filled
     while (fill := min(len(buffer), total - got, sink.room())) > 0:
         n = _receive(conn, buffer[:fill], wait_all=True)
         if n < 0:  # nothing for POLL seconds
@@ -301,13 +313,17 @@ class _Body(httpx.AsyncByteStream):
         exactly once, even if this call is cancelled. Returns the count, 0 at the end.
         """
         assert self.remaining is not None  # a sized body (the extension is only set then)
-        if self.leftover:  # came with the head: written here, no network wait
-            return self._write_leftover(size, sink)
-        if self.remaining == 0:
+        early = len(self.leftover)  # bytes that came with the head
+        if early and (early >= min(size, self.chunk) or not self.remaining):
+            return self._write_leftover(size, sink)  # written here: no network wait
+        if not early and self.remaining == 0:
             self.done = True
             sink.landed(None)
             return 0
-        want = min(size, self.remaining)
+        # The bytes that came with the head go first into the buffer: a turn and a write
+        # of their own each cost one more hop through the loop.
+        head = self._take_leftover(size)
+        want = len(head) + min(size - len(head), self.remaining)
         pool, size = self.transport.buffers, min(want, self.chunk)
         buffer = pool.take(size)
 
@@ -319,23 +335,32 @@ class _Body(httpx.AsyncByteStream):
                 pool.give(buffer)
 
         view = memoryview(buffer)[:size]
-        if self.conn.tls:  # a few threads receive every TLS body (see reactor.py)
-            reactor = self.transport.receiver(sink)
-            call = reactor.receive_through(
-                self.conn, view, want, sink, self.timeout, settled=settled
-            )
-        else:
-            call = self.conn.call(
-                _receive_through, self.conn, view, want, sink, self.timeout, settled=settled
-            )
-        n, error = await self._call(call)
+        view[: len(head)] = head
+        n, error = await self._call(self._receive(view, want, len(head), sink, settled))
         if error is not None:
             raise error
         if n == 0 and sink.room() > 0:  # (with no room, a split took the rest)
             raise self._short()
-        self.remaining -= n
+        self.remaining -= max(0, n - len(head))
         self.done = self.remaining == 0
         return n
+
+    def _receive(
+        self,
+        view: memoryview,
+        want: int,
+        filled: int,
+        sink: BlockSink,
+        settled: Callable[[Outcome], None],
+    ) -> Awaitable[tuple[int, OSError | None]]:
+        """The call that receives ``want`` bytes into ``view`` (its first ``filled`` there)."""
+        if self.conn.tls:  # a few threads receive every TLS body (see reactor.py)
+            reactor = self.transport.receiver(sink)
+            return reactor.receive_through(
+                self.conn, view, want, sink, self.timeout, filled=filled, settled=settled
+            )
+        args = (self.conn, view, want, sink, self.timeout, filled)
+        return self.conn.call(_receive_through, *args, settled=settled)
 
     async def finished(self) -> bool:
         """Whether no byte is left: a sized body knows without reading."""

@@ -377,10 +377,58 @@ async def test_read_through_writes_on_the_connection_thread_and_lands_once_per_c
             assert n == len(sink.data) <= 300_000
             got += sink.data
             idents |= sink.idents
-    # (bytes that came with the head are written on the loop, the rest on the connection's)
-    assert body.conn.ident in idents <= {threading.get_ident(), body.conn.ident}
+    assert idents == {body.conn.ident}
     assert bytes(got) == BODY
     assert calls >= 4  # never more than asked for in one call
+
+
+@pytest.mark.parametrize("tls", [False, True])
+@pytest.mark.parametrize("end", ["whole", "cut after the head's bytes"])
+async def test_bytes_that_came_with_the_head_go_in_the_first_call_s_buffer(
+    server, request, tls, end
+):
+    """One call, one landing, for them and the bytes after them; a body that ends with
+    them is short on the next call, with every byte before the cut written."""
+    served, trusted = None, None
+    if tls:
+        cert, key = request.getfixturevalue("certificate")
+        served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        served.load_cert_chain(cert, key)
+        trusted = ssl.create_default_context(cafile=str(cert))
+    early = BODY[:5000]
+
+    async def serve(reader, writer):
+        async for _ in requests(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + early)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the head's read holds the early bytes alone
+            if end == "whole":
+                writer.write(BODY[len(early) :])
+                await writer.drain()
+            else:
+                return
+
+    base = await server(serve, tls=served)
+    sink = Sink()
+    async with (
+        httpx.AsyncClient(transport=WireTransport(ssl_context=trusted)) as client,
+        client.stream("GET", f"{base}/x", extensions={CHUNK_EXTENSION: 65536}) as r,
+    ):
+        body = r.extensions[BODY_EXTENSION]
+        assert bytes(body.leftover) == early
+        n = await body.read_through(300_000, sink)
+        assert sink.landings == [None] and MAIN not in sink.threads
+        if end == "whole":
+            assert len(early) < n == len(sink.data) <= 300_000
+            await read_all(body, sink)
+            assert bytes(sink.data) == BODY
+        else:
+            assert n == len(early) and bytes(sink.data) == early
+            with pytest.raises(httpx.RemoteProtocolError, match="before the end"):
+                await body.read_through(300_000, sink)
+
+
+MAIN = threading.main_thread().name
 
 
 async def test_read_through_cancelled_mid_body_still_lands_what_was_written(server):
@@ -398,8 +446,6 @@ async def test_read_through_cancelled_mid_body_still_lands_what_was_written(serv
         client.stream("GET", f"{base}/x") as r,
     ):
         body = r.extensions[BODY_EXTENSION]
-        while body.leftover:  # bytes that came with the head: written on the loop
-            await body.read_through(len(BODY), sink)
         call = asyncio.ensure_future(body.read_through(len(BODY), sink))
         await asyncio.sleep(0.3)
         call.cancel()
@@ -431,13 +477,19 @@ async def test_read_through_raises_the_disk_s_error_itself(server):
     assert len(sink.landings) == 1 and isinstance(sink.landings[0], OSError)
 
 
-@pytest.mark.parametrize("path", ["with the head", "connection thread", "TLS thread"])
+@pytest.mark.parametrize(
+    "path", ["with the head", "with the head, and more", "connection thread", "TLS thread"]
+)
 async def test_a_bug_while_writing_fails_its_call_and_still_lands(server, certificate, path):
-    """Never a wait without end: the part file waits for every block to land."""
+    """Never a wait without end: the part file waits for every block to land.
+
+    Bytes that came with the head are written on the loop when they are all that was asked
+    for, else first in the connection thread's buffer.
+    """
 
     async def serve(reader, writer):
         async for _ in requests(reader):
-            if path == "with the head":
+            if path.startswith("with the head"):
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
             else:
                 await head_alone(writer, len(BODY))
@@ -455,8 +507,9 @@ async def test_a_bug_while_writing_fails_its_call_and_still_lands(server, certif
     async with httpx.AsyncClient(transport=transport) as client:
         async with client.stream("GET", f"{base}/x") as r:
             body = r.extensions[BODY_EXTENSION]
+            size = 1000 if path == "with the head" else len(BODY)
             with pytest.raises(RuntimeError, match="a bug in the sink"):
-                await asyncio.wait_for(body.read_through(len(BODY), sink), 10)
+                await asyncio.wait_for(body.read_through(size, sink), 10)
         async with client.stream("GET", f"{base}/y") as r:  # the threads are still there
             await asyncio.wait_for(read_all(r.extensions[BODY_EXTENSION], after), 10)
     assert sink.landings == [None] and bytes(after.data) == BODY
@@ -578,7 +631,7 @@ async def test_a_tls_call_that_waited_for_the_thread_still_gets_its_whole_turn(c
 
 
 async def read_all(body: Any, sink: Sink) -> None:
-    """Every call until the end (bytes that came with the head are written on the loop)."""
+    """Every call until the end."""
     while await body.read_through(1 << 20, sink):
         pass
 
