@@ -175,27 +175,15 @@ def _silent(waited: float, limit: float | None, what: str) -> float:
 
 
 def _receive_through(
-    conn: Connection,
-    buffer: memoryview,
-    total: int,
-    sink: BlockSink,
-    limit: float | None,
-    filled: int = 0,
+    conn: Connection, buffer: memoryview, total: int, sink: BlockSink, limit: float | None
 ) -> tuple[int, OSError | None]:
     """Receive up to ``total`` bytes through ``buffer``, handing each fill to ``sink.write``.
 
     On the connection's thread, for at most about ``BUDGET`` seconds: the loop hears once
-    per call, not once per buffer. The buffer's first ``filled`` bytes (they came with the
-    head) are written first. Returns the count (0 at the end, or once the connection is
-    closed from the loop) and the write's error, if any.
+    per call, not once per buffer. Returns the count (0 at the end, or once the connection
+    is closed from the loop) and the write's error, if any.
     """
     got, waited, start = 0, 0.0, time.monotonic()
-    if filled:
-        try:
-            sink.write(buffer[:filled])
-        except OSError as exc:
-            return got, exc
-        got = filled
     while (fill := min(len(buffer), total - got, sink.room())) > 0:
         n = _receive(conn, buffer[:fill], wait_all=True)
         if n < 0:  # nothing for POLL seconds
@@ -313,16 +301,13 @@ class _Body(httpx.AsyncByteStream):
         exactly once, even if this call is cancelled. Returns the count, 0 at the end.
         """
         assert self.remaining is not None  # a sized body (the extension is only set then)
-        early = len(self.leftover)  # bytes that came with the head
-        if early and (early >= min(size, self.chunk) or not self.remaining):
+        if self._early_alone(size):
             return self._write_leftover(size, sink)  # written here: no network wait
-        if not early and self.remaining == 0:
+        if not self.leftover and self.remaining == 0:
             self.done = True
             sink.landed(None)
             return 0
-        # The bytes that came with the head go first into the buffer: a turn and a write
-        # of their own each cost one more hop through the loop.
-        head = self._take_leftover(size)
+        head = self._take_leftover(size)  # over TLS: first into the buffer, written with it
         want = len(head) + min(size - len(head), self.remaining)
         pool, size = self.transport.buffers, min(want, self.chunk)
         buffer = pool.take(size)
@@ -345,6 +330,20 @@ class _Body(httpx.AsyncByteStream):
         self.done = self.remaining == 0
         return n
 
+    def _early_alone(self, size: int) -> bool:
+        """Whether the bytes that came with the head are written now, on the loop, alone.
+
+        Over TLS they go first into the next call's buffer instead: a turn and a write of
+        their own cost one more hop through the loop. Not over plain HTTP: a call there
+        fills whole buffers, 0.1-0.3 s on a capped connection, and these bytes, counted at
+        once, are what the connection controller's first look sees (without them its first
+        growth step came 0.2 s later: docs/performance.md).
+        """
+        early = len(self.leftover)
+        if not early:
+            return False
+        return not self.conn.tls or early >= min(size, self.chunk) or not self.remaining
+
     def _receive(
         self,
         view: memoryview,
@@ -359,7 +358,8 @@ class _Body(httpx.AsyncByteStream):
             return reactor.receive_through(
                 self.conn, view, want, sink, self.timeout, filled=filled, settled=settled
             )
-        args = (self.conn, view, want, sink, self.timeout, filled)
+        assert not filled  # (see ``_early_alone``)
+        args = (self.conn, view, want, sink, self.timeout)
         return self.conn.call(_receive_through, *args, settled=settled)
 
     async def finished(self) -> bool:
