@@ -377,7 +377,9 @@ async def test_read_through_writes_on_the_connection_thread_and_lands_once_per_c
             assert n == len(sink.data) <= 300_000
             got += sink.data
             idents |= sink.idents
-    assert idents == {body.conn.ident}
+    # (bytes that came with the head, if any, are written on the loop, the rest on the
+    # connection's thread)
+    assert body.conn.ident in idents <= {threading.get_ident(), body.conn.ident}
     assert bytes(got) == BODY
     assert calls >= 4  # never more than asked for in one call
 
@@ -402,7 +404,7 @@ async def test_bytes_that_came_with_the_head_go_in_the_first_call_s_buffer_over_
         async for _ in requests(reader):
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + early)
             await writer.drain()
-            await asyncio.sleep(0.05)  # the head's read holds the early bytes alone
+            await asyncio.sleep(0.3)  # the head's read holds the early bytes alone
             if end == "whole":
                 writer.write(BODY[len(early) :])
                 await writer.drain()
@@ -416,15 +418,16 @@ async def test_bytes_that_came_with_the_head_go_in_the_first_call_s_buffer_over_
         client.stream("GET", f"{base}/x", extensions={CHUNK_EXTENSION: 65536}) as r,
     ):
         body = r.extensions[BODY_EXTENSION]
-        assert bytes(body.leftover) == early
+        k = len(body.leftover)  # (more than ``early`` only on a machine too slow to read it)
+        assert k and bytes(body.leftover) == BODY[:k]
         n = await body.read_through(300_000, sink)
         assert sink.landings == [None] and (MAIN in sink.threads) is not tls
         if end == "whole":
-            assert (len(early) < n if tls else len(early) == n) and n == len(sink.data)
+            assert (k <= n if tls else k == n) and n == len(sink.data)  # (a turn is 50 ms)
             await read_all(body, sink)
             assert bytes(sink.data) == BODY
         else:
-            assert n == len(early) and bytes(sink.data) == early
+            assert n == k == len(early) and bytes(sink.data) == early
             with pytest.raises(httpx.RemoteProtocolError, match="before the end"):
                 await body.read_through(300_000, sink)
 
@@ -447,6 +450,8 @@ async def test_read_through_cancelled_mid_body_still_lands_what_was_written(serv
         client.stream("GET", f"{base}/x") as r,
     ):
         body = r.extensions[BODY_EXTENSION]
+        while body.leftover:  # bytes that came with the head: written on the loop
+            await body.read_through(len(BODY), sink)
         call = asyncio.ensure_future(body.read_through(len(BODY), sink))
         await asyncio.sleep(0.3)
         call.cancel()
@@ -508,9 +513,8 @@ async def test_a_bug_while_writing_fails_its_call_and_still_lands(server, certif
     async with httpx.AsyncClient(transport=transport) as client:
         async with client.stream("GET", f"{base}/x") as r:
             body = r.extensions[BODY_EXTENSION]
-            size = len(BODY)
             with pytest.raises(RuntimeError, match="a bug in the sink"):
-                await asyncio.wait_for(body.read_through(size, sink), 10)
+                await asyncio.wait_for(body.read_through(len(BODY), sink), 10)
         async with client.stream("GET", f"{base}/y") as r:  # the threads are still there
             await asyncio.wait_for(read_all(r.extensions[BODY_EXTENSION], after), 10)
     assert sink.landings == [None] and bytes(after.data) == BODY
