@@ -44,6 +44,18 @@ async def server() -> AsyncIterator[Callable[..., Awaitable[str]]]:
 BODY = bytes(range(256)) * 4000  # ~1 MiB, bigger than one receive buffer
 
 
+def contexts(
+    request: pytest.FixtureRequest, tls: bool
+) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """(the server's, the client's) TLS contexts with a throwaway certificate; none for HTTP."""
+    if not tls:
+        return None, None
+    cert, key = request.getfixturevalue("certificate")
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    return served, ssl.create_default_context(cafile=str(cert))
+
+
 async def test_bodies_arrive_whole_on_one_reused_connection(server):
     connections: list[int] = []
     targets: list[bytes] = []
@@ -72,12 +84,7 @@ async def test_an_idle_connection_the_server_closed_or_wrote_to_is_not_reused(
 ):
     """Each body is whole, on a new connection: a connection is checked when taken again."""
     connections: list[int] = []
-    served, trusted = None, None
-    if tls:
-        cert, key = request.getfixturevalue("certificate")
-        served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        served.load_cert_chain(cert, key)
-        trusted = ssl.create_default_context(cafile=str(cert))
+    served, trusted = contexts(request, tls)
 
     async def serve(reader, writer):
         connections.append(1)
@@ -392,12 +399,7 @@ async def test_bytes_that_came_with_the_head_go_in_the_first_call_s_buffer_over_
     """Over TLS, one call and one landing for them and the bytes after them, off the loop;
     over plain HTTP, a call of their own on the loop. A body that ends with them is short
     on the next call, with every byte before the cut written."""
-    served, trusted = None, None
-    if tls:
-        cert, key = request.getfixturevalue("certificate")
-        served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        served.load_cert_chain(cert, key)
-        trusted = ssl.create_default_context(cafile=str(cert))
+    served, trusted = contexts(request, tls)
     early = BODY[:5000]
 
     async def serve(reader, writer):
@@ -574,12 +576,7 @@ async def test_a_split_during_a_call_stops_the_thread_at_the_new_end(server, req
     (The thread went on to the end of its call: a tenth of the bytes of a 10 x 96 MiB
     run at 8 MiB/s a connection were fetched twice.)
     """
-    served, trusted = None, None
-    if tls:
-        cert, key = request.getfixturevalue("certificate")
-        served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        served.load_cert_chain(cert, key)
-        trusted = ssl.create_default_context(cafile=str(cert))
+    served, trusted = contexts(request, tls)
 
     async def serve(reader, writer):
         async for _ in requests(reader):
