@@ -104,7 +104,9 @@ class TlsReactor:
         filled: int = 0,
         settled: Any,
     ) -> tuple[int, OSError | None]:
-        """As ``_receive_through`` on the connection's thread; cancelling closes the connection."""
+        """As ``_receive_through`` on the connection's thread, the buffer's first ``filled``
+        bytes (they came with the head) written with the rest; cancelling closes the
+        connection."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, OSError | None]] = loop.create_future()
         sock = conn.sock

@@ -303,7 +303,7 @@ class _Body(httpx.AsyncByteStream):
         assert self.remaining is not None  # a sized body (the extension is only set then)
         if self._early_alone(size):
             return self._write_leftover(size, sink)  # written here: no network wait
-        if not self.leftover and self.remaining == 0:
+        if self.remaining == 0:  # (and nothing left over: ``_early_alone`` took it)
             self.done = True
             sink.landed(None)
             return 0
