@@ -442,6 +442,7 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
     )
     troubled = [r for r in report.results if not r.ok and r.status != "expired"]
     _print_expired(console, [r for r in report.results if r.status == "expired"])
+    troubled = _print_not_tried(console, troubled)
     if troubled:
         console.print(results_table(troubled))
     fell_back = [r for r in report.results if r.fallback]
@@ -454,6 +455,26 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
         )
     if counts.get("interrupted"):
         console.print("[yellow]Interrupted.[/] Run the same command again to continue.")
+
+
+def _print_not_tried(console: Console, failed: list[ShardResult]) -> list[ShardResult]:
+    """Shards failed for one reason with one next step (a host nobody could reach), said
+    once for all of them: a dead host's 1000 rows would say the same. Returns the others."""
+    groups: dict[tuple[str, str], list[ShardResult]] = {}
+    for r in failed:
+        if r.status == "failed" and r.hint and r.detail:
+            groups.setdefault((r.detail, r.hint), []).append(r)
+    for (detail, hint), same in groups.items():
+        names = _ranges(sorted(n for r in same if (n := shard_index(r.name)) is not None))
+        console.print(
+            Text.assemble(
+                (f"{counted(len(same), 'shard')} failed", "yellow"),
+                f" ({names}), all the same way: {detail}. {hint}",
+            ),
+            highlight=False,
+        )
+    grouped = {id(r) for same in groups.values() for r in same}
+    return [r for r in failed if id(r) not in grouped]
 
 
 def _print_expired(console: Console, expired: list[ShardResult]) -> None:

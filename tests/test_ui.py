@@ -73,6 +73,23 @@ def test_expired_shards_are_one_line_and_no_table_row():
     assert "kept" not in text  # nothing was
 
 
+def test_shards_failed_one_way_with_one_next_step_are_one_line_and_no_table_row():
+    """A server nobody can reach: its 1000 shards would fill the table with one sentence."""
+    out, buffer = console()
+    why = "not tried, as sa_000000.tar could not connect to cdn.example and gave up"
+    hint = "Check that this machine can reach cdn.example, then run the same command."
+    skipped = [
+        ShardResult(f"sa_00000{k}.tar", "failed", detail=why, hint=hint) for k in (1, 2, 3, 5)
+    ]
+    first = ShardResult("sa_000000.tar", "failed", detail="gave up after 9 attempts")
+    report = DownloadReport([first, *skipped], None)
+    ui.print_download_summary(out, report, elapsed=1.0)
+    text = buffer.getvalue()
+    assert text.count(why) == 1 and text.count(hint) == 1
+    assert "4 shards failed (1-3,5), all the same way" in text
+    assert "sa_000003.tar" not in text and "sa_000000.tar │" in text  # the table: the rest
+
+
 def test_units_are_binary_on_screen_and_in_json(tmp_path):
     from sa1b_cli.verify import VerifyReport, VerifyResult
 
