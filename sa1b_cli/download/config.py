@@ -18,6 +18,7 @@ from sa1b_cli.core.config import DEFAULT_CONNECTIONS, DEFAULT_JOBS
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.download.controller import ConnectionController, ControllerSettings
+from sa1b_cli.download.hosts import HostWatch
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.retries import Backoff
 
@@ -73,3 +74,4 @@ class TransferContext:
         default_factory=lambda: ConnectionController(ControllerSettings(initial=64))
     )
     fetched: dict[str, int] = field(default_factory=dict)  # bytes received, by shard, so far
+    hosts: HostWatch = field(default_factory=HostWatch)  # which hosts answer, for all shards

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,7 @@ from sa1b_cli.download.controller import (
     IdleCores,
     ThreadLoad,
 )
+from sa1b_cli.download.hosts import host_of
 from sa1b_cli.download.plan import (
     Expected,
     already_complete,
@@ -49,6 +51,7 @@ __all__ = ["DownloadReport", "check_run_space", "run_downloads"]
 FIRST_CONNECTIONS = 16
 
 HEARTBEAT_SECONDS = 10.0
+UNANSWERED_PROBES = 16  # in a row, from one host: past a glitch, the host is not answering
 OnComplete = Callable[[ShardResult], Coroutine[Any, Any, None]]
 
 
@@ -61,22 +64,28 @@ class DownloadReport:
     connections_peak: int = 0  # the most connections the run held at once
 
 
-async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> int | None:
-    """Total size from a one-byte Range request; None when the server will not say."""
+async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> tuple[bool, int | None]:
+    """Whether the host answered, and the total size from a one-byte Range request (None
+    when the server will not say). Every failure is the transfer's to report."""
     headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
     request = client.build_request("GET", row.url, headers=headers)
-    with contextlib.suppress(httpx.HTTPError, RedirectRefused):  # the transfer says why
+    try:
         response = await send_following(client, request)
-        try:
-            if response.status_code == 206:
-                total = response.headers.get("Content-Range", "").rpartition("/")[2]
-                return int(total) if total.isdigit() else None
-            if response.status_code == 200:
-                length = response.headers.get("Content-Length", "")
-                return int(length) if length.isdigit() else None
-        finally:
+    except RedirectRefused:
+        return True, None
+    except httpx.HTTPError:
+        return False, None
+    try:
+        if response.status_code == 206:
+            total = response.headers.get("Content-Range", "").rpartition("/")[2]
+            return True, int(total) if total.isdigit() else None
+        if response.status_code == 200:
+            length = response.headers.get("Content-Length", "")
+            return True, int(length) if length.isdigit() else None
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
             await response.aclose()
-    return None
+    return True, None
 
 
 async def _sizes(
@@ -86,8 +95,14 @@ async def _sizes(
     jobs: int,
     clock: Callable[[], float],
 ) -> dict[str, int | None]:
-    """Each file's total size, from its record or a one-byte probe (parallel ranges need it)."""
+    """Each file's total size, from its record or a one-byte probe (parallel ranges need it).
+
+    A host that left ``UNANSWERED_PROBES`` probes in a row without an answer is probed no
+    more: a host that drops packets cost one connect timeout per shard, 8 at a time (an
+    hour for 1000 shards before the first transfer began). Its shards find out themselves.
+    """
     gate = asyncio.Semaphore(max(jobs, 8))
+    unanswered: Counter[str] = Counter()  # probes in a row without an answer, by host
 
     async def size(row: ManifestRow) -> int | None:
         record = records[row.file_name]
@@ -96,8 +111,13 @@ async def _sizes(
         expired = row.expires_at is not None and row.expires_at.timestamp() <= clock()
         if expired:  # never send a request on an expired link
             return None
+        host = host_of(row.url)
         async with gate:
-            return await _probe_size(client, row)
+            if unanswered[host] >= UNANSWERED_PROBES:
+                return None
+            answered, total = await _probe_size(client, row)
+            unanswered[host] = 0 if answered else unanswered[host] + 1
+            return total
 
     found = await asyncio.gather(*(size(r) for r in rows))
     return {row.file_name: total for row, total in zip(rows, found, strict=True)}

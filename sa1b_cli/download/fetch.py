@@ -23,6 +23,7 @@ from sa1b_cli.core.text import format_size, shown
 from sa1b_cli.download.accept import Ask, Verdict, judge
 from sa1b_cli.download.config import TransferContext
 from sa1b_cli.download.durable import ShardFile, SizeChanged
+from sa1b_cli.download.hosts import host_of
 from sa1b_cli.download.plan import Piece
 from sa1b_cli.download.receive import Receiver, body_of
 from sa1b_cli.download.redirects import RedirectRefused, send_following
@@ -55,7 +56,7 @@ def _not_connected(exc: httpx.ConnectError) -> Retry | Stop:
         what = os.strerror(cause.errno)
     else:
         what = type(cause).__name__
-    return Retry(f"could not connect ({what})", push=True)
+    return Retry(f"could not connect ({what})", push=True, unreachable=True)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -76,7 +77,8 @@ class Fetcher:
         # Fetched in pieces over several connections (until a server refuses a range):
         # only then does a dropped connection ask the run for fewer.
         self.split = ctx.settings.split
-        self._hosts: set[str] = set()  # other hosts a redirect led to, told once each
+        self.host = host_of(row.url)
+        self._moved_to: set[str] = set()  # other hosts a redirect led to, told once each
         self._template: tuple[httpx.URL, httpx.Headers, dict[str, Any]] | None = None
 
     async def whole(self) -> None:
@@ -133,7 +135,10 @@ class Fetcher:
     async def _send(self, ask: Ask) -> httpx.Response:
         try:
             async with asyncio.timeout(self.ctx.settings.stall_timeout):
-                return await send_following(self.ctx.client, self._build(ask), on_host=self._moved)
+                request = self._build(ask)
+                response = await send_following(self.ctx.client, request, on_host=self._moved)
+            self.ctx.hosts.answered(self.host, self.ctx.monotonic())
+            return response
         except TimeoutError as exc:
             msg = "no answer from the server"
             raise Retry(msg) from exc
@@ -147,6 +152,9 @@ class Fetcher:
             raise Retry(str(exc)) from exc
         except httpx.ConnectError as exc:
             raise _not_connected(exc) from exc
+        except httpx.ConnectTimeout as exc:
+            msg = "could not connect (no answer in time)"
+            raise Retry(msg, unreachable=True) from exc
         except httpx.TransportError as exc:
             msg = f"network error ({type(exc).__name__})"
             raise Retry(msg) from exc
@@ -182,8 +190,8 @@ class Fetcher:
         return httpx.Request("GET", url, headers=merged, extensions=extensions)
 
     def _moved(self, host: str) -> None:
-        if host not in self._hosts:
-            self._hosts.add(host)
+        if host not in self._moved_to:
+            self._moved_to.add(host)
             self.ctx.sink.note(self.name, f"redirected to another host, {host}")
 
     async def _receive(self, response: httpx.Response, pos: int, piece: Piece | None) -> None:
@@ -199,7 +207,7 @@ class Fetcher:
             piece=piece,
         )
         try:
-            with controller.receiving():
+            with controller.receiving(), self.ctx.hosts.streaming(self.host):
                 await receiver.run(body_of(response, self._block_size()), settings.stall_timeout)
         except TimeoutError as exc:
             msg = f"no data for {settings.stall_timeout:g}s"

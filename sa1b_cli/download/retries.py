@@ -23,18 +23,26 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from sa1b_cli.core.events import ProgressSink
-from sa1b_cli.core.text import format_size
+from sa1b_cli.core.text import counted, format_size
 from sa1b_cli.download.controller import ConnectionController
 
 __all__ = ["Backoff", "Fallback", "Retrier", "Retry", "RetryBudget", "Stop", "Streak"]
 
 
 class Retry(Exception):
-    def __init__(self, reason: str, *, retry_after: float | None = None, push: bool = False):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        push: bool = False,
+        unreachable: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.push = push  # the server pushed back: fewer connections
+        self.unreachable = unreachable  # no connection to the host could be made
 
 
 class Fallback(Exception):
@@ -42,15 +50,20 @@ class Fallback(Exception):
 
 
 class Stop(Exception):
-    """This shard ends now: ``failed``, or ``expired`` (the link's time has passed)."""
+    """This shard ends now: ``failed``, or ``expired`` (the link's time has passed).
 
-    def __init__(self, status: Literal["failed", "expired"], detail: str) -> None:
+    ``unreachable``: it gave up because no connection to its host could be made.
+    """
+
+    def __init__(
+        self, status: Literal["failed", "expired"], detail: str, *, unreachable: bool = False
+    ) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.unreachable = status, detail, unreachable
 
     @classmethod
-    def failed(cls, detail: str) -> Stop:
-        return cls("failed", detail)
+    def failed(cls, detail: str, *, unreachable: bool = False) -> Stop:
+        return cls("failed", detail, unreachable=unreachable)
 
     @classmethod
     def expired(cls, detail: str) -> Stop:
@@ -89,7 +102,7 @@ class RetryBudget:
 
     def _exhausted(self, failures: int, told: str, fetched: int) -> str | None:
         if failures > self.max_attempts:
-            return f"gave up after {failures} attempts without progress: {told}"
+            return f"gave up after {counted(failures, 'attempt')} without progress: {told}"
         stalled = self.monotonic() - self._since
         if failures > 1 and stalled > self.patience:
             return f"gave up after {stalled:.0f}s without progress: {told}"
@@ -173,7 +186,7 @@ class Retrier:
                     self.budget.progress(written)
                     given_up = streak.failed(retry.reason, fetched=fetched)
                     if given_up is not None:
-                        raise Stop.failed(given_up) from retry
+                        raise Stop.failed(given_up, unreachable=retry.unreachable) from retry
                     failures = streak.failures
                 slot.give()
                 with self.controller.waiting_for_slot():

@@ -22,7 +22,7 @@ from sa1b_cli.core.errors import DiskFullError
 from sa1b_cli.core.manifest import ManifestRow, object_path
 from sa1b_cli.core.results import EXPIRED_HINT, DownloadStatus, ShardResult
 from sa1b_cli.core.store import Store
-from sa1b_cli.core.text import format_size
+from sa1b_cli.core.text import format_size, shown
 from sa1b_cli.download.config import TransferContext, TransferSettings
 from sa1b_cli.download.durable import ClaimLost, ShardFile, SizeChanged, is_disk_full
 from sa1b_cli.download.fetch import Fetcher
@@ -94,15 +94,19 @@ class _Shard:
             ctx.sleep,
             ctx.rng,
             checkpoint=lambda: self.file.checkpoint(force=True),
-            check=self._check_expiry,
+            check=self._check,
             counts=lambda: (self.file.written.total(), self.file.arrived),
         )
         self.ends = _Ends(task, self.file, self.slots)
+        self.host, self.began = self.fetcher.host, ctx.monotonic()
 
     async def run(self) -> ShardResult:
         kept = self._resume()
-        if not kept and self._link_expired():  # never started: leave no empty part file behind
+        # Never started: leave no empty part file behind.
+        if not kept and self._link_expired():
             return self.ends.expired(EXPIRED_WHY)
+        if not kept and (why := self.ctx.hosts.down(self.host)) is not None:
+            return self.ends.unreachable(why, self.host)
         async with await self.file.open(kept or SpanSet()):
             self._start_budget()
             try:
@@ -112,6 +116,9 @@ class _Shard:
             except ClaimLost:
                 return self.ends.busy()  # the shard is someone else's now: touch nothing
             except Stop as stop:
+                if stop.unreachable:  # the others of its host need not spend their budgets too
+                    why = f"{self.name} could not connect to {shown(self.host, 80)} and gave up"
+                    self.ctx.hosts.gave_up(self.host, self.began, why)
                 return await self._stopped(self.ends.of(stop))
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
@@ -179,9 +186,13 @@ class _Shard:
         when = self.task.row.expires_at
         return when is not None and when.timestamp() <= self.ctx.wall_clock()
 
-    def _check_expiry(self) -> None:
+    def _check(self) -> None:
+        """Before each attempt: not on an expired link, nor on a host another shard found down."""
         if self._link_expired():
             raise Stop.expired(EXPIRED_WHY)
+        if (why := self.ctx.hosts.down(self.host)) is not None:
+            msg = f"stopped, as {why}"
+            raise Stop.failed(msg)
 
     async def _land_in_flight(self) -> None:
         """Wait (briefly) for blocks still being written, so the record keeps all of them.
@@ -238,6 +249,11 @@ class _Ends:
 
     def failed(self, detail: str) -> ShardResult:
         return self.result("failed", f"{detail}; {format_size(self.file.written.total())} kept")
+
+    def unreachable(self, why: str, host: str) -> ShardResult:
+        """Never tried: another shard of its host could not connect, and nothing answered."""
+        hint = f"Check that this machine can reach {shown(host, 80)}, then run the same command."
+        return self.result("failed", f"not tried, as {why}", hint=hint)
 
     def busy(self) -> ShardResult:
         return self.result("busy", "another process took over this shard's claim")

@@ -222,7 +222,8 @@ class Dilated:
 
 
 async def test_a_host_that_refuses_every_connection_fails_its_shards_side_by_side(tmp_path):
-    """Each shard fails on its own budget (about two minutes), not after the others' backoff.
+    """The shards tried first fail on their own budget (about two minutes), not after the
+    others' backoff; once one has given up, the rest stop (the tests below).
 
     Each refusal shrank the run to one connection, which a shard then kept through its
     backoff sleeps: the other shards waited for it, and ten failed one after another
@@ -244,3 +245,83 @@ async def test_a_host_that_refuses_every_connection_fails_its_shards_side_by_sid
         waited = re.search(r"after (\d+)s without progress", result.detail or "")
         assert waited is None or int(waited[1]) <= 200, result.detail  # the old code: 449 s
     assert clock.now() < 2 * 200  # two rounds of three shards (about 275 s), at most
+
+
+def refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+
+GAVE_UP, STOPPED, NOT_TRIED = "gave up after", "stopped, as ", "not tried, as "
+
+
+async def test_a_server_nobody_can_reach_costs_one_budget_not_one_per_shard(tmp_path):
+    """40 shards on a server that refuses every connection: when the first gives up, the
+    others stop, without a request. Before, each spent its own budget in turn, three at a
+    time: 14 rounds, about 30 minutes on this clock, and 400 requests."""
+    names = [f"sa_{k:06d}.tar" for k in range(40)]
+    write_links(tmp_path, names)
+    clock, seen = Dilated(), []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Range"))
+        return refused(request)
+
+    run = config(tmp_path, jobs=3)
+    transport = httpx.MockTransport(refuse)
+    report = await run_downloads(run, transport=transport, sleep=clock.sleep, monotonic=clock.now)
+    details = [r.detail or "" for r in report.results]
+    assert [r.status for r in report.results] == ["failed"] * 40
+    assert all(d.startswith((GAVE_UP, STOPPED, NOT_TRIED)) for d in details), details
+    assert sum(d.startswith(NOT_TRIED) for d in details) >= 37 - 3  # all but the first round
+    assert clock.now() < 300  # one budget (120 s), one last backoff (60 s), slack
+    assert seen.count("bytes=0-0") == 16  # size probes stop after 16 in a row went unanswered
+    assert len(seen) < 16 + 3 * 12, len(seen)  # three shards' attempts
+    hints = {r.hint for r in report.results if (r.detail or "").startswith(NOT_TRIED)}
+    assert hints == {
+        "Check that this machine can reach scontent.xx.fbcdn.net, then run the same command."
+    }
+    tried = {f"{r.name}.part" for r in report.results if not (r.detail or "").startswith(NOT_TRIED)}
+    parts = {p.name for p in (tmp_path / "root" / "tars").glob("*.part")}
+    assert parts <= tried  # a shard not tried leaves no empty file behind
+
+
+async def test_the_shards_of_a_server_that_answers_go_on(tmp_path, payload):
+    """The dead server's shards stop; another server's, in the same run, all land."""
+    dead = [f"sa_{k:06d}.tar" for k in range(10)]
+    alive = [f"sa_{k:06d}.tar" for k in range(10, 13)]
+    rows = [f"{n}\t{url_for(n).replace('scontent.xx', 'dead.xx')}" for n in dead]
+    rows += [f"{n}\t{url_for(n)}" for n in alive]
+    (tmp_path / "links.txt").write_text("file_name\tcdn_link\n" + "\n".join(rows) + "\n")
+    cdn, clock = FakeCDN(dict.fromkeys(alive, payload)), Dilated()
+
+    def route(request: httpx.Request) -> httpx.Response:
+        return refused(request) if request.url.host.startswith("dead.") else cdn.handle(request)
+
+    run = config(tmp_path, jobs=3)
+    transport = httpx.MockTransport(route)
+    report = await run_downloads(run, transport=transport, sleep=clock.sleep, monotonic=clock.now)
+    status = {r.name: r.status for r in report.results}
+    assert [status[n] for n in alive] == ["downloaded"] * 3
+    assert [status[n] for n in dead] == ["failed"] * 10
+    not_tried = [d for r in report.results if (d := r.detail or "").startswith(NOT_TRIED)]
+    assert len(not_tried) >= 10 - 3 and all("dead.xx.fbcdn.net" in d for d in not_tried)
+
+
+async def test_a_server_gone_after_a_shard_costs_the_next_shard_its_budget_and_no_more(
+    tmp_path, payload
+):
+    """One shard at a time: the first lands, then the server goes away. The second gives up
+    on its own budget (the server answered, but before it began); the rest are not tried."""
+    names = [f"sa_{k:06d}.tar" for k in range(5)]
+    write_links(tmp_path, names)
+    cdn, clock = FakeCDN({names[0]: payload}), Dilated()
+
+    def first_only(request: httpx.Request) -> httpx.Response:
+        return cdn.handle(request) if names[0] in request.url.path else refused(request)
+
+    run = config(tmp_path, jobs=1)
+    transport = httpx.MockTransport(first_only)
+    report = await run_downloads(run, transport=transport, sleep=clock.sleep, monotonic=clock.now)
+    assert [r.status for r in report.results] == ["downloaded"] + ["failed"] * 4
+    details = [r.detail or "" for r in report.results[1:]]
+    assert details[0].startswith(GAVE_UP) and all(d.startswith(NOT_TRIED) for d in details[1:])

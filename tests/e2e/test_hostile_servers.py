@@ -9,6 +9,7 @@ finishes. A new behaviour is one row here and one entry in tests/hostile.py.
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import ssl
 import subprocess
@@ -151,6 +152,55 @@ def test_a_host_that_refuses_connections_fails_its_shard_and_never_the_run(hosti
     assert [line for line in out.splitlines() if BAD in line and refused in line], out
     tars = tmp_path / "root" / "tars"
     assert (tars / GOOD).read_bytes() == DATA[GOOD] and not (tars / BAD).exists()
+
+
+def test_a_server_nobody_can_reach_stops_its_other_shards_at_once(hostile, tmp_path):
+    """Twelve shards point where nothing listens, one at a good server. Once one of the
+    twelve gives up, the others are not tried: one line says so for all of them, and what
+    to do. The good server's shard lands; nothing is left at a final name or as an empty
+    part file for a shard that was not tried."""
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        dead = [f"sa_{k:06d}.tar" for k in range(12)]
+        rows = [f"{n}\thttp://u:pw@127.0.0.1:{port}/{n}?oh=00_SECRETSIG&oe=7FFFFFFF" for n in dead]
+        rows.append(f"sa_000012.tar\t{hostile.url('good', GOOD)}")
+        links = tmp_path / "links.txt"
+        links.write_text("file_name\tcdn_link\n" + "\n".join(rows) + "\n")
+        args = ["download", "--links", str(links), "--root", str(tmp_path / "root"), "--json"]
+        args += ["--timeout", str(TIMEOUT), "--retries", "0", "--jobs", "2"]
+        done = subprocess.run(
+            [SA1B, *args], capture_output=True, text=True, timeout=120, env=env(), check=False
+        )
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "Traceback" not in out and "unexpected error" not in out, out
+    assert "SECRET" not in out and "pw@" not in out, out
+    shards = {s["name"]: s for s in json.loads(done.stdout)["shards"]}
+    assert shards["sa_000012.tar"]["status"] == "downloaded"
+    details = [shards[n]["detail"] for n in dead]
+    server = f"127.0.0.1:{port}"
+    skipped = [d for d in details if d.startswith("not tried, as ") and server in d]
+    assert len(skipped) >= len(dead) - 2, details  # all but the two shards run at first
+    assert all(
+        d.startswith(("not tried, as ", "gave up after 1 attempt ", "stopped, as "))
+        for d in details
+    )
+    hint = f"Check that this machine can reach {server}, then run the same command."
+    assert all(shards[n]["hint"] == hint for n in dead if shards[n]["detail"] in skipped)
+    parts = {p.name for p in (tmp_path / "root" / "tars").glob("*.part")}
+    assert len(parts) <= 2 and not (tmp_path / "root" / "tars" / dead[-1]).exists()
+    # Without --json, one line for all of them, with the next step.
+    again = subprocess.run(
+        [SA1B, *[a for a in args if a != "--json"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+        check=False,
+    )
+    said = [line for line in again.stderr.splitlines() if "all the same way" in line]
+    assert len(said) == 1 and hint in said[0], again.stderr
 
 
 def test_an_untrusted_certificate_fails_its_shard_at_once_and_says_what_to_do(
