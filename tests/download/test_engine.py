@@ -257,7 +257,7 @@ GAVE_UP, STOPPED, NOT_TRIED = "gave up after", "stopped, as ", "not tried, as "
 async def test_a_server_nobody_can_reach_costs_one_budget_not_one_per_shard(tmp_path):
     """40 shards on a server that refuses every connection: when the first gives up, the
     others stop, without a request. Before, each spent its own budget in turn, three at a
-    time: 14 rounds, about 30 minutes on this clock, and 400 requests."""
+    time."""
     names = [f"sa_{k:06d}.tar" for k in range(40)]
     write_links(tmp_path, names)
     clock, seen = Dilated(), []
@@ -272,10 +272,12 @@ async def test_a_server_nobody_can_reach_costs_one_budget_not_one_per_shard(tmp_
     details = [r.detail or "" for r in report.results]
     assert [r.status for r in report.results] == ["failed"] * 40
     assert all(d.startswith((GAVE_UP, STOPPED, NOT_TRIED)) for d in details), details
-    assert sum(d.startswith(NOT_TRIED) for d in details) >= 37 - 3  # all but the first round
-    assert clock.now() < 300  # one budget (120 s), one last backoff (60 s), slack
+    assert sum(d.startswith(NOT_TRIED) for d in details) == 37  # all but the three run first
+    # One budget (120 s) and one last backoff (60 s), with slack for a slow machine; the
+    # 14 rounds took some 1,900 s here, with 400 requests.
+    assert clock.now() < 500
     assert seen.count("bytes=0-0") == 16  # size probes stop after 16 in a row went unanswered
-    assert len(seen) < 16 + 3 * 12, len(seen)  # three shards' attempts
+    assert len(seen) < 120, len(seen)  # three shards' attempts
     hints = {r.hint for r in report.results if (r.detail or "").startswith(NOT_TRIED)}
     assert hints == {
         "Check that this machine can reach scontent.xx.fbcdn.net, then run the same command."
