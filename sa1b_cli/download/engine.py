@@ -51,7 +51,8 @@ __all__ = ["DownloadReport", "check_run_space", "run_downloads"]
 FIRST_CONNECTIONS = 16
 
 HEARTBEAT_SECONDS = 10.0
-UNANSWERED_PROBES = 16  # in a row, from one host: past a glitch, the host is not answering
+UNANSWERED_PROBES = 16  # slow ones in a row, from one host: past a glitch, it is not answering
+SLOW_PROBE = 5.0  # seconds a probe waited for nothing: a connect timeout, not a refusal
 OnComplete = Callable[[ShardResult], Coroutine[Any, Any, None]]
 
 
@@ -94,15 +95,19 @@ async def _sizes(
     rows: list[ManifestRow],
     jobs: int,
     clock: Callable[[], float],
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> dict[str, int | None]:
     """Each file's total size, from its record or a one-byte probe (parallel ranges need it).
 
-    A host that left ``UNANSWERED_PROBES`` probes in a row without an answer is probed no
-    more: a host that drops packets cost one connect timeout per shard, 8 at a time (an
-    hour for 1000 shards before the first transfer began). Its shards find out themselves.
+    A host that left ``UNANSWERED_PROBES`` probes in a row waiting ``SLOW_PROBE`` seconds
+    or more without an answer is probed no more: a host that drops packets cost one
+    connect timeout per shard, 8 at a time (an hour for 1000 shards before the first
+    transfer began). Its shards find out themselves, on one connection each, as when a
+    probe fails. A quick failure (a refusal) costs nothing to repeat, and a moment's
+    outage must not leave a whole run without parallel ranges, so it is not counted.
     """
     gate = asyncio.Semaphore(max(jobs, 8))
-    unanswered: Counter[str] = Counter()  # probes in a row without an answer, by host
+    unanswered: Counter[str] = Counter()  # slow probes in a row without an answer, by host
 
     async def size(row: ManifestRow) -> int | None:
         record = records[row.file_name]
@@ -115,8 +120,10 @@ async def _sizes(
         async with gate:
             if unanswered[host] >= UNANSWERED_PROBES:
                 return None
+            began = monotonic()
             answered, total = await _probe_size(client, row)
-            unanswered[host] = 0 if answered else unanswered[host] + 1
+            slow = monotonic() - began >= SLOW_PROBE
+            unanswered[host] = 0 if answered else unanswered[host] + slow
             return total
 
     found = await asyncio.gather(*(size(r) for r in rows))
@@ -176,7 +183,7 @@ async def run_downloads(
     transport = make_transport() if transport is None else transport
     async with make_client(config.timeout, transport=transport) as client:
         found = records(store, planned.pending)
-        sizes = await _sizes(client, found, planned.pending, config.jobs, clock)
+        sizes = await _sizes(client, found, planned.pending, config.jobs, clock, monotonic)
         needed = check_space(store, found, sizes) if config.check_space else 0
         sink.planned(needed)
         clocks = (clock, monotonic)

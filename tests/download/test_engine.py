@@ -276,8 +276,8 @@ async def test_a_server_nobody_can_reach_costs_one_budget_not_one_per_shard(tmp_
     # One budget (120 s) and one last backoff (60 s), with slack for a slow machine; the
     # 14 rounds took some 1,900 s here, with 400 requests.
     assert clock.now() < 500
-    assert seen.count("bytes=0-0") == 16  # size probes stop after 16 in a row went unanswered
-    assert len(seen) < 120, len(seen)  # three shards' attempts
+    assert seen.count("bytes=0-0") == 40  # a refusal is quick: every shard's probe is sent
+    assert len(seen) < 150, len(seen)  # the probes and three shards' attempts
     hints = {r.hint for r in report.results if (r.detail or "").startswith(NOT_TRIED)}
     assert hints == {
         "Check that this machine can reach scontent.xx.fbcdn.net, then run the same command."
@@ -285,6 +285,47 @@ async def test_a_server_nobody_can_reach_costs_one_budget_not_one_per_shard(tmp_
     tried = {f"{r.name}.part" for r in report.results if not (r.detail or "").startswith(NOT_TRIED)}
     parts = {p.name for p in (tmp_path / "root" / "tars").glob("*.part")}
     assert parts <= tried  # a shard not tried leaves no empty file behind
+
+
+async def test_a_server_that_drops_packets_is_probed_16_times_then_given_up_once(tmp_path):
+    """Each connection waits for its timeout (30 s) and fails: the size probes stop after
+    16 of those, and the shards after one budget. The code before spent 40 connect
+    timeouts on probes, 8 at a time, then a budget on each shard, three at a time."""
+    names = [f"sa_{k:06d}.tar" for k in range(40)]
+    write_links(tmp_path, names)
+    clock, seen = Dilated(), []
+
+    async def silent(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Range"))
+        await clock.sleep(30)
+        raise httpx.ConnectTimeout("could not connect in time", request=request)
+
+    run = config(tmp_path, jobs=3)
+    transport = httpx.MockTransport(silent)
+    report = await run_downloads(run, transport=transport, sleep=clock.sleep, monotonic=clock.now)
+    details = [r.detail or "" for r in report.results]
+    assert seen.count("bytes=0-0") == 16
+    assert sum(d.startswith(NOT_TRIED) for d in details) == 37, details
+    assert "could not connect (no answer in time)" in details[0]
+    assert clock.now() < 2 * 30 + 400  # the probes, then one budget with its last timeout
+
+
+async def test_a_moment_of_refusals_leaves_every_shard_its_size_probe(tmp_path, payload):
+    """The first 20 connections are refused, quickly; then the server answers. Every shard
+    is still probed (a probe skipped would leave its shard on one connection), and lands."""
+    names = [f"sa_{k:06d}.tar" for k in range(30)]
+    write_links(tmp_path, names)
+    cdn, clock, seen = FakeCDN(dict.fromkeys(names, payload)), Dilated(), []
+
+    def blip(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Range"))
+        return refused(request) if len(seen) <= 20 else cdn.handle(request)
+
+    run = config(tmp_path, jobs=3)
+    transport = httpx.MockTransport(blip)
+    report = await run_downloads(run, transport=transport, sleep=clock.sleep, monotonic=clock.now)
+    assert seen.count("bytes=0-0") == 30
+    assert {r.status for r in report.results} == {"downloaded"}
 
 
 async def test_the_shards_of_a_server_that_answers_go_on(tmp_path, payload):
