@@ -354,6 +354,11 @@ def results_table(results: Iterable[ShardResult]) -> Table:
 # -- manifest ------------------------------------------------------------------------------
 
 
+def _shard_ranges(results: Iterable[ShardResult]) -> str:
+    """The shards' numbers as ranges: ``0-2,5``."""
+    return _ranges(sorted(n for r in results if (n := shard_index(r.name)) is not None))
+
+
 def _ranges(numbers: list[int]) -> str:
     spans: list[str] = []
     for n in numbers:
@@ -442,7 +447,7 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
     )
     troubled = [r for r in report.results if not r.ok and r.status != "expired"]
     _print_expired(console, [r for r in report.results if r.status == "expired"])
-    troubled = _print_not_tried(console, troubled)
+    troubled = _print_shared_failures(console, troubled)
     if troubled:
         console.print(results_table(troubled))
     fell_back = [r for r in report.results if r.fallback]
@@ -457,7 +462,7 @@ def print_download_summary(console: Console, report: DownloadReport, *, elapsed:
         console.print("[yellow]Interrupted.[/] Run the same command again to continue.")
 
 
-def _print_not_tried(console: Console, failed: list[ShardResult]) -> list[ShardResult]:
+def _print_shared_failures(console: Console, failed: list[ShardResult]) -> list[ShardResult]:
     """Shards failed for one reason with one next step (a host nobody could reach), said
     once for all of them: a dead host's 1000 rows would say the same. Returns the others."""
     groups: dict[tuple[str, str], list[ShardResult]] = {}
@@ -465,7 +470,7 @@ def _print_not_tried(console: Console, failed: list[ShardResult]) -> list[ShardR
         if r.status == "failed" and r.hint and r.detail:
             groups.setdefault((r.detail, r.hint), []).append(r)
     for (detail, hint), same in groups.items():
-        names = _ranges(sorted(n for r in same if (n := shard_index(r.name)) is not None))
+        names = _shard_ranges(same)
         console.print(
             Text.assemble(
                 (f"{counted(len(same), 'shard')} failed", "yellow"),
@@ -484,7 +489,7 @@ def _print_expired(console: Console, expired: list[ShardResult]) -> None:
     when = min((r.expired_at for r in expired if r.expired_at), default=None)
     shown = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
     kept = sum(r.bytes_done for r in expired)
-    names = _ranges(sorted(n for r in expired if (n := shard_index(r.name)) is not None))
+    names = _shard_ranges(expired)
     saved = f" {format_bytes(kept)} of them are kept." if kept else ""
     console.print(
         f"[yellow]The links expired{shown}:[/] {counted(len(expired), 'shard')} stopped "
