@@ -208,6 +208,35 @@ class _ExpiryProgress(Progress):
         yield self.make_tasks_table(self.tasks)
 
 
+class _Repeats:
+    """Failures in a row with one detail are said once in full, then as a count: a host
+    nobody can reach fails a thousand shards with the same words, one log line each."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.detail: str | None = None  # the failure just said in full
+        self.names: list[str] = []  # the shards that repeated it since
+
+    def folds(self, result: Outcome) -> bool:
+        """Whether ``result`` repeats the failure just said: then it is counted, not said."""
+        if result.status == "failed" and result.detail and result.detail == self.detail:
+            self.names.append(result.name)
+            return True
+        self.flush()
+        self.detail = result.detail if result.status == "failed" else None
+        return False
+
+    def flush(self) -> None:
+        if self.names:
+            numbers = [shard_index(name) for name in self.names]
+            if None in numbers:
+                which = ", ".join(self.names)
+            else:
+                which = _ranges(sorted(n for n in numbers if n is not None))
+            self.say(f"{counted(len(self.names), 'more shard')} failed the same way ({which})")
+        self.names = []
+
+
 class RichSink:
     """Live progress: one line per active shard and a total with speed and ETA."""
 
@@ -237,6 +266,10 @@ class RichSink:
         self.total = self._add("total", total=None)
         self.progress.total_task = self.total
         self.tasks: dict[str, TaskID] = {}
+        self.repeats = _Repeats(self._say)
+
+    def _say(self, text: str) -> None:
+        self.progress.console.print(Text(f"{'':>16} {text}", style="dim"))
 
     def _add(self, label: str, **fields: Any) -> TaskID:
         meter = RateMeter()
@@ -249,6 +282,7 @@ class RichSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.repeats.flush()
         self.progress.stop()
 
     def planned(self, nbytes: int) -> None:
@@ -284,11 +318,12 @@ class RichSink:
         if task is not None:
             self.progress.remove_task(task)
             del self.meters[task]
-        if result.status not in ("present", "expired"):  # expired: once, in the summary
-            line = Text(f"{result.name:>16} ").append(status_text(result.status))
-            if result.detail:
-                line.append(f"  {result.detail}", style="dim")
-            self.progress.console.print(line)
+        if result.status in ("present", "expired") or self.repeats.folds(result):
+            return  # expired: said once, in the summary
+        line = Text(f"{result.name:>16} ").append(status_text(result.status))
+        if result.detail:
+            line.append(f"  {result.detail}", style="dim")
+        self.progress.console.print(line)
 
 
 class PlainSink:
@@ -301,12 +336,16 @@ class PlainSink:
         self.links = 0
         self.started_at = time.monotonic()
         self.last = self.started_at
+        self.repeats = _Repeats(self._say)
+
+    def _say(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
 
     def __enter__(self) -> PlainSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        self.repeats.flush()
 
     def planned(self, nbytes: int) -> None:
         if nbytes:
@@ -336,8 +375,8 @@ class PlainSink:
         self.links = count
 
     def finished(self, result: Outcome) -> None:
-        if result.status == "expired":  # said once for all of them, in the summary
-            return
+        if result.status == "expired" or self.repeats.folds(result):
+            return  # expired: said once for all of them, in the summary
         detail = f" ({result.detail})" if result.detail else ""
         line = f"{result.name}: {words(result.status)}{detail}"
         self.console.print(line, highlight=False, markup=False)

@@ -144,3 +144,55 @@ def test_a_rate_meter_falls_when_bytes_stop():
     assert meter.rate(13.0) == 10 << 20
     assert meter.rate(16.0) == (30 << 20) / 6  # nothing for 3 s: half the rate
     assert ui.RateMeter().rate(5.0) is None
+
+
+def _same_failures() -> list[ShardResult]:
+    dead = "not tried, as sa_000003.tar could not connect to cdn.example and gave up"
+    other = "gave up after 9 attempts: could not connect (connection refused), 9 times"
+    return [
+        ShardResult("sa_000003.tar", "failed", detail=other),
+        *(ShardResult(f"sa_{n:06d}.tar", "failed", detail=dead) for n in (4, 5, 6, 8)),
+        ShardResult("sa_000007.tar", "present"),  # a log says it, and the run breaks
+        ShardResult("sa_000009.tar", "failed", detail=dead),
+        ShardResult("sa_000010.tar", "downloaded"),
+        ShardResult("sa_000011.tar", "failed", detail=dead),  # a new run of the same words
+    ]
+
+
+def test_a_run_of_one_failure_is_said_once_then_counted_in_a_log():
+    out, buffer = console()
+    with ui.PlainSink(out) as sink:
+        for result in _same_failures():
+            sink.finished(result)
+    lines = buffer.getvalue().splitlines()
+    assert lines == [
+        "sa_000003.tar: failed (gave up after 9 attempts: could not connect (connection"
+        " refused), 9 times)",
+        "sa_000004.tar: failed (not tried, as sa_000003.tar could not connect to cdn.example"
+        " and gave up)",
+        "3 more shards failed the same way (5-6,8)",
+        "sa_000007.tar: present",
+        "sa_000009.tar: failed (not tried, as sa_000003.tar could not connect to cdn.example"
+        " and gave up)",
+        "sa_000010.tar: downloaded",
+        "sa_000011.tar: failed (not tried, as sa_000003.tar could not connect to cdn.example"
+        " and gave up)",
+    ]
+
+
+def test_a_run_of_one_failure_is_said_once_then_counted_live():
+    out, buffer = console()
+    with ui.RichSink(out, clock=lambda: 0.0) as sink:
+        for result in _same_failures()[:7]:  # the live view does not show a shard present
+            sink.finished(result)
+    text = buffer.getvalue()
+    assert text.count("not tried") == 1 and "sa_000005.tar" not in text
+    assert "4 more shards failed the same way (5-6,8-9)" in text
+
+
+def test_failures_not_named_like_shards_are_listed_by_name():
+    out, buffer = console()
+    with ui.PlainSink(out) as sink:
+        for name in ("a.tar", "b.tar", "c.tar"):
+            sink.finished(ShardResult(name, "failed", detail="no space left"))
+    assert buffer.getvalue().splitlines()[-1] == "2 more shards failed the same way (b.tar, c.tar)"
