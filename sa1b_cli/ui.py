@@ -229,8 +229,8 @@ class _Repeats:
     def flush(self) -> None:
         if self.names:
             numbers = [shard_index(name) for name in self.names]
-            if None in numbers:
-                which = ", ".join(self.names)
+            if None in numbers:  # a line, not a list: the first few names
+                which = ", ".join(self.names[:3]) + (", ..." if len(self.names) > 3 else "")
             else:
                 which = _ranges(sorted(n for n in numbers if n is not None))
             self.say(f"{counted(len(self.names), 'more shard')} failed the same way ({which})")
