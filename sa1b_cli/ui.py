@@ -228,11 +228,10 @@ class _Repeats:
 
     def flush(self) -> None:
         if self.names:
-            numbers = [shard_index(name) for name in self.names]
-            if None in numbers:  # a line, not a list: the first few names
+            if all(shard_index(name) is not None for name in self.names):
+                which = _shard_ranges(self.names)
+            else:  # a line, not a list: the first few names
                 which = ", ".join(self.names[:3]) + (", ..." if len(self.names) > 3 else "")
-            else:
-                which = _ranges(sorted(n for n in numbers if n is not None))
             self.say(f"{counted(len(self.names), 'more shard')} failed the same way ({which})")
         self.names = []
 
@@ -393,9 +392,9 @@ def results_table(results: Iterable[ShardResult]) -> Table:
 # -- manifest ------------------------------------------------------------------------------
 
 
-def _shard_ranges(results: Iterable[ShardResult]) -> str:
-    """The shards' numbers as ranges: ``0-2,5``."""
-    return _ranges(sorted(n for r in results if (n := shard_index(r.name)) is not None))
+def _shard_ranges(names: Iterable[str]) -> str:
+    """The shards' numbers as ranges: ``0-2,5`` (names not shaped like a shard's left out)."""
+    return _ranges(sorted(n for name in names if (n := shard_index(name)) is not None))
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -509,7 +508,7 @@ def _print_shared_failures(console: Console, failed: list[ShardResult]) -> list[
         if r.status == "failed" and r.hint and r.detail:
             groups.setdefault((r.detail, r.hint), []).append(r)
     for (detail, hint), same in groups.items():
-        names = _shard_ranges(same)
+        names = _shard_ranges(r.name for r in same)
         console.print(
             Text.assemble(
                 (f"{counted(len(same), 'shard')} failed", "yellow"),
@@ -528,7 +527,7 @@ def _print_expired(console: Console, expired: list[ShardResult]) -> None:
     when = min((r.expired_at for r in expired if r.expired_at), default=None)
     shown = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
     kept = sum(r.bytes_done for r in expired)
-    names = _shard_ranges(expired)
+    names = _shard_ranges(r.name for r in expired)
     saved = f" {format_bytes(kept)} of them are kept." if kept else ""
     console.print(
         f"[yellow]The links expired{shown}:[/] {counted(len(expired), 'shard')} stopped "
