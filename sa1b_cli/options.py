@@ -170,7 +170,8 @@ TimeoutOpt = Annotated[
     typer.Option(
         min=1.0,
         rich_help_panel=NETWORK,
-        help="Drop and resume a connection silent this many seconds.",
+        help="Drop and resume a connection silent this many seconds, or slower than 1 KiB/s "
+        "over as long.",
     ),
 ]
 RetriesOpt = Annotated[

@@ -168,6 +168,19 @@ async def silence(req: Req, w: Writer) -> bool:
     return False
 
 
+async def trickle(req: Req, w: Writer) -> bool:
+    """A byte now and then, never silent for long: 200 B/s, under sa1b's 1 KiB/s floor."""
+    if req.probe:
+        return await good(req, w)
+    head, body = _answer(req, DATA[req.name])
+    w.write(head)
+    for at in range(0, len(body), 100):
+        w.write(body[at : at + 100])
+        await w.drain()
+        await asyncio.sleep(0.5)
+    return False
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "good": good,
     "bad_status": _raw(b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n"),
@@ -200,6 +213,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     ),
     "hangup_near_end": hangup_near_end,
     "silence": silence,
+    "trickle": trickle,
 }
 
 

@@ -45,6 +45,7 @@ class DownloadConfig:
 @dataclass(frozen=True, slots=True)
 class TransferSettings:
     stall_timeout: float = 30.0
+    min_rate: float = 1024.0  # bytes a second a connection must bring, over a stall_timeout
     max_attempts: int = 8  # attempts in a row without a whole piece landing, per shard
     patience: float = 120.0  # seconds of failing attempts without progress, per shard
     backoff: Backoff = field(default_factory=Backoff)

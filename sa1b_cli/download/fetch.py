@@ -25,7 +25,7 @@ from sa1b_cli.download.config import TransferContext
 from sa1b_cli.download.durable import ShardFile, SizeChanged
 from sa1b_cli.download.hosts import host_of
 from sa1b_cli.download.plan import Piece
-from sa1b_cli.download.receive import Receiver, body_of
+from sa1b_cli.download.receive import Receiver, Trickle, body_of
 from sa1b_cli.download.redirects import RedirectRefused, send_following
 from sa1b_cli.download.retries import Fallback, Retry, Stop
 from sa1b_cli.download.wire import CHUNK_EXTENSION
@@ -208,7 +208,11 @@ class Fetcher:
         )
         try:
             with controller.receiving(), self.ctx.hosts.streaming(self.host):
-                await receiver.run(body_of(response, self._block_size()), settings.stall_timeout)
+                body = body_of(response, self._block_size())
+                await receiver.run(body, settings.stall_timeout, settings.min_rate)
+        except Trickle as exc:  # a server sharing a small rate among many: fewer connections
+            msg = f"slower than {format_size(settings.min_rate)}/s for {settings.stall_timeout:g}s"
+            raise Retry(msg, push=self.split) from exc
         except TimeoutError as exc:
             msg = f"no data for {settings.stall_timeout:g}s"
             raise Retry(msg) from exc

@@ -25,7 +25,7 @@ from sa1b_cli.download.plan import Piece
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.wire import BODY_EXTENSION
 
-__all__ = ["Body", "Overrun", "Receiver", "StallWatchdog", "StreamedBody", "body_of"]
+__all__ = ["Body", "Overrun", "Receiver", "StallWatchdog", "StreamedBody", "Trickle", "body_of"]
 
 PROGRESS_EVERY = 256 << 10
 _PACED_AT_LEAST = 64 << 10  # bytes a --max-rate read asks for, at the least
@@ -144,24 +144,28 @@ class Receiver:
         self.piece = piece  # when set, never write past piece.end (another connection's now)
         self._unreported = 0
 
-    async def run(self, body: Body, stall_timeout: float) -> None:
-        """Read the body to its end (or the piece's); the bytes written so far always count."""
+    async def run(self, body: Body, stall_timeout: float, min_rate: float = 0.0) -> None:
+        """Read the body to its end (or the piece's); the bytes written so far always count.
+
+        Raises ``TimeoutError`` after ``stall_timeout`` seconds of silence, ``Trickle`` when
+        fewer than ``min_rate`` bytes a second came over that long."""
         try:
-            with StallWatchdog(stall_timeout) as watchdog:
-                while (want := await self._want(body)) > 0:
+            with StallWatchdog(stall_timeout, min_rate) as watchdog:
+                while (want := await self._want(body, watchdog)) > 0:
                     block = self.file.block(self.pos, want, self.piece)
                     size = await body.read_through(want, block)
                     if size == 0:
                         return
-                    watchdog.fed()
+                    watchdog.fed(size)
                     self._advance(size)
                     if self.file.due():
+                        watchdog.pause()  # a slow disk is not a stalled connection
                         await self.file.checkpoint()
-                        watchdog.fed()  # a slow disk is not a stalled connection
+                        watchdog.resume()
         finally:
             self._report()
 
-    async def _want(self, body: Body) -> int:
+    async def _want(self, body: Body, watchdog: StallWatchdog) -> int:
         """Bytes to ask for next; 0 at the end of the piece or of the file."""
         size = self.file.expected_size
         end = self.piece.end if self.piece is not None else size
@@ -174,7 +178,9 @@ class Receiver:
             # Booked before it is read, a tenth of a second at a time: a thread that
             # pulls 4 MiB at line rate and then sleeps would pace only on average.
             want = min(want, max(_PACED_AT_LEAST, int(self.limiter.rate / 10)))
+            watchdog.pause()  # our own pacing is not the server's slowness
             await self.limiter.acquire(want)
+            watchdog.resume()
         return want
 
     def _advance(self, size: int) -> None:
@@ -192,28 +198,60 @@ class Receiver:
             self._unreported = 0
 
 
-class StallWatchdog:
-    """Cancels the current task when nothing arrived for ``limit`` seconds.
+class Trickle(TimeoutError):
+    """Bytes kept coming, but fewer than the floor over a whole window."""
 
-    One timer per period, re-armed from the time of the last byte, instead of an
+
+class StallWatchdog:
+    """Cancels the current task when nothing arrived for ``limit`` seconds, or when fewer
+    than ``min_rate`` bytes a second came over ``limit`` seconds: a server that sends a
+    byte now and then would otherwise hold a shard for months (aria2c's
+    ``--lowest-speed-limit``, always on). Time paused (our disk, our pacing) is not counted.
+
+    One timer per period, re-armed from the last byte or the window's start, instead of an
     ``asyncio.timeout`` per read (tens of thousands of timers a GiB).
     """
 
-    def __init__(self, limit: float) -> None:
+    def __init__(self, limit: float, min_rate: float = 0.0) -> None:
         self.limit = limit
+        self.floor = min_rate * limit  # bytes each window of ``limit`` seconds must bring
         self.loop = asyncio.get_running_loop()
-        self.last = self.loop.time()
-        self.fired = False
+        self.last = self.window = self.loop.time()  # the last byte; the window's start
+        self.got = 0  # bytes in this window
+        self.paused_at: float | None = None
+        self.fired: type[TimeoutError] | None = None
 
-    def fed(self) -> None:
+    def fed(self, size: int) -> None:
         self.last = self.loop.time()
+        self.got += size
+
+    def pause(self) -> None:
+        self.paused_at = self.loop.time()
+
+    def resume(self) -> None:
+        assert self.paused_at is not None
+        paused, self.paused_at = self.loop.time() - self.paused_at, None
+        self.last += paused
+        self.window += paused
 
     def _check(self) -> None:
-        if self.loop.time() - self.last >= self.limit:
-            self.fired = True
-            self.task.cancel()
-        else:
-            self.handle = self.loop.call_at(self.last + self.limit, self._check)
+        now = self.loop.time()
+        if self.paused_at is not None:  # judged again once resumed
+            self.handle = self.loop.call_at(now + self.limit, self._check)
+            return
+        if now - self.last >= self.limit:
+            self._fire(TimeoutError)
+            return
+        if now - self.window >= self.limit:
+            if self.got < self.floor:
+                self._fire(Trickle)
+                return
+            self.window, self.got = now, 0
+        self.handle = self.loop.call_at(min(self.last, self.window) + self.limit, self._check)
+
+    def _fire(self, kind: type[TimeoutError]) -> None:
+        self.fired = kind
+        self.task.cancel()
 
     def __enter__(self) -> StallWatchdog:
         task = asyncio.current_task()
@@ -228,8 +266,8 @@ class StallWatchdog:
     ) -> None:
         self.handle.cancel()
         if (
-            self.fired
+            self.fired is not None
             and kind is asyncio.CancelledError
             and self.task.uncancel() <= self._cancelling
         ):
-            raise TimeoutError from exc
+            raise self.fired from exc

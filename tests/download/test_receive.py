@@ -15,7 +15,7 @@ from sa1b_cli.core.store import Store
 from sa1b_cli.download.durable import ShardFile
 from sa1b_cli.download.plan import Piece, SpanSet
 from sa1b_cli.download.ratelimit import RateLimiter
-from sa1b_cli.download.receive import Overrun, Receiver, body_of
+from sa1b_cli.download.receive import Overrun, Receiver, Trickle, body_of
 from sa1b_cli.download.wire import BODY_EXTENSION
 
 NAME = "sa_000002.tar"
@@ -106,8 +106,9 @@ async def test_a_streamed_body_of_exactly_the_size_ends_cleanly(tmp_path):
         assert receiver.pos == len(data) and file.written.prefix() == len(data)
 
 
-async def test_a_trickle_is_not_a_stall(tmp_path):
-    """A streamed body reports every 50 ms, however little came: the watchdog hears a trickle."""
+async def test_a_slow_body_over_the_floor_is_not_a_stall(tmp_path):
+    """A streamed body reports every 50 ms, however little came: the watchdog hears a slow
+    body (3.3 KB/s here) and lets it go on while it brings the floor's worth (1 KiB/s)."""
 
     async def trickle() -> AsyncIterator[bytes]:
         for _ in range(40):  # 1.2 s in all, far past the stall timeout
@@ -119,8 +120,57 @@ async def test_a_trickle_is_not_a_stall(tmp_path):
         receiver = Receiver(
             file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
         )
-        await receiver.run(body_of(response, 1 << 20), 0.25)
+        await receiver.run(body_of(response, 1 << 20), 0.25, 1024)
         assert receiver.pos == 4000
+
+
+async def test_a_trickle_under_the_floor_is_cut_within_a_window(tmp_path):
+    """Never silent for the stall timeout, but 333 B/s where 4 KiB/s is the floor."""
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(100):  # 3 s in all if let be
+            await asyncio.sleep(0.03)
+            yield b"t" * 10
+
+    response = httpx.Response(200, content=trickle())
+    loop = asyncio.get_running_loop()
+    async with await shard_file(tmp_path).open(SpanSet()) as file:
+        receiver = Receiver(
+            file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
+        )
+        started = loop.time()
+        with pytest.raises(Trickle):
+            await receiver.run(body_of(response, 1 << 20), 0.25, 4096)
+        assert loop.time() - started < 1.0
+        assert 0 < receiver.pos < 1000  # what came is kept
+
+
+@pytest.mark.parametrize(("wait", "delay"), [(0.4, 0.0), (0.2, 0.1)])
+async def test_waiting_on_our_own_max_rate_is_not_the_servers_silence(tmp_path, wait, delay):
+    """Each booking waits ``wait`` s, then the server takes ``delay`` s to answer: together
+    longer than the 0.25 s stall timeout, though the server itself is never slow."""
+
+    class SlowLimiter(RateLimiter):
+        async def acquire(self, nbytes: int) -> None:
+            await asyncio.sleep(wait)
+
+    async def answers() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            await asyncio.sleep(delay)
+            yield b"x" * (64 << 10)
+
+    response = httpx.Response(200, content=answers())
+    async with await shard_file(tmp_path).open(SpanSet()) as file:
+        receiver = Receiver(
+            file,
+            pos=0,
+            sink=NullSink(),
+            reserve=4 << 20,
+            limiter=SlowLimiter(100_000, sleep=asyncio.sleep),
+            counted=lambda n: None,
+        )
+        await receiver.run(body_of(response, 1 << 20), 0.25, 1024)
+        assert receiver.pos == 5 * (64 << 10)
 
 
 async def test_a_split_while_a_streamed_body_is_collected_stops_it_at_the_new_end(tmp_path):

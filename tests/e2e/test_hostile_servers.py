@@ -61,6 +61,7 @@ ROWS = [
     Row("forbidden_escapes", False, r"HTTP 403 '\x1b[2J\x1b[31mgone\nerror: forged line'"),
     Row("hangup_near_end", False, "the connection closed 1.2 KiB before the end, 2 times"),
     Row("silence", False, "gave up after"),
+    Row("trickle", False, "slower than 1.0 KiB/s for 2s, 2 times"),
 ]
 
 
