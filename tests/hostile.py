@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import random
 import ssl
 import threading
@@ -181,6 +182,14 @@ async def trickle(req: Req, w: Writer) -> bool:
     return False
 
 
+async def encoded(req: Req, w: Writer) -> bool:
+    """The file gzip-compressed, though asked for as it is (``Accept-Encoding: identity``)."""
+    packed = gzip.compress(DATA[req.name], mtime=0)
+    headers = [("Content-Encoding", "gzip"), ("Content-Length", str(len(packed)))]
+    w.write(_head("200 OK", headers) + packed)
+    return False
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "good": good,
     "bad_status": _raw(b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n"),
@@ -214,6 +223,9 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "hangup_near_end": hangup_near_end,
     "silence": silence,
     "trickle": trickle,
+    "empty": _raw(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    "empty_range": _raw(b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */0\r\n\r\n"),
+    "encoded": encoded,
 }
 
 

@@ -102,6 +102,8 @@ def _partial(response: httpx.Response, ask: Ask) -> Verdict:
     total = int(match.group(3)) if match and match.group(3) != "*" else None
     if match is None or total is None:
         return Verdict("mismatch", f"unusable Content-Range {shown!r} for bytes {ask.start}-")
+    if total == 0:  # (no range of it exists: judged as empty)
+        return Verdict("append", total=0)
     if ask.expected_size is not None and total != ask.expected_size:
         return Verdict("size_changed", f"the file size changed to {total:,} bytes", total)
     end = int(match.group(2)) + 1
@@ -123,7 +125,22 @@ def _unsatisfiable(response: httpx.Response, ask: Ask) -> Verdict:
 
 
 async def judge(response: httpx.Response, ask: Ask, *, now: float) -> Verdict:
-    """The verdict on a response's status and headers; nothing of the body is kept."""
+    """The verdict on a response's status and headers; nothing of the body is kept.
+
+    Two answers a server may give that no SA-1B file can: an empty file (it landed as a
+    "downloaded" 0-byte shard), and bytes in a Content-Encoding (asked for as they are,
+    they would land encoded). Either is retried, and the shard's budget ends it.
+    """
+    verdict = await _judge(response, ask, now=now)
+    if verdict.kind in ("append", "restart", "whole", "refused") and verdict.total == 0:
+        return Verdict("retry", "the server says the file is empty (no SA-1B file is)")
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if verdict.kind in ("append", "restart") and encoding not in ("", "identity"):
+        return Verdict("retry", f"the server sent the file encoded ({shown(encoding, 20)})")
+    return verdict
+
+
+async def _judge(response: httpx.Response, ask: Ask, *, now: float) -> Verdict:
     code = response.status_code
     if code == 206:
         return _partial(response, ask)

@@ -77,16 +77,16 @@ async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> tuple[bool
     except httpx.HTTPError:
         return False, None
     try:
+        said = ""
         if response.status_code == 206:
-            total = response.headers.get("Content-Range", "").rpartition("/")[2]
-            return True, int(total) if total.isdigit() else None
-        if response.status_code == 200:
-            length = response.headers.get("Content-Length", "")
-            return True, int(length) if length.isdigit() else None
+            said = response.headers.get("Content-Range", "").rpartition("/")[2]
+        elif response.status_code == 200:
+            said = response.headers.get("Content-Length", "")
+        # No SA-1B file is empty: a 0 is left for the transfer to refuse, not planned for.
+        return True, int(said) if said.isdigit() and int(said) > 0 else None
     finally:
         with contextlib.suppress(httpx.HTTPError):
             await response.aclose()
-    return True, None
 
 
 async def _sizes(

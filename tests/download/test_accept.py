@@ -74,6 +74,32 @@ async def test_what_stops_a_shard_and_what_is_retried(response, kind, says):
     assert "\x1b" not in verdict.reason and "SECRET" not in verdict.reason
 
 
+@pytest.mark.parametrize(
+    ("ask", "response", "says"),
+    [
+        (Ask(0), reply(200, content_length="0"), "the file is empty"),
+        (Ask(400), reply(206, content_range="bytes 0-0/0"), "the file is empty"),
+        (Ask(0), reply(416, content_range="bytes */0"), "the file is empty"),
+        (Ask(0), reply(200, content_length="1000", content_encoding="gzip"), "encoded (gzip)"),
+        (
+            Ask(400, None, SIZE),
+            reply(206, content_range="bytes 400-999/1000", content_encoding="br"),
+            "encoded (br)",
+        ),
+    ],
+)
+async def test_an_empty_or_encoded_file_is_never_written(ask, response, says):
+    """Both landed as "downloaded" shards before: 0 bytes, or the bytes gzip made of them."""
+    verdict = await judge(response, ask, now=0.0)
+    assert (verdict.kind, verdict.total) == ("retry", None) and says in verdict.reason
+
+
+async def test_an_identity_encoding_is_the_file_as_it_is():
+    response = reply(200, content_length="1000", content_encoding="identity")
+    verdict = await judge(response, Ask(0), now=0.0)
+    assert (verdict.kind, verdict.total) == ("append", SIZE)
+
+
 async def test_a_long_error_body_is_cut_and_its_link_hidden():
     body = b"bad link https://cdn.example/f?oh=SECRET " + b"x" * 10_000
     verdict = await judge(reply(400, body), Ask(0, None, SIZE), now=0.0)

@@ -62,6 +62,9 @@ ROWS = [
     Row("hangup_near_end", False, "the connection closed 1.2 KiB before the end, 2 times"),
     Row("silence", False, "gave up after"),
     Row("trickle", False, "slower than 1.0 KiB/s for 2s, 2 times"),
+    Row("empty", False, "the server says the file is empty (no SA-1B file is), 2 times"),
+    Row("empty_range", False, "the server says the file is empty (no SA-1B file is), 2 times"),
+    Row("encoded", False, "the server sent the file encoded (gzip), 2 times"),
 ]
 
 
