@@ -190,6 +190,25 @@ async def encoded(req: Req, w: Writer) -> bool:
     return False
 
 
+HUGE = 10**15  # bytes: 909.5 TiB, which no disk here has free
+
+
+async def huge_size(req: Req, w: Writer) -> bool:
+    """The size probe says 909.5 TiB (and a GET would too)."""
+    headers = [("Content-Range", f"bytes 0-0/{HUGE}"), ("Content-Length", "1")]
+    w.write(_head("206 Partial Content", headers) + b"x")
+    return False
+
+
+async def huge_length(req: Req, w: Writer) -> bool:
+    """No size for the probe; the GET then says 909.5 TiB, and sends a little."""
+    if req.probe:
+        w.write(_head("500 Internal Server Error", [("Content-Length", "0")]))
+        return False
+    w.write(_head("200 OK", [("Content-Length", str(HUGE))]) + b"x" * 1000)
+    return False
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "good": good,
     "bad_status": _raw(b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n"),
@@ -226,6 +245,8 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "empty": _raw(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
     "empty_range": _raw(b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */0\r\n\r\n"),
     "encoded": encoded,
+    "huge_size": huge_size,
+    "huge_length": huge_length,
 }
 
 

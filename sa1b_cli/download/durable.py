@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +37,7 @@ from sa1b_cli.download.plan import Piece, Span, SpanSet
 __all__ = [
     "Block",
     "ClaimLost",
+    "NoRoom",
     "PartFile",
     "ShardFile",
     "SizeChanged",
@@ -303,6 +305,15 @@ class SizeChanged(Exception):
         self.known, self.now = known, now
 
 
+class NoRoom(Exception):
+    """The bytes still to come cannot fit in the disk's free space at all: fail the shard
+    before its first byte, not the run once the disk is full (a server may say any size)."""
+
+    def __init__(self, size: int, free: int) -> None:
+        said = f"the server says it is {format_size(size)}, and {format_size(free)} is free here"
+        super().__init__(f"{said}: free space, or check the link")
+
+
 class ShardFile:
     """One shard's part file and its record: what is on disk, and what of it is durable.
 
@@ -394,8 +405,14 @@ class ShardFile:
             return
         if self.expected_size is not None:
             raise SizeChanged(self.expected_size, total)
+        self.check_room(total, self.written.total())
         self.expected_size = total
         await self.record("partial")
+
+    def check_room(self, size: int | None, held: int) -> None:
+        """Raise ``NoRoom`` when the ``size - held`` bytes still to come cannot fit."""
+        if size is not None and size - held > (free := shutil.disk_usage(self.store.tars).free):
+            raise NoRoom(size, free)
 
     async def record(self, status: RecordStatus, **extra: Any) -> None:
         """Write the record from a worker thread: its fsync must not stall every connection."""

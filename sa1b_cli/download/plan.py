@@ -102,11 +102,15 @@ def records(store: Store, rows: list[ManifestRow]) -> dict[str, Record | None]:
 
 
 def check_space(store: Store, found: dict[str, Record | None], sizes: dict[str, int | None]) -> int:
-    """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit."""
-    needed = 0
-    for name, record in found.items():
-        needed += max(0, (sizes.get(name) or 0) - kept_spans(record).total())
+    """Bytes still to fetch; raises NotEnoughSpaceError when they cannot fit.
+
+    A shard that alone needs more than is free is left out while others fit: it fails on
+    its own (``NoRoom``), as a server that says 900 TiB must not stop the run.
+    """
     free = shutil.disk_usage(store.tars).free
+    missing = [max(0, (sizes.get(n) or 0) - kept_spans(r).total()) for n, r in found.items()]
+    fitting = [m for m in missing if m <= free]
+    needed = sum(fitting if fitting else missing)
     margin = min(SPACE_MARGIN, needed // 50)  # records, indexes, filesystem slack
     if needed + margin > free:
         msg = (

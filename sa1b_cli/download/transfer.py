@@ -24,7 +24,7 @@ from sa1b_cli.core.results import EXPIRED_HINT, DownloadStatus, ShardResult
 from sa1b_cli.core.store import Store
 from sa1b_cli.core.text import format_size, shown
 from sa1b_cli.download.config import TransferContext, TransferSettings
-from sa1b_cli.download.durable import ClaimLost, ShardFile, SizeChanged, is_disk_full
+from sa1b_cli.download.durable import ClaimLost, NoRoom, ShardFile, SizeChanged, is_disk_full
 from sa1b_cli.download.fetch import Fetcher
 from sa1b_cli.download.plan import SpanSet, kept_spans
 from sa1b_cli.download.receive import Overrun
@@ -107,11 +107,15 @@ class _Shard:
             return self.ends.expired(EXPIRED_WHY)
         if not kept and (why := self.ctx.hosts.down(self.host)) is not None:
             return self.ends.unreachable(why, self.host)
+        try:
+            self.file.check_room(self.file.expected_size, (kept or SpanSet()).total())
+        except NoRoom as exc:
+            return self.ends.result("failed", str(exc))
         async with await self.file.open(kept or SpanSet()):
             self._start_budget()
             try:
                 return await self._loop()
-            except (SizeChanged, Overrun) as exc:
+            except (SizeChanged, Overrun, NoRoom) as exc:
                 return await self._stopped(self.ends.failed(str(exc)))
             except ClaimLost:
                 return self.ends.busy()  # the shard is someone else's now: touch nothing

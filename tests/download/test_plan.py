@@ -87,3 +87,18 @@ def test_space_counts_only_bytes_not_kept(setup, monkeypatch):
     assert check_space(store, records, {NAMES[0]: 1000, NAMES[1]: 500}) == 900
     with pytest.raises(NotEnoughSpaceError, match="need"):
         check_space(store, records, {NAMES[0]: 1000, NAMES[1]: 700})
+
+
+def test_a_shard_no_disk_here_holds_is_left_to_fail_alone(setup, monkeypatch):
+    """A server that says 909 TiB fails its shard (``NoRoom``), not the run; but when no
+    shard fits alone, or the rest do not fit together, the disk is what is short."""
+    _, store = setup
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 0, 1000))
+    records = dict.fromkeys(NAMES[:3])
+    assert check_space(store, records, {NAMES[0]: 10**15, NAMES[1]: 500}) == 500
+    assert check_space(store, records, {NAMES[0]: 10**15}) == 0  # (others of unknown size)
+    with pytest.raises(NotEnoughSpaceError, match="need"):
+        check_space(store, records, {NAMES[0]: 10**15, NAMES[1]: 600, NAMES[2]: 600})
+    with pytest.raises(NotEnoughSpaceError, match="need"):
+        check_space(store, records, dict.fromkeys(NAMES[:3], 5000))

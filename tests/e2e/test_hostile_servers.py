@@ -65,6 +65,8 @@ ROWS = [
     Row("empty", False, "the server says the file is empty (no SA-1B file is), 2 times"),
     Row("empty_range", False, "the server says the file is empty (no SA-1B file is), 2 times"),
     Row("encoded", False, "the server sent the file encoded (gzip), 2 times"),
+    Row("huge_size", False, "the server says it is 909.5 TiB, and"),
+    Row("huge_length", False, "the server says it is 909.5 TiB, and"),
 ]
 
 
