@@ -304,7 +304,8 @@ async def test_a_server_that_drops_packets_is_probed_16_times_then_given_up_once
     transport = httpx.MockTransport(silent)
     report = await run_downloads(run, transport=transport, sleep=clock.sleep, monotonic=clock.now)
     details = [r.detail or "" for r in report.results]
-    assert seen.count("bytes=0-0") == 16
+    # 16 in a row came back unanswered; a few more may have begun meanwhile (8 at a time)
+    assert 16 <= seen.count("bytes=0-0") < 24
     assert sum(d.startswith(NOT_TRIED) for d in details) == 37, details
     assert "could not connect (no answer in time)" in details[0]
     assert clock.now() < 2 * 30 + 400  # the probes, then one budget with its last timeout
