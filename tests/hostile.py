@@ -247,6 +247,10 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "encoded": encoded,
     "huge_size": huge_size,
     "huge_length": huge_length,
+    "odd_digit": _raw(
+        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/\u00b2\r\n"
+        "Content-Length: 1\r\n\r\nx".encode("latin-1")
+    ),
 }
 
 

@@ -42,7 +42,7 @@ TAR_BUFSIZE = 256 << 10
 # is known to come near this (images are a few MiB at most, annotations less): a member
 # past it (a gzip bomb, a forged header) fails its shard instead of filling memory.
 MAX_MEMBER = 64 << 20
-_SA_RE = re.compile(r"sa_([1-9]\d*)\.(jpg|json)")
+_SA_RE = re.compile(r"sa_([1-9]\d*)\.(jpg|json)", re.ASCII)
 
 
 class ArchiveError(Exception):

@@ -30,7 +30,7 @@ __all__ = [
 SHARD_COUNT = 1000
 RowKind = Literal["shard", "aux", "unknown"]
 KNOWN_AUX = frozenset({"sa_images_ids.txt", "sa_co_gold.tar"})
-_SHARD_RE = re.compile(r"sa_(\d{6})\.tar")
+_SHARD_RE = re.compile(r"sa_(\d{6})\.tar", re.ASCII)
 # A file name becomes a path under the root, so only a plain, printable name is allowed.
 _SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sa1b_cli.core.errors import SlurmEnvError, UsageError
 from sa1b_cli.core.manifest import SHARD_COUNT, shard_index, shard_name
+from sa1b_cli.core.text import natural
 
 __all__ = ["Part", "Selection", "parse_part", "parse_selection", "part_of", "select"]
 
@@ -65,8 +66,8 @@ def _shards_names(value: str) -> tuple[str, ...]:
                 msg = f"--shards: range {token!r} must be ascending within 0-{SHARD_COUNT - 1}"
                 raise UsageError(msg)
             names.extend(shard_name(i) for i in range(low, high + 1))
-        elif token.isdigit() and int(token) < SHARD_COUNT:
-            names.append(shard_name(int(token)))
+        elif (number := natural(token)) is not None and number < SHARD_COUNT:
+            names.append(shard_name(number))
         elif re.fullmatch(r"sa_\d{6}", token):
             names.append(f"{token}.tar")
         elif re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)+", token):
@@ -113,7 +114,7 @@ def parse_part(value: str, *, env: Mapping[str, str]) -> Part:
 
 def _slurm_part(env: Mapping[str, str]) -> Part:
     keys = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
-    missing = [k for k in keys if not env.get(k, "").strip().isdigit()]
+    missing = [k for k in keys if natural(env.get(k, "").strip()) is None]
     if missing:
         job = env.get("SLURM_JOB_ID")
         where = f"SLURM job {job} is not a job array" if job else "this is not a SLURM job"
@@ -132,7 +133,7 @@ def _slurm_part(env: Mapping[str, str]) -> Part:
 
 def _slurm_task_of(env: Mapping[str, str], count: int) -> Part:
     task = env.get("SLURM_ARRAY_TASK_ID", "").strip()
-    if not task.isdigit():
+    if natural(task) is None:
         _slurm_part(env)  # raises, explaining what is missing
     if not 0 <= int(task) < count:
         msg = f"--part auto/{count}: SLURM_ARRAY_TASK_ID={task} is not below {count}"

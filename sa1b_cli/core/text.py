@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["counted", "format_size", "shown"]
+__all__ = ["counted", "format_size", "natural", "shown"]
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def natural(text: str) -> int | None:
+    """``text`` as a whole number when it is ASCII digits only, else None. ``str.isdigit``
+    also holds for "²", which ``int`` refuses: one such byte from a server ended a run."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def format_size(n: float) -> str:

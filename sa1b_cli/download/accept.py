@@ -17,7 +17,7 @@ from typing import Literal
 import httpx
 
 from sa1b_cli.core.manifest import redact_text
-from sa1b_cli.core.text import shown
+from sa1b_cli.core.text import natural, shown
 
 __all__ = [
     "RETRYABLE_STATUS",
@@ -28,8 +28,8 @@ __all__ = [
     "retry_after_seconds",
 ]
 
-_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_UNSATISFIED_RE = re.compile(r"bytes\s+\*/(\d+)")
+_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.ASCII)
+_UNSATISFIED_RE = re.compile(r"bytes\s+\*/(\d+)", re.ASCII)
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _REJECT_HINTS = {
     403: "the CDN rejected the link; get a fresh manifest from Meta's SA-1B page",
@@ -83,8 +83,8 @@ def retry_after_seconds(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if (seconds := natural(value)) is not None:
+        return float(seconds)
     with contextlib.suppress(TypeError, ValueError):
         when = email.utils.parsedate_to_datetime(value)
         return max(0.0, when.timestamp() - now)
@@ -92,8 +92,7 @@ def retry_after_seconds(value: str | None, *, now: float) -> float | None:
 
 
 def _int_header(response: httpx.Response, name: str) -> int | None:
-    value = response.headers.get(name, "").strip()
-    return int(value) if value.isdigit() else None
+    return natural(response.headers.get(name, "").strip())
 
 
 def _partial(response: httpx.Response, ask: Ask) -> Verdict:

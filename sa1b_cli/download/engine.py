@@ -21,6 +21,7 @@ from sa1b_cli.core.known import load_known
 from sa1b_cli.core.manifest import ManifestRow, read_manifest
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
+from sa1b_cli.core.text import natural
 from sa1b_cli.download.client import make_client
 from sa1b_cli.download.config import DownloadConfig
 from sa1b_cli.download.controller import (
@@ -83,7 +84,7 @@ async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> tuple[bool
         elif response.status_code == 200:
             said = response.headers.get("Content-Length", "")
         # No SA-1B file is empty: a 0 is left for the transfer to refuse, not planned for.
-        return True, int(said) if said.isdigit() and int(said) > 0 else None
+        return True, natural(said) or None
     finally:
         with contextlib.suppress(httpx.HTTPError):
             await response.aclose()

@@ -53,6 +53,8 @@ def test_default_is_every_shard_but_not_aux_rows():
         (None, "abc"),
         (None, "sa_1"),
         (None, "1000"),
+        (None, "\u00b2"),  # isdigit() holds for a superscript two; int() refuses it
+        (None, "\u0663"),  # an Arabic-Indic three: int() takes it, a shard number it is not
         ("1%", "1"),
     ],
 )
@@ -73,6 +75,10 @@ def test_part_auto_reads_slurm_and_explains_when_missing():
     assert parse_part("auto", env=env) == Part(3, 8)
     with pytest.raises(SlurmEnvError, match="SLURM_ARRAY_TASK_ID"):
         parse_part("auto", env={})
+    with pytest.raises(SlurmEnvError, match="SLURM_ARRAY_TASK_ID"):
+        parse_part("auto", env=env | {"SLURM_ARRAY_TASK_ID": "\u00b2"})
+    with pytest.raises(SlurmEnvError, match="SLURM_ARRAY_TASK_ID"):
+        parse_part("auto/4", env={"SLURM_ARRAY_TASK_ID": "\u00b2"})
     with pytest.raises(UsageError):
         parse_part("3/3", env={})
 

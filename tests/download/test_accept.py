@@ -112,6 +112,7 @@ def test_retry_after_as_seconds_or_a_date():
     assert retry_after_seconds("Thu, 01 Jan 1970 00:01:00 GMT", now=30.0) == 30.0
     assert retry_after_seconds("soon", now=0.0) is None
     assert retry_after_seconds(None, now=0.0) is None
+    assert retry_after_seconds("\u00b2", now=0.0) is None  # isdigit(), yet not a number
 
 
 def test_the_range_header_asked_for():

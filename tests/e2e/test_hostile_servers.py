@@ -67,6 +67,7 @@ ROWS = [
     Row("encoded", False, "the server sent the file encoded (gzip), 2 times"),
     Row("huge_size", False, "the server says it is 909.5 TiB, and"),
     Row("huge_length", False, "the server says it is 909.5 TiB, and"),
+    Row("odd_digit", False, "unusable Content-Range 'bytes 0-0/\u00b2'"),
 ]
 
 
