@@ -137,6 +137,7 @@ def _valid_header(block: bytes | bytearray) -> bool:
         return False
     try:
         stored = int(bytes(block[148:156]).split(b"\0", 1)[0].strip() or b"-", 8)
+        _size(block)  # a size that is not octal makes no header either, checksum or not
     except ValueError:
         return False
     return stored == sum(block[:148]) + 8 * 32 + sum(block[156:_BLOCK])

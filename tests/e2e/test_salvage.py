@@ -51,3 +51,24 @@ def test_salvage_is_opt_in_listed_exactly_and_replaced_by_a_whole_copy(site: Sit
     code, report = site.run_json(*args)
     assert code == 0 and report["shards"][0]["status"] == "extracted"
     assert len((out / "sa_images_ids.txt").read_text().split()) == 12
+
+
+def test_a_crafted_header_fails_its_shard_never_the_salvage_run(site: Site, tmp_path: Path):
+    """A member header whose checksum adds up and whose size reads 9999 (not octal), beside
+    a good shard: that ended the whole run with "unexpected error: ValueError"."""
+    spec = ShardSpec(0, images=4, width=64, height=48, masks=3, pad_bytes=0)
+    raw = bytearray(zlib.decompress(make_shard(tmp_path / "a.tar", spec).read_bytes(), 31))
+    raw[124:136] = b"00000009999\0"  # the first member's header
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])
+    store = Store(site.root)
+    install(store, NAME, zlib.compress(bytes(raw), 6, wbits=31))
+    install(store, "sa_000001.tar", make_shard(tmp_path / "b.tar", spec).read_bytes())
+    out = site.root / "out"
+    args = ("extract", "--root", str(site.root), "--out", str(out), "--shards", "0,1")
+    done = site.run(*args, "--salvage")
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert "unexpected error" not in said and "Traceback" not in said, said
+    assert any(NAME in line and "salvaged" in line for line in said.splitlines()), said
+    assert len(list((out / "sa_000001").glob("*.jpg"))) == 4  # the shard beside it, whole

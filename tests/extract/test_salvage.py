@@ -147,6 +147,24 @@ def test_a_damaged_tar_header_loses_its_member_and_the_one_before(tmp_path: Path
     assert set(salvaged["lost"]) == lost
 
 
+def test_a_header_whose_size_is_not_octal_is_damage_too(tmp_path: Path, shard):
+    """Its checksum adds up (a crafted shard), its size reads 9999: that ended the whole
+    ``extract --salvage`` run with a ValueError."""
+    data, places, members = shard
+    raw = bytearray(zlib.decompress(data, 31))
+    k = len(places) // 2
+    name, start, _ = places[k]
+    raw[start + 124 : start + 136] = b"00000009999\0"
+    raw[start + 148 : start + 156] = b" " * 8
+    raw[start + 148 : start + 156] = b"%06o\0 " % sum(raw[start : start + 512])
+    salvaged, out = salvage(tmp_path, zlib.compress(bytes(raw), 6, wbits=31))
+    files = written(out)
+    assert all(files[n] == members[n] for n in files)
+    lost = ids({name, places[k - 1][0]})
+    assert ids(set(files)) == ids(set(members)) - lost
+    assert set(salvaged["lost"]) == lost
+
+
 def test_garbage_after_the_stream_costs_nothing(tmp_path: Path, shard):
     data, _, members = shard
     salvaged, out = salvage(tmp_path, data + b"\x00garbage" * 1000)
