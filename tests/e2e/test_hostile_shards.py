@@ -70,6 +70,16 @@ def corrupt_header() -> bytes:
     return igzip.compress(bytes(raw))
 
 
+def size_not_octal() -> bytes:
+    """sa_3.jpg's size field reads 9999 (no octal number), its checksum made to add up."""
+    raw = bytearray(tar_bytes(PAIRS, gzip=False))
+    at = raw.index(b"./sa_3.jpg")
+    raw[at + 124 : at + 136] = b"00000009999\0"
+    raw[at + 148 : at + 156] = b" " * 8
+    raw[at + 148 : at + 156] = b"%06o\0 " % sum(raw[at : at + 512])
+    return igzip.compress(bytes(raw))
+
+
 def no_end_blocks() -> bytes:
     raw = tar_bytes(PAIRS, gzip=False)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
@@ -182,6 +192,13 @@ ROWS = [
     Row(
         "damaged header mid-archive",
         corrupt_header,
+        "damaged tar header at byte",
+        show_ok=True,
+        member=None,
+    ),
+    Row(
+        "a header whose size is not octal",
+        size_not_octal,
         "damaged tar header at byte",
         show_ok=True,
         member=None,
@@ -339,3 +356,22 @@ def test_salvage_reads_a_hostile_shard_as_safely(row, tmp_path):
     assert "\x1b" not in out and "\nerror: forged" not in out, out  # nothing foreign raw
     assert (out_dir / "sa_000001" / "sa_11187.jpg").is_file(), out  # the good shard beside it
     assert not list(out_dir.rglob("evil*")), out
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
+def test_salvage_meets_every_hostile_shard_without_failing_the_run(row, tmp_path):
+    """``extract --salvage`` reads past damage by its own tar scanner: whatever it makes of
+    shard 0 (extracted, salvaged or failed), the run goes on, and shard 1 is extracted."""
+    root, out = tmp_path / "root", tmp_path / "out-shard"
+    store = Store(root)
+    install(store, BAD, row.shard())
+    install(store, GOOD, tar_bytes([*good_pair(11187), *good_pair(11188)]))
+    args = ["extract", "--root", str(root), "--shards", "0,1", "--out", str(out), "--salvage"]
+    code, out_text, rss = run_measured(args)
+    nothing_outside(tmp_path)
+    assert rss < RSS_BOUND_MB, f"peak RSS {rss:.0f} MB"
+    assert code in (0, 1), out_text
+    assert "Traceback" not in out_text and "unexpected error" not in out_text, out_text
+    assert "\x1b" not in out_text and "\nerror: forged" not in out_text, out_text
+    assert any(BAD in line for line in out_text.splitlines()), out_text
+    assert {"sa_11187.jpg", "sa_11188.jpg"} <= {p.name for p in out.rglob("*.jpg")}
