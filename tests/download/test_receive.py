@@ -34,6 +34,13 @@ def shard_file(tmp_path) -> ShardFile:  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
+def receiving(file: ShardFile, limiter: RateLimiter | None = None) -> Receiver:
+    """A receiver from byte 0 of ``file``, reporting nowhere."""
+    return Receiver(
+        file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=limiter, counted=lambda n: None
+    )
+
+
 async def test_max_rate_books_each_read_before_it_is_made(tmp_path):
     """The fast path under --max-rate: small reads, each paid for before it is asked."""
     events: list[tuple[str, int]] = []
@@ -57,14 +64,7 @@ async def test_max_rate_books_each_read_before_it_is_made(tmp_path):
     response = SimpleNamespace(extensions={BODY_EXTENSION: Body()})
 
     async with await shard_file(tmp_path).open(SpanSet()) as file:
-        receiver = Receiver(
-            file,
-            pos=0,
-            sink=NullSink(),
-            reserve=4 << 20,
-            limiter=Limiter(1_000_000, sleep=asyncio.sleep),
-            counted=lambda n: None,
-        )
+        receiver = receiving(file, Limiter(1_000_000, sleep=asyncio.sleep))
         await receiver.run(body_of(response, 1 << 20), 30.0)  # type: ignore[arg-type]
     reads = [n for kind, n in events if kind == "read"]
     assert reads and all(n == 100_000 for n in reads)  # a tenth of a second at 1 MB/s
@@ -84,9 +84,7 @@ async def test_a_streamed_body_past_the_known_size_fails_after_writing_only_the_
     response = httpx.Response(200, content=stream(chunks))
     async with await shard_file(tmp_path).open(SpanSet()) as file:
         file.expected_size = len(data)
-        receiver = Receiver(
-            file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
-        )
+        receiver = receiving(file)
         with pytest.raises(Overrun):
             await receiver.run(body_of(response, 1 << 20), 30.0)
         await file.drain()
@@ -99,9 +97,7 @@ async def test_a_streamed_body_of_exactly_the_size_ends_cleanly(tmp_path):
     response = httpx.Response(200, content=stream([data[:5000], data[5000:]]))
     async with await shard_file(tmp_path).open(SpanSet()) as file:
         file.expected_size = len(data)
-        receiver = Receiver(
-            file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
-        )
+        receiver = receiving(file)
         await receiver.run(body_of(response, 1 << 20), 30.0)
         assert receiver.pos == len(data) and file.written.prefix() == len(data)
 
@@ -117,9 +113,7 @@ async def test_a_slow_body_over_the_floor_is_not_a_stall(tmp_path):
 
     response = httpx.Response(200, content=trickle())
     async with await shard_file(tmp_path).open(SpanSet()) as file:
-        receiver = Receiver(
-            file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
-        )
+        receiver = receiving(file)
         await receiver.run(body_of(response, 1 << 20), 0.25, 1024)
         assert receiver.pos == 4000
 
@@ -135,9 +129,7 @@ async def test_a_trickle_under_the_floor_is_cut_within_a_window(tmp_path):
     response = httpx.Response(200, content=trickle())
     loop = asyncio.get_running_loop()
     async with await shard_file(tmp_path).open(SpanSet()) as file:
-        receiver = Receiver(
-            file, pos=0, sink=NullSink(), reserve=4 << 20, limiter=None, counted=lambda n: None
-        )
+        receiver = receiving(file)
         started = loop.time()
         with pytest.raises(Trickle):
             await receiver.run(body_of(response, 1 << 20), 0.25, 4096)
@@ -161,14 +153,7 @@ async def test_waiting_on_our_own_max_rate_is_not_the_servers_silence(tmp_path, 
 
     response = httpx.Response(200, content=answers())
     async with await shard_file(tmp_path).open(SpanSet()) as file:
-        receiver = Receiver(
-            file,
-            pos=0,
-            sink=NullSink(),
-            reserve=4 << 20,
-            limiter=SlowLimiter(100_000, sleep=asyncio.sleep),
-            counted=lambda n: None,
-        )
+        receiver = receiving(file, SlowLimiter(100_000, sleep=asyncio.sleep))
         await receiver.run(body_of(response, 1 << 20), 0.25, 1024)
         assert receiver.pos == 5 * (64 << 10)
 
