@@ -233,6 +233,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "redirect_loop": _redirect(lambda r: f"/b/redirect_loop/{r.name}?{r.query}"),
     "redirect_chain": _redirect(_hop),
     "redirect_file": _redirect(lambda r: "file:///etc/passwd"),
+    "redirect_bad_host": _redirect(lambda r: "http://[bad/x?oh=BADSECRET"),
     "redirect_host": _redirect(
         lambda r: f"{r.scheme}://localhost:{r.port}/b/good/{r.name}?oh=REDIRECTSECRET&oe=7FFFFFFF"
     ),

@@ -1,14 +1,15 @@
 """Following redirects by a stated policy, for every request a download sends.
 
-At most ``MAX_REDIRECTS`` hops; http and https targets only; never from https down to
-plain http; a loop or anything else refused fails the shard (``RedirectRefused``), never
-the run. A hop to another host is reported once through ``on_host`` (the host alone: a
-redirect target's query is as secret as the manifest's), and never carries the
-credentials of a ``user:password@`` link.
+At most ``MAX_REDIRECTS`` hops; http and https targets only, to a host name or address;
+never from https down to plain http; a loop or anything else refused fails the shard
+(``RedirectRefused``), never the run. A hop to another host is reported once through
+``on_host`` (the host alone: a redirect target's query is as secret as the manifest's),
+and never carries the credentials of a ``user:password@`` link.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import httpx
@@ -17,6 +18,9 @@ __all__ = ["MAX_REDIRECTS", "RedirectRefused", "send_following"]
 
 MAX_REDIRECTS = 5
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+# A host as it goes on the wire (IDNA as xn--, IPv6 bare): httpx percent-encodes anything
+# else ("http://[bad" became host "%5bbad", tried as a name and retried as unresolvable).
+_HOST_RE = re.compile(rb"[A-Za-z0-9._:-]+")
 
 
 class RedirectRefused(Exception):
@@ -36,6 +40,9 @@ def _target(request: httpx.Request, location: str | None) -> httpx.URL:
     except (httpx.InvalidURL, ValueError) as exc:
         msg = "a redirect to an unusable address"
         raise RedirectRefused(msg) from exc
+    if target.host and not _HOST_RE.fullmatch(target.raw_host):
+        msg = "a redirect to an unusable address"
+        raise RedirectRefused(msg)
     if target.scheme not in ("http", "https") or not target.host:
         shown = target.scheme[:16].encode("ascii", "replace").decode() or "no scheme"
         msg = f"a redirect to a {shown!r} address (only http and https are followed)"

@@ -55,12 +55,22 @@ async def test_another_host_is_followed_and_told_by_host_alone():
         ({START: "ftp://cdn.example/a.tar"}, "'ftp' address"),
         ({START: "http://cdn.example/a.tar"}, "from https down to plain http"),
         ({START: ""}, "without a Location"),
+        ({START: "https://[bad/a?oh=SECRET"}, "unusable address"),
+        ({START: "https://a b.example/a"}, "unusable address"),
     ],
 )
 async def test_refused_redirects_say_why_without_the_query(routes, says):
     with pytest.raises(RedirectRefused, match=says) as refused:
         await follow(routes)
     assert "SECRET" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "target", ["https://[::1]:8443/a", "https://xn--bcher-kva.example/a", "https://a_b.example/a"]
+)
+async def test_hosts_as_they_go_on_the_wire_are_followed(target):
+    response = await follow({START: target})
+    assert response.status_code == 200
 
 
 async def test_more_than_the_limit_of_hops_is_refused():
