@@ -118,7 +118,8 @@ def _slurm_part(env: Mapping[str, str]) -> Part:
     if missing:
         job = env.get("SLURM_JOB_ID")
         where = f"SLURM job {job} is not a job array" if job else "this is not a SLURM job"
-        msg = f"--part auto needs a SLURM job array: {where} ({', '.join(missing)} not set)"
+        unset = ", ".join(missing)
+        msg = f"--part auto needs a SLURM job array: {where} ({unset} not set to a number)"
         hint = (
             "Submit with `sbatch --array=0-15 ...` (srun alone starts no array), "
             "or give the part by hand: --part 3/16."
