@@ -57,6 +57,7 @@ class TransferSettings:
     per_shard: int = 64  # connections one shard may hold at most
     min_piece: int = 4 << 20  # each request costs ~1 ms of Python: no smaller pieces
     max_piece: int = 256 << 20
+    max_unsized: int = 32 << 30  # a body of no known size stops here: 3x any SA-1B shard
 
 
 @dataclass(slots=True)

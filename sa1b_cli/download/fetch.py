@@ -205,6 +205,7 @@ class Fetcher:
             limiter=self.ctx.limiter,
             counted=controller.counted,
             piece=piece,
+            ceiling=settings.max_unsized,
         )
         try:
             with controller.receiving(), self.ctx.hosts.streaming(self.host):

@@ -25,7 +25,16 @@ from sa1b_cli.download.plan import Piece
 from sa1b_cli.download.ratelimit import RateLimiter
 from sa1b_cli.download.wire import BODY_EXTENSION
 
-__all__ = ["Body", "Overrun", "Receiver", "StallWatchdog", "StreamedBody", "Trickle", "body_of"]
+__all__ = [
+    "Body",
+    "Endless",
+    "Overrun",
+    "Receiver",
+    "StallWatchdog",
+    "StreamedBody",
+    "Trickle",
+    "body_of",
+]
 
 PROGRESS_EVERY = 256 << 10
 _PACED_AT_LEAST = 64 << 10  # bytes a --max-rate read asks for, at the least
@@ -38,6 +47,17 @@ class Overrun(Exception):
     def __init__(self, name: str, size: int) -> None:
         super().__init__(f"the server sent more than the {format_size(size)} it said before")
         self.name, self.size = name, size
+
+
+class Endless(Exception):
+    """A body of no stated size goes on past any SA-1B shard's (it would fill the disk)."""
+
+    def __init__(self, name: str, ceiling: int) -> None:
+        super().__init__(
+            f"the server sent more than {format_size(ceiling)} without saying a size "
+            "(no SA-1B file comes near that)"
+        )
+        self.name, self.ceiling = name, ceiling
 
 
 class Body(Protocol):
@@ -134,6 +154,7 @@ class Receiver:
         limiter: RateLimiter | None,
         counted: Callable[[int], None],
         piece: Piece | None = None,
+        ceiling: int = 1 << 62,
     ) -> None:
         self.file, self.name, self.pos = file, file.row.file_name, pos
         self.sink, self.limiter = sink, limiter
@@ -142,6 +163,7 @@ class Receiver:
         self.reserve = reserve
         self.counted = counted  # every byte, as it arrives (the connection controller)
         self.piece = piece  # when set, never write past piece.end (another connection's now)
+        self.ceiling = ceiling  # bytes a body of no known size may bring, at most
         self._unreported = 0
 
     async def run(self, body: Body, stall_timeout: float, min_rate: float = 0.0) -> None:
@@ -169,10 +191,12 @@ class Receiver:
         """Bytes to ask for next; 0 at the end of the piece or of the file."""
         size = self.file.expected_size
         end = self.piece.end if self.piece is not None else size
-        want = self.reserve if end is None else min(self.reserve, end - self.pos)
+        want = min(self.reserve, (self.ceiling if end is None else end) - self.pos)
         if want <= 0:
             if end == size is not None and not await body.finished():
                 raise Overrun(self.name, size)  # a byte past the size, even if a piece ends there
+            if end is None and not await body.finished():
+                raise Endless(self.name, self.ceiling)
             return 0
         if self.limiter is not None and self.limiter.rate:
             # Booked before it is read, a tenth of a second at a time: a thread that

@@ -27,7 +27,7 @@ from sa1b_cli.download.config import TransferContext, TransferSettings
 from sa1b_cli.download.durable import ClaimLost, NoRoom, ShardFile, SizeChanged, is_disk_full
 from sa1b_cli.download.fetch import Fetcher
 from sa1b_cli.download.plan import SpanSet, kept_spans
-from sa1b_cli.download.receive import Overrun
+from sa1b_cli.download.receive import Endless, Overrun
 from sa1b_cli.download.retries import Fallback, Retrier, RetryBudget, Stop
 from sa1b_cli.download.schedule import Segments, Slots
 
@@ -116,6 +116,9 @@ class _Shard:
             try:
                 return await self._loop()
             except (SizeChanged, Overrun, NoRoom) as exc:
+                return await self._stopped(self.ends.failed(str(exc)))
+            except Endless as exc:  # not the file: nothing of it is worth keeping
+                await self.file.start_over()
                 return await self._stopped(self.ends.failed(str(exc)))
             except ClaimLost:
                 return self.ends.busy()  # the shard is someone else's now: touch nothing

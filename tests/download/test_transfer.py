@@ -10,6 +10,7 @@ import json
 import random
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -343,6 +344,43 @@ async def test_a_dead_server_is_given_up_within_about_two_minutes_on_defaults(st
     assert result.status == "failed" and "without progress" in (result.detail or "")
     assert "ReadTimeout" in (result.detail or "")
     assert clock[0] - NOW <= 160  # about two minutes, not 8 attempts with a minute's backoff
+
+
+class EndlessStream(httpx.AsyncByteStream):
+    """A body with no length that never ends; counts what was taken from it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            self.sent += 64 << 10
+            yield bytes(64 << 10)
+
+
+async def test_a_body_of_no_size_that_never_ends_fails_its_shard_and_keeps_nothing(store):
+    """No size known (no probe, record or list), no Content-Length: the ceiling stops it."""
+    streams: list[EndlessStream] = []
+
+    def endless(request: httpx.Request) -> httpx.Response:
+        streams.append(EndlessStream())
+        return httpx.Response(200, stream=streams[-1])
+
+    settings = TransferSettings(split=False, block_size=50_000, max_unsized=1 << 20)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(endless)) as client:
+        ctx = TransferContext(client, settings, sleep=Sleeps(), wall_clock=lambda: NOW)
+        result = await fetch_shard(ShardTask(row_for()), store, ctx)
+    assert result.status == "failed"
+    assert result.detail == (
+        "the server sent more than 1.0 MiB without saying a size "
+        "(no SA-1B file comes near that); 0 B kept"
+    )
+    assert len(streams) == 1 and streams[0].sent < 2 << 20  # one request, read no further
+    assert not store.final_path(NAME).exists()
+    part = store.part_path(NAME)
+    assert not part.exists() or part.stat().st_size == 0  # not the file: nothing kept
+    record = store.read(NAME)
+    assert record is not None and record.status == "failed" and not record.durable_bytes
 
 
 async def test_a_drop_without_split_does_not_take_connections_from_the_run(store, payload):
