@@ -225,6 +225,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     ),
     "chunk_too_big": _probe_then(chunk_too_big),
     "interim_flood": interim_flood,
+    "switch_protocols": _raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"),
     "huge_head": _raw(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (70 << 10) + b"\r\n\r\n"),
     "slow_head": slow_head,
     "longer_body": longer_body,

@@ -45,6 +45,8 @@ class Head:
 def protocol_error(exc: h11.ProtocolError) -> httpx.RemoteProtocolError:
     # h11 quotes the offending line: the server's bytes, escaped but up to 64 KiB of them.
     msg = f"malformed HTTP response ({shown(str(exc), 100)})"
+    if "without a pending proposal" in str(exc):  # h11's words for a 101 never asked for
+        msg = "the server switched protocols (HTTP 101), which was never asked for"
     return httpx.RemoteProtocolError(msg)
 
 

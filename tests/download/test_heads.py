@@ -135,3 +135,13 @@ def test_a_head_past_the_limit_is_refused_even_when_it_arrives_whole(tls):
     with pytest.raises(httpx.RemoteProtocolError, match=r"64 KiB|malformed"):
         read_head(conn)
     assert conn.read <= MAX_HEAD + 1
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["thread", "tls-thread"])
+def test_a_switch_of_protocols_never_asked_for_is_refused_in_words(tls):
+    conn = peer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", 64, tls=tls)
+    with pytest.raises(httpx.RemoteProtocolError) as raised:
+        read_head(conn)
+    assert (
+        str(raised.value) == "the server switched protocols (HTTP 101), which was never asked for"
+    )

@@ -49,6 +49,7 @@ ROWS = [
     Row("chunk_extension", False, "malformed HTTP response"),
     Row("chunk_too_big", False, "sent more than the 293.0 KiB it said before"),
     Row("interim_flood", False, "more than 8 interim (1xx) responses"),
+    Row("switch_protocols", False, "the server switched protocols (HTTP 101), which was never"),
     Row("huge_head", False, "malformed HTTP response"),
     Row("slow_head", False, "no answer from the server, 2 times"),
     Row("longer_body", True, ""),
