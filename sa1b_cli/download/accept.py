@@ -23,6 +23,7 @@ __all__ = [
     "RETRYABLE_STATUS",
     "Ask",
     "Verdict",
+    "content_range",
     "judge",
     "read_small",
     "retry_after_seconds",
@@ -95,19 +96,25 @@ def _int_header(response: httpx.Response, name: str) -> int | None:
     return natural(response.headers.get(name, "").strip())
 
 
+def content_range(response: httpx.Response) -> tuple[int, int, int] | None:
+    """A 206's ``Content-Range`` as (first, end, total) bytes; None unless whole and sized."""
+    match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match is None or match.group(3) == "*":
+        return None
+    return int(match.group(1)), int(match.group(2)) + 1, int(match.group(3))
+
+
 def _partial(response: httpx.Response, ask: Ask) -> Verdict:
     shown = response.headers.get("Content-Range", "none")
-    match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", "").strip())
-    total = int(match.group(3)) if match and match.group(3) != "*" else None
-    if match is None or total is None:
+    if (sent := content_range(response)) is None:
         return Verdict("mismatch", f"unusable Content-Range {shown!r} for bytes {ask.start}-")
+    first, end, total = sent
     if total == 0:  # (no range of it exists: judged as empty)
         return Verdict("append", total=0)
     if ask.expected_size is not None and total != ask.expected_size:
         return Verdict("size_changed", f"the file size changed to {total:,} bytes", total)
-    end = int(match.group(2)) + 1
     wanted_end = ask.end if ask.end is not None else total
-    if int(match.group(1)) != ask.start or end != wanted_end:
+    if first != ask.start or end != wanted_end:
         asked = f"{ask.start}-{wanted_end - 1}"
         return Verdict("mismatch", f"Content-Range {shown!r} is not the bytes {asked} asked for")
     return Verdict("append", total=total)

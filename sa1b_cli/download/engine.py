@@ -22,6 +22,7 @@ from sa1b_cli.core.manifest import ManifestRow, read_manifest
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
 from sa1b_cli.core.text import natural
+from sa1b_cli.download.accept import content_range
 from sa1b_cli.download.client import make_client
 from sa1b_cli.download.config import DownloadConfig
 from sa1b_cli.download.controller import (
@@ -78,13 +79,13 @@ async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> tuple[bool
     except httpx.HTTPError:
         return False, None
     try:
-        said = ""
-        if response.status_code == 206:
-            said = response.headers.get("Content-Range", "").rpartition("/")[2]
+        total = None
+        if response.status_code == 206 and (sent := content_range(response)) is not None:
+            total = sent[2]
         elif response.status_code == 200:
-            said = response.headers.get("Content-Length", "")
+            total = natural(response.headers.get("Content-Length", ""))
         # No SA-1B file is empty: a 0 is left for the transfer to refuse, not planned for.
-        return True, natural(said) or None
+        return True, total or None
     finally:
         with contextlib.suppress(httpx.HTTPError):
             await response.aclose()

@@ -16,10 +16,11 @@ from sa1b_cli.core.claims import try_claim
 from sa1b_cli.core.config import parse_rate
 from sa1b_cli.core.errors import NotEnoughSpaceError, UsageError
 from sa1b_cli.core.events import NullSink
+from sa1b_cli.core.manifest import ManifestRow
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
 from sa1b_cli.download.config import DownloadConfig
-from sa1b_cli.download.engine import run_downloads
+from sa1b_cli.download.engine import _probe_size, run_downloads
 from sa1b_cli.download.ratelimit import RateLimiter
 from tests.fakecdn import FakeCDN, StallingStream, url_for
 
@@ -369,3 +370,27 @@ async def test_a_server_gone_after_a_shard_costs_the_next_shard_its_budget_and_n
     assert [r.status for r in report.results] == ["downloaded"] + ["failed"] * 4
     details = [r.detail or "" for r in report.results[1:]]
     assert details[0].startswith(GAVE_UP) and all(d.startswith(NOT_TRIED) for d in details[1:])
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "size"),
+    [
+        (206, {"Content-Range": "bytes 0-0/1000"}, 1000),
+        (200, {"Content-Length": "1000"}, 1000),
+        (206, {"Content-Range": "junk/1000"}, None),  # not a range: no size to plan from
+        (206, {"Content-Range": "bytes 0-0/*"}, None),
+        (206, {"Content-Range": "bytes 0-0/\u00b2".encode()}, None),
+        (206, {"Content-Range": "bytes 0-0/0"}, None),  # left for the transfer to refuse
+        (200, {"Content-Length": "0"}, None),
+        (200, {}, None),
+        (404, {"Content-Length": "1000"}, None),
+    ],
+)
+async def test_a_size_probe_plans_only_from_a_whole_answer(status, headers, size):
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Range"] == "bytes=0-0"
+        return httpx.Response(status, headers=headers, content=b"" if status == 200 else b"x")
+
+    row = ManifestRow(NAMES[0], url_for(NAMES[0]), "shard", 2, None)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        assert await _probe_size(client, row) == (True, size)
