@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sa1b_cli.core.events import Outcome
-from sa1b_cli.core.manifest import Manifest, redact_url, shard_index
+from sa1b_cli.core.manifest import Manifest, host_of, shard_index
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.status import ShardState
 from sa1b_cli.core.text import counted, format_size
@@ -420,7 +420,7 @@ def manifest_summary(manifest: Manifest, *, now: float) -> dict[str, object]:
         "expires_first": window[0].isoformat() if window else None,
         "expires_last": window[1].isoformat() if window else None,
         "seconds_left": round(window[0].timestamp() - now) if window else None,
-        "hosts": sorted({redact_url(r.url).split("/")[2] for r in manifest.rows.values()}),
+        "hosts": sorted({host_of(r.url) for r in manifest.rows.values()}),
         "warnings": [*manifest.warnings, *_expiry_warning(window, now)],
     }
 

@@ -18,11 +18,11 @@ __all__ = [
     "ManifestRow",
     "RowKind",
     "expiry_of",
+    "host_of",
     "object_path",
     "parse_manifest",
     "read_manifest",
     "redact_text",
-    "redact_url",
     "shard_index",
     "shard_name",
 ]
@@ -33,6 +33,7 @@ KNOWN_AUX = frozenset({"sa_images_ids.txt", "sa_co_gold.tar"})
 _SHARD_RE = re.compile(r"sa_(\d{6})\.tar", re.ASCII)
 # A file name becomes a path under the root, so only a plain, printable name is allowed.
 _SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +145,17 @@ def redact_text(text: str) -> str:
     return _SIGNED_PARAM_RE.sub(r"\1=<hidden>", text)
 
 
-def redact_url(url: str) -> str:
-    """A URL safe to print: scheme, host and path; userinfo and the signed query are dropped."""
-    parts = urlsplit(url)
-    suffix = "?<signed query hidden>" if parts.query else ""
-    host = parts.netloc.rpartition("@")[2]  # a password in a link is a secret too
-    hidden = "<credentials hidden>@" if "@" in parts.netloc else ""
-    return f"{parts.scheme}://{hidden}{host}{parts.path}{suffix}"
+def host_of(url: str) -> str:
+    """The server a link names: its host, lowercased, and a port that is not the scheme's
+    default ("" if it names none). Never its user, password, path or query."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:  # a malformed address: its requests fail on their own
+        return ""
+    if ":" in host:
+        host = f"[{host}]"
+    return host if port in (None, _DEFAULT_PORTS.get(parts.scheme)) else f"{host}:{port}"
 
 
 def _check_name(name: str, line: int, path: Path | None) -> None:

@@ -18,7 +18,7 @@ from sa1b_cli.core.checksums import ChecksumList, load_checksum_lists
 from sa1b_cli.core.claims import Claim, try_claim
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.known import load_known
-from sa1b_cli.core.manifest import ManifestRow, read_manifest
+from sa1b_cli.core.manifest import ManifestRow, host_of, read_manifest
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
 from sa1b_cli.core.text import natural
@@ -31,7 +31,6 @@ from sa1b_cli.download.controller import (
     IdleCores,
     ThreadLoad,
 )
-from sa1b_cli.download.hosts import host_of
 from sa1b_cli.download.plan import (
     Expected,
     already_complete,

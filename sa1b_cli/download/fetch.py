@@ -18,12 +18,11 @@ from typing import Any
 
 import httpx
 
-from sa1b_cli.core.manifest import ManifestRow
+from sa1b_cli.core.manifest import ManifestRow, host_of
 from sa1b_cli.core.text import format_size, shown
 from sa1b_cli.download.accept import Ask, Verdict, judge
 from sa1b_cli.download.config import TransferContext
 from sa1b_cli.download.durable import ShardFile, SizeChanged
-from sa1b_cli.download.hosts import host_of
 from sa1b_cli.download.plan import Piece
 from sa1b_cli.download.receive import Receiver, Trickle, body_of
 from sa1b_cli.download.redirects import RedirectRefused, send_following

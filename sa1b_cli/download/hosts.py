@@ -6,7 +6,7 @@ DNS failure, a firewall), cost each of its shards about two minutes of retries, 
 at a time: 1000 shards, eight hours of the same failure. It is down only if nothing said
 otherwise since that shard began: no answer to any request, no body still arriving. So an
 outage shorter than one shard's budget stops nothing, and an answer later clears it.
-(A server here is a host and port, as ``host_of`` names it.)
+(A server here is a host and port, as ``manifest.host_of`` names it.)
 """
 
 from __future__ import annotations
@@ -15,25 +15,8 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-__all__ = ["HostWatch", "host_of"]
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def host_of(url: str) -> str:
-    """The server a link names: its host, lowercased, and a port that is not the scheme's
-    default ("" if it names none). Never its user, password, path or query."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
-    except ValueError:  # a malformed address: its requests fail on their own
-        return ""
-    if ":" in host:
-        host = f"[{host}]"
-    return host if port in (None, _DEFAULT_PORTS.get(parts.scheme)) else f"{host}:{port}"
+__all__ = ["HostWatch"]
 
 
 @dataclass(slots=True)

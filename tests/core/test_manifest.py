@@ -12,7 +12,7 @@ from sa1b_cli.core.manifest import (
     object_path,
     parse_manifest,
     read_manifest,
-    redact_url,
+    redact_text,
 )
 
 URL = "https://scontent.xx.fbcdn.net/m1/v/t6/An_{n}.tar?_nc_gid&ccb=10-5&oh=00_SIG{n}&oe=6A1B2C3D&_nc_sid=0fdd"
@@ -104,7 +104,7 @@ def test_expiry_redaction_and_object_path():
     url = URL.format(n=1)
     assert expiry_of(url) == datetime.fromtimestamp(0x6A1B2C3D, tz=UTC)
     assert expiry_of("https://h/p?oe=zz") is None
-    shown = redact_url(url)
+    shown = redact_text(url)
     assert "SIG" not in shown and "_nc_sid" not in shown and shown.startswith("https://scontent")
     assert object_path(url) == "/m1/v/t6/An_1.tar"
     window = parse_manifest(manifest("sa_000000.tar")).expiry_window()
@@ -112,8 +112,6 @@ def test_expiry_redaction_and_object_path():
 
 
 def test_redact_text_hides_queries_inside_free_text():
-    from sa1b_cli.core.manifest import redact_text
-
     message = f"Request failed for '{URL.format(n=3)}' after 3 tries"
     shown = redact_text(message)
     assert "oh=" not in shown and "_nc_sid" not in shown and "SIG3" not in shown
@@ -132,12 +130,10 @@ def test_redact_text_hides_queries_inside_free_text():
     ],
 )
 def test_a_link_s_userinfo_is_a_secret_like_its_query(url):
-    from sa1b_cli.core.manifest import redact_text
-
-    for shown in (redact_url(url), redact_text(f"failed for {url} (HTTP 403)")):
+    for shown in (redact_text(url), redact_text(f"failed for {url} (HTTP 403)")):
         assert "pa55word" not in shown and "user" not in shown, shown
         assert "cdn.example" in shown and "<credentials hidden>@" in shown
-    assert redact_url("https://cdn.example/a.tar") == "https://cdn.example/a.tar"
+    assert redact_text("https://cdn.example/a.tar") == "https://cdn.example/a.tar"
 
 
 @pytest.mark.parametrize(

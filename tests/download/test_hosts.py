@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sa1b_cli.download.hosts import HostWatch, host_of
+from sa1b_cli.core.manifest import host_of
+from sa1b_cli.download.hosts import HostWatch
 
 WHY = "sa_000000.tar could not connect to cdn.example and gave up"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -25,3 +26,5 @@ def test_links_never_shows_a_link_s_userinfo(tmp_path: Path, extra: list[str]):
     assert done.returncode == 0, out
     assert "pa55word" not in out and "user:" not in out and "SECRETSIG" not in out, out
     assert "cdn.example" in out
+    if extra:
+        assert json.loads(done.stdout)["hosts"] == ["cdn.example"]  # the host alone
