@@ -235,6 +235,8 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "redirect_chain": _redirect(_hop),
     "redirect_file": _redirect(lambda r: "file:///etc/passwd"),
     "redirect_bad_host": _redirect(lambda r: "http://[bad/x?oh=BADSECRET"),
+    "redirect_bad_name": _redirect(lambda r: "http://xn--a.example/x?oh=BADSECRET"),
+    "redirect_empty_label": _redirect(lambda r: "http://a..b/x?oh=BADSECRET"),
     "redirect_host": _redirect(
         lambda r: f"{r.scheme}://localhost:{r.port}/b/good/{r.name}?oh=REDIRECTSECRET&oe=7FFFFFFF"
     ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ __all__ = [
     "redact_text",
     "shard_index",
     "shard_name",
+    "usable_host",
 ]
 
 SHARD_COUNT = 1000
@@ -138,6 +141,20 @@ _SIGNED_PARAM_RE = re.compile(r"\b(oh|oe|_nc_sid|_nc_ohc|_nc_ht)=[\w.~%-]*")
 _URL_USERINFO_RE = re.compile(r"(https?://)[^\s/?#@'\"<>]+@")
 
 
+def usable_host(host: str) -> bool:
+    """Whether ``host`` (bare, as ``urlsplit`` gives it) is an address or a name a resolver
+    can be asked for: empty labels, labels past 63 characters and broken ``xn--`` labels
+    make the IDNA codec fail, deep inside a connect, and must fail a link instead."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return True
+    try:
+        host.encode("idna").decode("idna")  # as the resolver, and httpx's ``URL.host``, do
+    except UnicodeError:
+        return False
+    return bool(host)
+
+
 def redact_text(text: str) -> str:
     """Free text without secrets: URLs lose userinfo and query, loose parameters their value."""
     text = _URL_USERINFO_RE.sub(r"\1<credentials hidden>@", text)
@@ -177,6 +194,9 @@ def _check_url(url: str, line: int, path: Path | None) -> None:
         raise ManifestError(msg, path=path, line=line) from exc
     if parts.scheme not in ("http", "https") or not parts.netloc:
         msg = f"the link is not an http(s) URL ({parts.scheme or 'no scheme'})"
+        raise ManifestError(msg, path=path, line=line)
+    if not usable_host(parts.hostname or ""):
+        msg = f"the link's host is not a usable name ({shown(parts.hostname or '', 80)!r})"
         raise ManifestError(msg, path=path, line=line)
 
 

@@ -70,10 +70,10 @@ async def _probe_size(client: httpx.AsyncClient, row: ManifestRow) -> tuple[bool
     """Whether the host answered, and the total size from a one-byte Range request (None
     when the server will not say). Every failure is the transfer's to report."""
     headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
-    request = client.build_request("GET", row.url, headers=headers)
     try:
+        request = client.build_request("GET", row.url, headers=headers)
         response = await send_following(client, request)
-    except RedirectRefused:
+    except (RedirectRefused, httpx.InvalidURL, UnicodeError):  # a link httpx cannot send
         return True, None
     except httpx.HTTPError:
         return False, None

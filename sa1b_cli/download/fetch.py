@@ -47,6 +47,8 @@ def _not_connected(exc: httpx.ConnectError) -> Retry | Stop:
         return Stop.failed(msg)
     if isinstance(cause, ConnectionRefusedError):
         what = "connection refused"
+    elif isinstance(cause, UnicodeError):  # every retry would fail the same way
+        return Stop.failed("could not connect (the host is not a usable name)")
     elif isinstance(cause, socket.gaierror):
         what = "the host name does not resolve"
     elif isinstance(cause, ssl.SSLError):
@@ -144,8 +146,13 @@ class Fetcher:
         except RedirectRefused as exc:
             msg = f"not followed: {exc.reason}"
             raise Stop.failed(msg) from exc
-        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
-            msg = f"the request cannot be sent ({exc})"
+        except (
+            httpx.UnsupportedProtocol,
+            httpx.LocalProtocolError,
+            httpx.InvalidURL,
+            UnicodeError,  # a host name IDNA refuses (``URL.host`` decodes it)
+        ) as exc:
+            msg = f"the request cannot be sent ({shown(str(exc), 100)})"
             raise Stop.failed(msg) from exc
         except httpx.RemoteProtocolError as exc:
             raise Retry(str(exc)) from exc

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import httpx
 
+from sa1b_cli.core.manifest import usable_host
+
 __all__ = ["MAX_REDIRECTS", "RedirectRefused", "send_following"]
 
 MAX_REDIRECTS = 5
@@ -40,7 +42,8 @@ def _target(request: httpx.Request, location: str | None) -> httpx.URL:
     except (httpx.InvalidURL, ValueError) as exc:
         msg = "a redirect to an unusable address"
         raise RedirectRefused(msg) from exc
-    if target.host and not _HOST_RE.fullmatch(target.raw_host):
+    raw = target.raw_host
+    if raw and not (_HOST_RE.fullmatch(raw) and usable_host(raw.decode("ascii"))):
         msg = "a redirect to an unusable address"
         raise RedirectRefused(msg)
     if target.scheme not in ("http", "https") or not target.host:
@@ -63,7 +66,11 @@ async def send_following(
     first = request.url
     seen = {first}
     for _ in range(MAX_REDIRECTS + 1):
-        response = await client.send(request, stream=True, follow_redirects=False)
+        try:
+            response = await client.send(request, stream=True, follow_redirects=False)
+        except UnicodeError as exc:  # httpx reads any Location's host, even when not following
+            msg = "a redirect to an unusable address"
+            raise RedirectRefused(msg) from exc
         if response.status_code not in _REDIRECT_STATUS:
             return response
         await response.aclose()

@@ -461,7 +461,7 @@ class WireTransport(httpx.AsyncBaseTransport):
             conn.close()
             msg = f"could not connect to {url.host} in time"
             raise httpx.ConnectTimeout(msg) from exc
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, UnicodeError) as exc:  # (a name IDNA refuses)
             conn.close()
             msg = f"{type(exc).__name__}: {exc}"
             raise httpx.ConnectError(msg) from exc

@@ -86,6 +86,11 @@ def test_bad_headers_and_rows(text):
         ("https://cdn.example/m1/a b.tar", "spaces"),
         ("https://cdn.exa[mple/m1/a.tar", "not a usable URL"),
         ("https://cdn.example:99999999/a.tar", "not a usable URL"),
+        ("https://cdn..example/a.tar", "host is not a usable name"),  # an empty label
+        ("https://.../a.tar", "host is not a usable name"),
+        ("https://" + "a" * 64 + ".example/a.tar", "host is not a usable name"),
+        ("https://xn--a.example/a.tar", "host is not a usable name"),  # no IDNA label
+        ("https://user@/a.tar", "host is not a usable name"),
     ],
 )
 def test_hostile_links_are_rejected_with_line_number(link, said):
@@ -93,6 +98,21 @@ def test_hostile_links_are_rejected_with_line_number(link, said):
     with pytest.raises(ManifestError, match=said) as info:
         parse_manifest(text)
     assert info.value.line == 2
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://b\u00e9b\u00e9.example/a.tar",  # IDNA, sent as xn--bb-bjab
+        "https://xn--bb-bjab.example/a.tar",
+        "http://[::1]:8080/a.tar",
+        "http://127.0.0.1/a.tar",
+        "https://" + "a" * 63 + ".example/a.tar",
+        "https://CDN.Example./a.tar",  # a trailing dot: the root
+    ],
+)
+def test_usable_hosts_are_accepted(link):
+    assert parse_manifest("file_name\tcdn_link\nsa_000000.tar\t" + link).rows
 
 
 def test_non_http_link_is_rejected():

@@ -57,6 +57,9 @@ async def test_another_host_is_followed_and_told_by_host_alone():
         ({START: ""}, "without a Location"),
         ({START: "https://[bad/a?oh=SECRET"}, "unusable address"),
         ({START: "https://a b.example/a"}, "unusable address"),
+        ({START: "https://a..b.example/a?oh=SECRET"}, "unusable address"),  # IDNA refuses
+        ({START: "https://xn--a.example/a"}, "unusable address"),
+        ({START: "https://" + "a" * 64 + ".example/a"}, "unusable address"),
     ],
 )
 async def test_refused_redirects_say_why_without_the_query(routes, says):

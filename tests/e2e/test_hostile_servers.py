@@ -59,6 +59,8 @@ ROWS = [
     Row("redirect_chain", False, "not followed: more than 5 redirects"),
     Row("redirect_file", False, "not followed: a redirect to a 'file' address"),
     Row("redirect_bad_host", False, "not followed: a redirect to an unusable address; 0 B"),
+    Row("redirect_bad_name", False, "not followed: a redirect to an unusable address; 0 B"),
+    Row("redirect_empty_label", False, "not followed: a redirect to an unusable address; 0 B"),
     Row("redirect_host", True, "redirected to another host, localhost"),
     Row("forbidden_escapes", False, r"HTTP 403 '\x1b[2J\x1b[31mgone\nerror: forged line'"),
     Row("hangup_near_end", False, "the connection closed 1.2 KiB before the end, 2 times"),
