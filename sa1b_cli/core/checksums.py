@@ -13,6 +13,7 @@ from typing import Protocol
 import xxhash
 
 from sa1b_cli.core.errors import ChecksumFileError
+from sa1b_cli.core.files import read_at_most
 
 __all__ = [
     "ALGORITHMS",
@@ -41,6 +42,7 @@ ALGORITHMS: dict[str, Callable[[], Hasher]] = {
     "xxh128": xxhash.xxh3_128,
 }
 RECORD_ALGORITHM = "xxh128"
+MAX_LIST = 64 << 20  # bytes of one --checksums list (1000 shards take about 100 KB a hash)
 # Names users type or tools print, mapped to our registry keys.
 _ALIASES = {"xxh3_128": "xxh128", "xxh3": "xxh3_64", "sha-256": "sha256", "sha-1": "sha1"}
 _BSD_TAGS = {
@@ -152,9 +154,10 @@ def load_checksum_lists(specs: Iterable[str]) -> ChecksumList:
     for spec in specs:
         alg, path = _split_spec(spec)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_at_most(Path(path), MAX_LIST).decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            msg = f"cannot read checksum list {path}: {exc}"
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            msg = f"cannot read checksum list {path}: {why}"
             raise ChecksumFileError(msg) from exc
         parsed = parse_checksum_text(text, source=path, algorithm=alg)
         for name, digests in parsed.entries.items():

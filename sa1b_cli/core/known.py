@@ -27,11 +27,14 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sa1b_cli.core.checksums import parse_checksum_text
 from sa1b_cli.core.errors import ChecksumFileError, KnownListError
 from sa1b_cli.core.store import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "KnownList",
@@ -130,16 +133,21 @@ def cached_known(root: Path, source: KnownSource) -> KnownList | None:
         return None
 
 
-def _http_get(url: str) -> bytes:
+def _http_get(url: str, transport: httpx.BaseTransport | None = None) -> bytes:
+    """The body, read as it comes and never past MAX_BYTES (an endless body, a gzip bomb)."""
     import httpx  # only when the list is not cached yet
 
-    with httpx.Client(timeout=30.0, follow_redirects=True) as client:
-        response = client.get(url)
+    data = bytearray()
+    client = httpx.Client(timeout=30.0, follow_redirects=True, transport=transport)
+    asked = {"Accept-Encoding": "identity"}
+    with client, client.stream("GET", url, headers=asked) as response:
         response.raise_for_status()
-        if len(response.content) > MAX_BYTES:
-            msg = f"{len(response.content):,} bytes is too large for the md5 list"
-            raise ValueError(msg)
-        return response.content
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) > MAX_BYTES:
+                msg = f"more than {MAX_BYTES:,} bytes, too large for the md5 list"
+                raise ValueError(msg)
+    return bytes(data)
 
 
 def fetch_known(

@@ -12,9 +12,11 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from sa1b_cli.core.errors import ManifestError
+from sa1b_cli.core.files import read_at_most
 from sa1b_cli.core.text import shown
 
 __all__ = [
+    "MAX_MANIFEST",
     "SHARD_COUNT",
     "Manifest",
     "ManifestRow",
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 SHARD_COUNT = 1000
+MAX_MANIFEST = 16 << 20  # bytes; Meta's manifest is about 250 KB
 RowKind = Literal["shard", "aux", "unknown"]
 KNOWN_AUX = frozenset({"sa_images_ids.txt", "sa_co_gold.tar"})
 _SHARD_RE = re.compile(r"sa_(\d{6})\.tar", re.ASCII)
@@ -247,7 +250,7 @@ def _not_text(data: bytes) -> str | None:
 
 def read_manifest(path: Path) -> Manifest:
     try:
-        data = path.read_bytes()
+        data = read_at_most(path, MAX_MANIFEST)
     except FileNotFoundError as exc:
         msg = "file not found"
         raise ManifestError(msg, path=path) from exc

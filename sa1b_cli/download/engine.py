@@ -17,8 +17,9 @@ import httpx
 from sa1b_cli.core.checksums import ChecksumList, load_checksum_lists
 from sa1b_cli.core.claims import Claim, try_claim
 from sa1b_cli.core.events import NullSink, ProgressSink
+from sa1b_cli.core.files import read_at_most
 from sa1b_cli.core.known import load_known
-from sa1b_cli.core.manifest import ManifestRow, host_of, read_manifest
+from sa1b_cli.core.manifest import MAX_MANIFEST, ManifestRow, host_of, read_manifest
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
 from sa1b_cli.core.text import natural
@@ -176,7 +177,7 @@ async def run_downloads(
     sink = sink or NullSink()
     manifest = read_manifest(config.links)
     store = Store(config.root).ensure()
-    store.remember_manifest(config.links.read_text(encoding="utf-8"))
+    store.remember_manifest(read_at_most(config.links, MAX_MANIFEST).decode("utf-8"))
     planned = plan(manifest, config, store)
     for done in planned.settled:
         if done.status == "present":

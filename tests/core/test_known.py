@@ -125,3 +125,42 @@ def test_a_second_copy_that_disagrees_is_a_dispute(tmp_path: Path):
     assert remember_mismatch(tmp_path, "sa_000001.tar", "1" * 32, 100) is False  # same copy
     assert remember_mismatch(tmp_path, "sa_000002.tar", "2" * 32, 100) is False
     assert remember_mismatch(tmp_path, "sa_000001.tar", "1" * 32, 200) is True  # a fresh copy
+
+
+class Counted(httpx.SyncByteStream):
+    """``chunk`` ``count`` times (or without end); counts the chunks taken."""
+
+    def __init__(self, chunk: bytes, count: int | None) -> None:
+        self.chunk, self.count, self.taken = chunk, count, 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        while self.count is None or self.taken < self.count:
+            self.taken += 1
+            yield self.chunk
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_the_list_is_read_as_it_comes_and_never_past_its_bound(encoding):
+    """An endless body, or a gzip bomb (64 KiB that inflate to 64 MiB each), is cut at
+    MAX_BYTES: what was taken stays near it, not the whole body."""
+    import zlib
+
+    from sa1b_cli.core.known import MAX_BYTES, _http_get
+
+    if encoding:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        chunk = packer.compress(bytes(64 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH)
+    else:
+        chunk = bytes(64 << 10)
+    body = Counted(chunk, 4 if encoding else 200)  # 256 MiB inflated, or 12.5 MiB
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers["Accept-Encoding"])
+        headers = {"Content-Encoding": encoding} if encoding else {}
+        return httpx.Response(200, headers=headers, stream=body)
+
+    with pytest.raises(ValueError, match="too large for the md5 list"):
+        _http_get("https://example.test/list.txt", transport=httpx.MockTransport(answer))
+    assert asked == ["identity"]
+    assert body.taken == (1 if encoding else MAX_BYTES // len(chunk) + 1)

@@ -33,6 +33,8 @@ def scratch(tmp: Path) -> Path:
     good = "file_name\tcdn_link\nsa_000000.tar\thttps://cdn.example/m1/v/t6/a.tar?oh=00_SECRET&oe=7FFFFFFF\n"
     (tmp / "links.txt").write_text(good)
     (tmp / "rootfile").write_text("not a folder")
+    bad = "file_name\tcdn_link\nsa_000000.tar\thttps://cdn..example/a.tar?oh=00_SECRET\n"
+    (tmp / "badhost.txt").write_text(bad)
     return tmp
 
 
@@ -66,6 +68,24 @@ CASES = [
         lambda t: ["links", str(t / "shard.tar")],
         2,
         "not a link manifest",
+    ),
+    Case(
+        "links: an endless file",  # read at most 16 MiB, never into all memory
+        lambda t: ["links", "/dev/zero"],
+        2,
+        "larger than 16.0 MiB",
+    ),
+    Case(
+        "download: an endless file as checksum list",
+        lambda t: ["download", *links(t), "--checksums", "md5:/dev/zero"],
+        2,
+        "larger than 64.0 MiB",
+    ),
+    Case(
+        "links: a host IDNA refuses",
+        lambda t: ["links", str(t / "badhost.txt")],
+        2,
+        "line 2: the link's host is not a usable name ('cdn..example')",
     ),
     Case(
         "download: --shards abc",
