@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -165,10 +166,22 @@ RateOpt = Annotated[
         "200MiB all mean 200 MiB/s; 1.5G, 512K.",
     ),
 ]
+
+
+def _finite(value: float) -> float:
+    """A float option's value: ``nan`` passes any range check, so it is refused here."""
+    if not math.isfinite(value):
+        msg = f"{value} is not a number of seconds"
+        raise typer.BadParameter(msg)
+    return value
+
+
 TimeoutOpt = Annotated[
     float,
     typer.Option(
         min=1.0,
+        max=3600.0,
+        callback=_finite,
         rich_help_panel=NETWORK,
         help="Drop and resume a connection silent this many seconds, or slower than 1 KiB/s "
         "over as long.",

@@ -88,6 +88,18 @@ CASES = [
         "line 2: the link's host is not a usable name ('cdn..example')",
     ),
     Case(
+        "download: --timeout nan",  # nan passes any range check
+        lambda t: ["download", *links(t), "--timeout", "nan"],
+        2,
+        "nan is not a number of seconds",
+    ),
+    Case(
+        "download: --timeout inf",
+        lambda t: ["download", *links(t), "--timeout", "inf"],
+        2,
+        "not in the range 1.0<=x<=3600.0",
+    ),
+    Case(
         "download: --shards abc",
         lambda t: ["download", *links(t), "--shards", "abc"],
         2,
