@@ -18,9 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Claim", "ClaimHolder", "is_stale", "read_claim", "try_claim"]
+from sa1b_cli.core.files import read_at_most
+
+__all__ = ["MAX_CLAIM", "Claim", "ClaimHolder", "is_stale", "read_claim", "try_claim"]
 
 DEFAULT_STALE_AFTER = 120.0
+MAX_CLAIM = 4096  # bytes: a claim sa1b writes takes about 100
+MAX_PID = 1 << 22  # Linux's largest pid_max
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +63,21 @@ class Claim:
 
 
 def read_claim(path: Path) -> ClaimHolder | None:
+    """The claim's holder; None when it cannot be read or is not one sa1b writes (a claim
+    on a shared root is anybody's file: a pid of 10**30 made ``os.kill`` overflow)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_at_most(path, MAX_CLAIM))
         mtime = path.stat().st_mtime
-        return ClaimHolder(data["host"], int(data["pid"]), data["token"], data["started"], mtime)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):
+        return None
+    host, pid, token, started = (data.get(k) for k in ("host", "pid", "token", "started"))
+    if not (isinstance(host, str) and isinstance(token, str) and type(pid) is int):
+        return None
+    if not (0 < pid <= MAX_PID and isinstance(started, int | float)) or type(started) is bool:
+        return None
+    return ClaimHolder(host, pid, token, float(started), mtime)
 
 
 def _pid_alive(pid: int) -> bool:

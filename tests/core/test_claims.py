@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sa1b_cli.core.claims import Claim, ClaimHolder, read_claim, try_claim
+import pytest
+
+from sa1b_cli.core.claims import MAX_CLAIM, Claim, ClaimHolder, read_claim, try_claim
 
 
 def test_second_claim_sees_the_live_holder(tmp_path: Path):
@@ -90,3 +92,37 @@ def test_claim_of_a_zombie_process_is_stale(tmp_path: Path):
     )
     assert isinstance(try_claim(path), Claim)
     proc.wait()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"pid": 10**30},  # os.kill overflowed: 'unexpected error: OverflowError'
+        {"pid": -1},  # kill(-1, 0) asks about every process: always 'alive'
+        {"pid": 0},
+        {"pid": True},
+        {"pid": "12"},
+        {"pid": 1.5},
+        {"host": ["vm"]},
+        {"token": None},
+        {"started": "yesterday"},
+        "a list, not an object",
+    ],
+    ids=str,
+)
+def test_a_claim_sa1b_would_not_write_is_taken_over_and_never_crashes(tmp_path: Path, body):
+    path = tmp_path / "s.claim"
+    good = {"host": socket.gethostname(), "pid": os.getpid(), "token": "x", "started": 0}
+    path.write_text(json.dumps(good | body if isinstance(body, dict) else [body]))
+    assert read_claim(path) is None
+    assert isinstance(try_claim(path), Claim)
+
+
+def test_a_claim_file_past_its_bound_is_not_read(tmp_path: Path):
+    """Not read whole into memory: a claim sa1b writes takes about 100 bytes."""
+    path = tmp_path / "s.claim"
+    good = {"host": socket.gethostname(), "pid": os.getpid(), "token": "x", "started": 0}
+    path.write_text(json.dumps(good) + " " * MAX_CLAIM)
+    assert read_claim(path) is None
+    path.write_text(json.dumps(good))
+    assert read_claim(path) is not None
