@@ -279,7 +279,7 @@ class _Pool:
         self.tasks: list[asyncio.Task[None]] = []
 
     async def run(self, rows: list[ManifestRow]) -> list[ShardResult]:
-        self.tasks.append(asyncio.create_task(self._dispatch(rows)))
+        self._start(self._dispatch(rows))
         side = [
             asyncio.create_task(_heartbeat(self.claims, asyncio.sleep)),  # a timer, not a wait
             asyncio.create_task(_cancel_when(self.hooks.stop, self.tasks)),
@@ -314,7 +314,18 @@ class _Pool:
             # the first one has asked for its connections.
             arrived = self.ctx.controller.expect()
             release = _once(self.turns.release)
-            self.tasks.append(asyncio.create_task(self._shard(row, release, arrived)))
+            self._start(self._shard(row, release, arrived))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task of the run; an exception it lets out (a bug) stops the run and is raised."""
+        task = asyncio.create_task(work)
+        task.add_done_callback(self._crashed)
+        self.tasks.append(task)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.failures.append(exc)  # else gather(return_exceptions=True) would drop it
+            self.hooks.stop.set()
 
     async def _shard(
         self, row: ManifestRow, release: Callable[[], None], arrived: Callable[[], None]

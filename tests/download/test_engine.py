@@ -19,6 +19,7 @@ from sa1b_cli.core.events import NullSink
 from sa1b_cli.core.manifest import ManifestRow
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
+from sa1b_cli.download import engine
 from sa1b_cli.download.config import DownloadConfig
 from sa1b_cli.download.engine import _probe_size, run_downloads
 from sa1b_cli.download.ratelimit import RateLimiter
@@ -66,6 +67,25 @@ async def test_a_shard_claimed_elsewhere_is_busy_and_untouched(tmp_path, cdn):
     assert statuses["sa_000001.tar"] == "busy" and statuses["sa_000000.tar"] == "downloaded"
     assert not any(s.path.endswith("sa_000001.tar") and s.range != "bytes=0-0" for s in cdn.seen)
     assert held is not None
+
+
+async def test_a_bug_outside_a_transfer_is_raised_never_taken_for_an_interruption(
+    tmp_path, cdn, monkeypatch
+):
+    """An exception a shard's task lets out (here from its claim) reaches the caller, who
+    says "unexpected error"; the run's gather would otherwise drop it, and report the shard
+    as interrupted with exit 130."""
+    write_links(tmp_path, NAMES)
+    real = engine._claim_or_busy
+
+    def claim(store, name, stale_after):  # type: ignore[no-untyped-def]
+        if name == "sa_000001.tar":
+            raise RuntimeError("a bug in claiming")
+        return real(store, name, stale_after)
+
+    monkeypatch.setattr(engine, "_claim_or_busy", claim)
+    with pytest.raises(RuntimeError, match="a bug in claiming"):
+        await run_downloads(config(tmp_path, ("sa_000001.tar",)), transport=cdn.transport())
 
 
 async def test_not_enough_space_is_refused_before_any_download(tmp_path, cdn, monkeypatch):
