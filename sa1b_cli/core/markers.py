@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sa1b_cli.core.files import read_at_most
 from sa1b_cli.core.layouts import Layout
 
 __all__ = ["marked_layout", "marker_path", "read_marker", "stem"]
+
+MAX_MARKER = 16 << 20  # bytes read of a marker at most (sa1b writes a few hundred)
 
 
 def stem(name: str) -> str:
@@ -33,7 +36,7 @@ def marked_layout(marker: dict[str, Any]) -> Layout | None:
 
 def read_marker(out: Path, name: str) -> dict[str, Any] | None:
     try:
-        data = json.loads(marker_path(out, name).read_text(encoding="utf-8"))
+        data = json.loads(read_at_most(marker_path(out, name), MAX_MARKER))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

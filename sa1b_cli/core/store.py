@@ -24,11 +24,13 @@ from typing import Any, Literal
 
 from sa1b_cli.core.checksums import RECORD_ALGORITHM, format_gnu_line
 from sa1b_cli.core.errors import DiskFullError, RootError
+from sa1b_cli.core.files import read_at_most
 
 __all__ = ["Record", "RecordStatus", "Store", "atomic_write_bytes", "atomic_write_text"]
 
 RecordStatus = Literal["partial", "complete", "failed", "expired", "bad"]
 CHECKSUM_FILE = "checksums.xxh128"
+MAX_RECORD = 16 << 20  # bytes: a record with thousands of spans takes about 100 KB
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ class Store:
 
     def read(self, name: str) -> Record | None:
         try:
-            data = json.loads(self.record_path(name).read_text(encoding="utf-8"))
+            data = json.loads(read_at_most(self.record_path(name), MAX_RECORD))
             return Record(**data)
         except FileNotFoundError:
             return None

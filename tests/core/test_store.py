@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from sa1b_cli.core import store as store_module
 from sa1b_cli.core.store import Record, Store, atomic_write_text
 
 
@@ -28,6 +29,17 @@ def test_a_damaged_record_reads_as_unknown(tmp_path: Path, damage: bytes):
     store.record_path("sa_000002.tar").write_bytes(damage)
     assert store.read("sa_000002.tar") is None
     assert store.records() == {}
+
+
+def test_a_record_past_its_bound_is_not_read(tmp_path: Path, monkeypatch):
+    """A record is read at most MAX_RECORD bytes (a shared root's file could be any size)."""
+    store = Store(tmp_path).ensure()
+    store.write(Record("sa_000003.tar", "partial", expected_size=10, spans=[[0, 4]]))
+    size = store.record_path("sa_000003.tar").stat().st_size
+    monkeypatch.setattr(store_module, "MAX_RECORD", size - 1)
+    assert store.read("sa_000003.tar") is None
+    monkeypatch.setattr(store_module, "MAX_RECORD", size)
+    assert store.read("sa_000003.tar") is not None
 
 
 def test_complete_means_whole_on_disk_or_deleted_on_purpose():
