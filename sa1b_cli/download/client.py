@@ -8,10 +8,15 @@ httpcore's range and tests/download/test_client.py fails if httpcore stops readi
 
 from __future__ import annotations
 
+import os
+
 import httpx
 
 from sa1b_cli import __version__
-from sa1b_cli.download.wire import make_transport
+from sa1b_cli.core.errors import UsageError
+from sa1b_cli.core.manifest import redact_text
+from sa1b_cli.core.text import shown
+from sa1b_cli.download.wire import PROXY_VARS, make_transport
 
 __all__ = ["READ_NUM_BYTES", "make_client"]
 
@@ -33,13 +38,20 @@ def make_client(
 
         AsyncHTTP11Connection.READ_NUM_BYTES = READ_NUM_BYTES
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-    return _Client(
-        transport=transport,
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
-        limits=limits,
-        follow_redirects=False,  # redirects.send_following applies sa1b's policy
-        headers={"User-Agent": f"sa1b/{__version__}"},
-    )
+    try:  # httpx reads the proxy variables here, and refuses what it cannot use
+        return _Client(
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
+            limits=limits,
+            follow_redirects=False,  # redirects.send_following applies sa1b's policy
+            headers={"User-Agent": f"sa1b/{__version__}"},
+        )
+    except (ValueError, ImportError, httpx.InvalidURL) as exc:
+        names = " / ".join(name for name in PROXY_VARS if os.environ.get(name)) or "a proxy"
+        why = shown(redact_text(str(exc)), 120)
+        msg = f"the proxy in {names} cannot be used ({why})"
+        hint = "Set it to an http:// or https:// proxy address, or unset it."
+        raise UsageError(msg, hint=hint) from exc
 
 
 class _NoCookies(httpx.Cookies):

@@ -63,6 +63,7 @@ __all__ = [
     "CHUNK_EXTENSION",
     "MAX_HEAD",
     "MAX_INTERIM",
+    "PROXY_VARS",
     "BlockSink",
     "BufferPool",
     "WireTransport",
@@ -79,7 +80,7 @@ RECEIVERS = min(2, os.cpu_count() or 1)
 RESOLVED_FOR = 60.0  # seconds a host's addresses are kept (a CDN's answers live about that)
 _STREAM_READ = 64 << 10  # chunked and close-delimited bodies: rare, and never the fast path
 T = TypeVar("T")
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 class BufferPool:
@@ -544,6 +545,6 @@ class WireTransport(httpx.AsyncBaseTransport):
 
 def make_transport() -> httpx.AsyncBaseTransport | None:
     """Our transport, or None (httpx's own) when the environment asks for a proxy."""
-    if any(os.environ.get(name) for name in _PROXY_VARS):
+    if any(os.environ.get(name) for name in PROXY_VARS):
         return None
     return WireTransport()

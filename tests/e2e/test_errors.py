@@ -100,6 +100,20 @@ CASES = [
         "not in the range 1.0<=x<=3600.0",
     ),
     Case(
+        "download: a proxy httpx cannot use",  # its password is a secret like a link's
+        lambda t: ["download", *links(t)],
+        2,
+        "the proxy in HTTPS_PROXY cannot be used (Unknown scheme for proxy URL",
+        env=(("HTTPS_PROXY", "ftp://user:00_SECRET@proxy.example:21"),),
+    ),
+    Case(
+        "download: a SOCKS proxy",
+        lambda t: ["download", *links(t)],
+        2,
+        "the proxy in ALL_PROXY cannot be used (Using SOCKS proxy",
+        env=(("ALL_PROXY", "socks5://127.0.0.1:1080"),),
+    ),
+    Case(
         "download: --shards abc",
         lambda t: ["download", *links(t), "--shards", "abc"],
         2,
