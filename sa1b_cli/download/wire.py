@@ -36,7 +36,8 @@ from typing import Any, TypeVar
 import h11
 import httpx
 
-from sa1b_cli.core.text import format_size
+from sa1b_cli.core.errors import UsageError
+from sa1b_cli.core.text import format_size, shown
 from sa1b_cli.download.conn import (
     POLL,
     Abandoned,
@@ -427,8 +428,8 @@ class WireTransport(httpx.AsyncBaseTransport):
         (A cluster behind a TLS-inspecting proxy or with its own CA sets one of those.)
         """
         if self.ssl_context is None:
-            if os.environ.get("SSL_CERT_FILE"):
-                context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+            if cafile := os.environ.get("SSL_CERT_FILE"):
+                context = _trusting(cafile)
             elif os.environ.get("SSL_CERT_DIR"):
                 context = ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
             else:
@@ -541,6 +542,18 @@ class WireTransport(httpx.AsyncBaseTransport):
             for conn in conns:
                 conn.close()
         self.idle.clear()
+
+
+def _trusting(cafile: str) -> ssl.SSLContext:
+    """A context that trusts ``cafile``; a file that is no trust store stops the run (it
+    is the user's setting, and every TLS connection would fail on it)."""
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except OSError as exc:  # ssl.SSLError included
+        why = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
+        msg = f"SSL_CERT_FILE={shown(cafile, 200)} cannot be used ({why or type(exc).__name__})"
+        hint = "Point SSL_CERT_FILE at a PEM file of trusted certificates, or unset it."
+        raise UsageError(msg, hint=hint) from exc
 
 
 def make_transport() -> httpx.AsyncBaseTransport | None:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sa1b_cli.core.errors import UsageError
 from sa1b_cli.download.conn import _Mailbox
 from sa1b_cli.download.reactor import _record_reader
 from sa1b_cli.download.wire import (
@@ -682,6 +683,23 @@ async def test_ssl_cert_file_is_trusted_as_httpx_would(certificate, monkeypatch)
             assert (await client.get(url)).text == "ok"
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(None, "No such file or directory"), (b"not a certificate\n", "NO_CERTIFICATE_OR_CRL_FOUND")],
+)
+async def test_an_ssl_cert_file_that_is_no_trust_store_stops_the_run_in_words(
+    tmp_path, monkeypatch, content, says
+):
+    """Not a failed connect per shard: the user's setting, said once, exit 2."""
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_bytes(content)
+    monkeypatch.setenv("SSL_CERT_FILE", str(path))
+    async with httpx.AsyncClient(transport=WireTransport()) as client:
+        with pytest.raises(UsageError, match=f"SSL_CERT_FILE=.*ca.pem cannot be used [(]{says}[)]"):
+            await client.get("https://127.0.0.1:9/a.tar")
 
 
 async def test_outcomes_posted_by_many_threads_all_settle_in_order_with_few_wake_ups(monkeypatch):

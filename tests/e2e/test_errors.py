@@ -35,6 +35,8 @@ def scratch(tmp: Path) -> Path:
     (tmp / "rootfile").write_text("not a folder")
     bad = "file_name\tcdn_link\nsa_000000.tar\thttps://cdn..example/a.tar?oh=00_SECRET\n"
     (tmp / "badhost.txt").write_text(bad)
+    tls = "file_name\tcdn_link\nsa_000000.tar\thttps://127.0.0.1:9/a.tar?oh=00_SECRET\n"
+    (tmp / "tls.txt").write_text(tls)
     return tmp
 
 
@@ -112,6 +114,13 @@ CASES = [
         2,
         "the proxy in ALL_PROXY cannot be used (Using SOCKS proxy",
         env=(("ALL_PROXY", "socks5://127.0.0.1:1080"),),
+    ),
+    Case(
+        "download: SSL_CERT_FILE that cannot be read",  # every TLS connect would fail
+        lambda t: ["download", "--links", str(t / "tls.txt"), "--root", str(t / "root")],
+        2,
+        "SSL_CERT_FILE=/nonexistent/ca.pem cannot be used (No such file or directory)",
+        env=(("SSL_CERT_FILE", "/nonexistent/ca.pem"),),
     ),
     Case(
         "download: --shards abc",
