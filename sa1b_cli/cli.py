@@ -35,6 +35,7 @@ from sa1b_cli.core.manifest import read_manifest, redact_text
 from sa1b_cli.core.results import INTERRUPTED, exit_code
 from sa1b_cli.core.selection import Selection, parse_selection
 from sa1b_cli.core.store import Store
+from sa1b_cli.core.text import escaped
 from sa1b_cli.options import (
     DEFAULT_VERIFY_JOBS,
     AlgoOpt,
@@ -661,10 +662,10 @@ def _print_error(label: str, message: str, hint: str | None, *, code: int) -> No
     """The one place errors are rendered: redacted, on stderr, and as JSON with --json."""
     from rich.text import Text
 
+    # A path the user gave may hold escapes too (a file name from an archive, say).
+    message, hint = escaped(redact_text(message)), escaped(redact_text(hint or ""))
     if "--json" in sys.argv[1:]:  # scripts read one object on stdout, success or not
-        error = {"error": redact_text(message), "hint": redact_text(hint or ""), "exit_code": code}
-        _emit_json(error)
-    text = Text(f"{label}: ", style="bold red").append(redact_text(message), style="")
-    _err().print(text, highlight=False)
+        _emit_json({"error": message, "hint": hint, "exit_code": code})
+    _err().print(Text(f"{label}: ", style="bold red").append(message, style=""), highlight=False)
     if hint:
-        _err().print(Text("hint: ", style="dim").append(redact_text(hint)), highlight=False)
+        _err().print(Text("hint: ", style="dim").append(hint), highlight=False)

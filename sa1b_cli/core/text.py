@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["counted", "format_size", "natural", "shown"]
+__all__ = ["counted", "escaped", "format_size", "natural", "shown"]
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -29,13 +29,16 @@ def counted(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
-def shown(text: str, limit: int = 120) -> str:
-    """A foreign string (server body, member or file name) safe for a terminal or a log line.
+def escaped(text: str) -> str:
+    """``text`` with control characters, line breaks and bidirectional overrides escaped
+    (``\\x1b``, ``\\n``): what a terminal shows as text, not obeys."""
+    return _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
-    Control characters, line breaks and bidirectional overrides appear escaped
-    (``\\x1b``, ``\\n``), and anything past ``limit`` characters is cut with a marker.
-    """
-    escaped = _CONTROL_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-    if len(escaped) > limit:
-        return escaped[:limit] + f"… ({len(escaped) - limit:,} more characters)"
-    return escaped
+
+def shown(text: str, limit: int = 120) -> str:
+    """A foreign string (server body, member or file name) safe for a terminal or a log line:
+    ``escaped``, and cut with a marker past ``limit`` characters."""
+    safe = escaped(text)
+    if len(safe) > limit:
+        return safe[:limit] + f"… ({len(safe) - limit:,} more characters)"
+    return safe

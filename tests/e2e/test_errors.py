@@ -123,6 +123,12 @@ CASES = [
         env=(("SSL_CERT_FILE", "/nonexistent/ca.pem"),),
     ),
     Case(
+        "links: a path that holds a terminal escape",  # shown, never obeyed
+        lambda t: ["links", str(t / "evil\x1b[2J\x1b]0;title\x07.txt")],
+        2,
+        "evil\\x1b[2J\\x1b]0;title\\x07.txt: file not found",
+    ),
+    Case(
         "download: --shards abc",
         lambda t: ["download", *links(t), "--shards", "abc"],
         2,
@@ -265,6 +271,7 @@ def test_bad_input_is_said_once_with_a_hint_and_as_json(tmp_path: Path, case: Ca
     assert case.says in done.stderr
     assert done.stderr.count("error:") == 1 and "hint:" in done.stderr
     assert "Traceback" not in done.stderr and "SECRET" not in done.stderr + done.stdout
+    assert "\x1b" not in done.stderr  # nothing for the terminal to obey
 
     with_json = run([*case.args(tmp), "--json"], tmp, case.env)
     assert with_json.returncode == case.code
