@@ -32,7 +32,7 @@ from sa1b_cli.core.events import Outcome
 from sa1b_cli.core.manifest import Manifest, host_of, shard_index
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.status import ShardState
-from sa1b_cli.core.text import counted, format_size
+from sa1b_cli.core.text import counted, escaped, format_size
 
 if TYPE_CHECKING:
     from sa1b_cli.download.engine import DownloadReport
@@ -440,7 +440,7 @@ def print_manifest_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("manifest", Text(str(summary["path"])))
+    table.add_row("manifest", Text(escaped(str(summary["path"]))))
     table.add_row("shards", f"{summary['shards']} of 1000")
     table.add_row("missing", summary["missing_shards"] or "none")
     table.add_row("auxiliary", ", ".join(summary["aux"]) or "none")
@@ -560,7 +560,9 @@ def _state_json(state: ShardState) -> dict[str, Any]:
 
 
 def print_status(console: Console, states: list[ShardState], *, root: Path) -> None:
-    table = _titled_table(f"sa1b root {escape(str(root))}", "shard", "status", "have", "detail")
+    table = _titled_table(
+        f"sa1b root {escape(escaped(str(root)))}", "shard", "status", "have", "detail"
+    )
     for s in states:
         if s.state == "missing":
             continue
@@ -667,7 +669,8 @@ def print_verify_report(console: Console, report: VerifyReport, *, deep: bool) -
             highlight=False,
         )
     if report.exported:
-        console.print(f"checksum list written to {report.exported}", highlight=False, markup=False)
+        message = f"checksum list written to {escaped(str(report.exported))}"
+        console.print(message, highlight=False, markup=False)
 
 
 # -- extract ---------------------------------------------------------------------------------
@@ -717,7 +720,7 @@ def print_extract_report(console: Console, report: ExtractReport, *, out: Path) 
     console.print(
         f"{summary}; {images:,} images, "
         f"{format_bytes(written)} written in {report.seconds:.1f}s "
-        f"({format_bytes(rate)}/s) into {escape(str(out))}",
+        f"({format_bytes(rate)}/s) into {escape(escaped(str(out)))}",
         highlight=False,
     )
     troubled = [r for r in report.results if not r.ok or r.refused]
@@ -727,9 +730,8 @@ def print_extract_report(console: Console, report: ExtractReport, *, out: Path) 
             table.add_row(r.name, status_text(r.status), Text(r.detail or ""))
         console.print(table)
     if report.index:
-        console.print(
-            f"index of every extracted image: {report.index}", highlight=False, markup=False
-        )
+        where = escaped(str(report.index))
+        console.print(f"index of every extracted image: {where}", highlight=False, markup=False)
         lists = ", ".join(n for n in _lists(report.index) if n != "index.csv")
         console.print(f"lists beside it: {lists}", highlight=False, markup=False)
 

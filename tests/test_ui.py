@@ -197,3 +197,20 @@ def test_failures_not_named_like_shards_are_listed_by_name():
             sink.finished(ShardResult(name, "failed", detail="no space left"))
     last = buffer.getvalue().splitlines()[-1]
     assert last == "4 more shards failed the same way (b.tar, c.tar, d.tar, ...)"
+
+
+def test_paths_the_user_gave_are_shown_escaped_never_obeyed(tmp_path):
+    """A root, an output folder or a manifest named with escapes (and brackets) prints as text."""
+    from sa1b_cli.core.manifest import parse_manifest
+    from sa1b_cli.core.status import ShardState
+    from sa1b_cli.extract.pool import ExtractReport
+
+    evil = tmp_path / "r\x1b[31m[bold]x\x07"
+    out, buffer = console()
+    ui.print_status(out, [ShardState("sa_000000.tar", "partial", 5, 10)], root=evil)
+    ui.print_extract_report(out, ExtractReport([], 1.0, evil / "index.csv"), out=evil)
+    manifest = parse_manifest("file_name\tcdn_link\nsa_000000.tar\thttps://cdn.example/a.tar")
+    ui.print_manifest_summary(out, ui.manifest_summary(manifest, now=0.0) | {"path": str(evil)})
+    text = buffer.getvalue()
+    assert "\x1b" not in text and "\x07" not in text
+    assert text.count("r\\x1b[31m[bold]x\\x07") == 4, text
