@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "MAX_PIXELS",
     "MAX_SIDE",
+    "MAX_VALUES",
     "BadAnnotation",
     "check_masks",
     "image_fields",
@@ -26,6 +27,10 @@ __all__ = [
 MAX_SIDE = 16384
 MAX_PIXELS = 64 << 20
 _LIMITS = f"{MAX_SIDE} px a side, {MAX_PIXELS >> 20} Mi pixels"
+# Values one document may hold: an image's ~100 masks take about 25 each (an RLE is one
+# string). Bounded before parsing, since 3 bytes of "[]," become a 64-byte list: 42 MiB of
+# them took verify --deep to 2.7 GB.
+MAX_VALUES = 1 << 20
 
 
 class BadAnnotation(Exception):
@@ -38,6 +43,11 @@ def _whole(value: Any) -> bool:
 
 def load_annotation(data: bytes) -> dict[str, Any]:
     """The parsed document, with ``image`` an object and ``annotations`` a list."""
+    # Every value but the last ends at a comma or opens a container (an over-count at most:
+    # no SA-1B string holds a comma or a bracket, and COCO's RLE letters are '0' to 'o').
+    if data.count(b",") + data.count(b"[") + data.count(b"{") > MAX_VALUES:
+        msg = f"holds more than {MAX_VALUES:,} JSON values"
+        raise BadAnnotation(msg)
     try:
         doc = json.loads(data)
     except json.JSONDecodeError as exc:

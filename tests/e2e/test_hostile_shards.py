@@ -127,6 +127,11 @@ ROWS = [
         with_annotation(b"[" * 100_000 + b"]" * 100_000),
         "is nested too deeply",
     ),
+    Row(
+        "annotation of 5 million values",  # 3 bytes of '[],' each parse into a 64-byte list
+        lambda: with_annotation(b'{"annotations": [' + b"[]," * 5_000_000 + b"[]]}")(),
+        "holds more than 1,048,576 JSON values",
+    ),
     Row("RLE size huge", lambda: with_annotation(huge_rle())(), "200000x200000", extract_ok=True),
     Row(
         "RLE counts a list",
