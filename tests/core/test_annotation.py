@@ -16,6 +16,7 @@ DOC = {
 
 
 def test_a_document_within_the_bound_of_values_is_parsed(monkeypatch):
+    monkeypatch.setattr(annotation, "COUNTED_FROM", 0)  # counted however small
     data = json.dumps(DOC).encode()
     values = data.count(b",") + data.count(b"[") + data.count(b"{")
     monkeypatch.setattr(annotation, "MAX_VALUES", values)
@@ -26,7 +27,14 @@ def test_a_document_within_the_bound_of_values_is_parsed(monkeypatch):
 def test_past_the_bound_of_values_nothing_is_parsed(monkeypatch, filler):
     """Each filler is a few bytes that parse into an object many times its size."""
     monkeypatch.setattr(annotation, "MAX_VALUES", 1000)
+    monkeypatch.setattr(annotation, "COUNTED_FROM", 0)
     data = b'{"image": {}, "annotations": [' + filler * 1000 + b"[]]}"
     monkeypatch.setattr(json, "loads", lambda _: pytest.fail("parsed"))
     with pytest.raises(BadAnnotation, match="holds more than 1,000 JSON values"):
         load_annotation(data)
+
+
+def test_a_small_document_is_not_counted(monkeypatch):
+    """Under COUNTED_FROM bytes the parse itself stays small: no pass over the bytes first."""
+    monkeypatch.setattr(annotation, "MAX_VALUES", 10)
+    assert load_annotation(json.dumps(DOC).encode()) == DOC  # 20-odd values, yet parsed
