@@ -117,6 +117,8 @@ def status_text(status: str) -> Text:
 def _tally(statuses: Iterable[str], noun: str) -> str:
     """``"3 shards: 2 downloaded, 1 failed"``; the JSON keeps the snake_case names."""
     counts = Counter(statuses)
+    if not counts:  # an empty selection (a --part past the shards, say)
+        return f"[bold]no {noun}s selected[/]"
     parts = ", ".join(f"{n:,} {words(s)}" for s, n in sorted(counts.items()))
     return f"[bold]{counted(counts.total(), noun)}:[/] {parts}"
 

@@ -214,3 +214,9 @@ def test_paths_the_user_gave_are_shown_escaped_never_obeyed(tmp_path):
     text = buffer.getvalue()
     assert "\x1b" not in text and "\x07" not in text
     assert text.count("r\\x1b[31m[bold]x\\x07") == 4, text
+
+
+def test_an_empty_selection_says_so_instead_of_an_empty_tally():
+    out, buffer = console()
+    ui.print_download_summary(out, DownloadReport([], None), elapsed=0.1)
+    assert buffer.getvalue().startswith("no shards selected;"), buffer.getvalue()
