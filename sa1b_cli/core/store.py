@@ -85,7 +85,9 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, sync: bool
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a write may take fewer bytes (a disk that is filling up)
+                view = view[os.write(fd, view) :]
             if sync:
                 os.fsync(fd)
         finally:
@@ -98,6 +100,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, sync: bool
             msg = f"the disk is full while writing {path.name}"
             hint = "Partial downloads are kept. Free some space and run the same command again."
             raise DiskFullError(msg, hint=hint) from exc
+        if exc.filename == str(tmp):  # name the file the caller asked for, not our temporary
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

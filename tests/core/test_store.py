@@ -86,3 +86,15 @@ def test_the_remembered_manifest_is_private(tmp_path: Path):
     store.remember_manifest("sa_000000.tar\thttps://cdn/x?oh=SECRET\n")
     path = store.remembered_manifest()
     assert path is not None and os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_an_atomic_write_names_the_file_asked_for_and_writes_every_byte(tmp_path, monkeypatch):
+    """A failure names the target, never the temporary beside it; a short write goes on."""
+    with pytest.raises(FileNotFoundError) as failed:
+        atomic_write_text(tmp_path / "no" / "such" / "list.md5", "x")
+    assert failed.value.filename == str(tmp_path / "no" / "such" / "list.md5")
+
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:3])))  # 3 at a time
+    atomic_write_text(tmp_path / "index.csv", "0123456789")
+    assert (tmp_path / "index.csv").read_text() == "0123456789"
