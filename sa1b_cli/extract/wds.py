@@ -48,6 +48,13 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte: a write may take fewer (a disk filling up), and a cut tar must not land."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _copy(src: int, dst: int, offset: int, size: int) -> None:
     """Spill -> tar without passing the bytes through Python."""
     done = 0
@@ -113,11 +120,11 @@ class TarRepacker:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for name, offset, size in self.entries:
-                os.write(fd, _header(name, size))
+                _write_all(fd, _header(name, size))
                 _copy(self.spill, fd, offset, size)
                 if size % BLOCK:
-                    os.write(fd, bytes(BLOCK - size % BLOCK))
-            os.write(fd, bytes(2 * BLOCK))  # the end-of-archive marker
+                    _write_all(fd, bytes(BLOCK - size % BLOCK))
+            _write_all(fd, bytes(2 * BLOCK))  # the end-of-archive marker
             if self.durable:
                 os.fsync(fd)
         finally:

@@ -60,3 +60,21 @@ def test_the_wids_index_lists_marked_webdataset_shards_only(tmp_path: Path):
         {"url": NAME, "nsamples": 1, "filesize": (out / NAME).stat().st_size}
     ]
     assert write_wids_index(tmp_path / "empty", ["sa_000004.tar"]) is None
+
+
+def test_short_writes_still_give_a_whole_tar(tmp_path: Path, monkeypatch):
+    """A write may take fewer bytes than given (a disk filling up): every header, padding
+    and the end-of-archive marker must still land whole."""
+    import os
+
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:100])))
+    out = tmp_path / "wds"
+    assert repack(out, [2, 1]) == 2
+    with tarfile.open(out / NAME) as tar:
+        assert tar.getnames() == ["sa_1.jpg", "sa_1.json", "sa_2.jpg", "sa_2.json"]
+        for name, data in good_pair(2):
+            handle = tar.extractfile(name.removeprefix("./"))
+            assert handle is not None and handle.read() == data
+    data = (out / NAME).read_bytes()
+    assert len(data) % 512 == 0 and data[-1024:] == bytes(1024)  # the end marker, whole
