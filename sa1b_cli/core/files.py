@@ -4,17 +4,34 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 from sa1b_cli.core.text import format_size
 
 __all__ = ["read_at_most"]
 
+_STEP = 1 << 20  # bytes read at a time from a device or a pipe (their size says nothing)
+
 
 def read_at_most(path: Path, limit: int) -> bytes:
-    """The file's bytes; an ``OSError`` (``EFBIG``, its strerror in words) past ``limit``."""
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
+    """The file's bytes; an ``OSError`` (``EFBIG``, its strerror in words) past ``limit``.
+
+    A regular file is read in one call of its own size (asking ``limit`` bytes at once would
+    allocate them all: 16 MiB for every small record), anything else a step at a time."""
+    chunks: list[bytes] = []
+    got = 0
+    with path.open("rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size  # 0 for a device or a pipe
+        want = size + 1 if size else _STEP
+        while got <= limit:
+            asked = min(want, limit + 1 - got)
+            chunk = handle.read(asked)
+            chunks.append(chunk)
+            got += len(chunk)
+            if not chunk or (size and len(chunk) < asked):  # a regular file ends short
+                break
+            want = _STEP
+    if got > limit:
         raise OSError(errno.EFBIG, f"larger than {format_size(limit)}, so not this kind of file")
-    return data
+    return b"".join(chunks)
