@@ -18,15 +18,23 @@ import errno
 import json
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from sa1b_cli.core.checksums import RECORD_ALGORITHM, format_gnu_line
 from sa1b_cli.core.errors import DiskFullError, RootError
 from sa1b_cli.core.files import read_at_most
 
-__all__ = ["Record", "RecordStatus", "Store", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "Record",
+    "RecordStatus",
+    "Store",
+    "atomic_text_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]
 
 RecordStatus = Literal["partial", "complete", "failed", "expired", "bad"]
 CHECKSUM_FILE = "checksums.xxh128"
@@ -70,6 +78,9 @@ class Record:
         return self.tar_deleted or (final_size is not None and final_size == self.size)
 
 
+_FULL_HINT = "Partial downloads are kept. Free some space and run the same command again."
+
+
 def _tmp_name(path: Path) -> Path:
     unique = f"{socket.gethostname()}.{os.getpid()}.{os.urandom(4).hex()}"
     return path.with_name(f".{path.name}.{unique}")
@@ -98,8 +109,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, sync: bool
             tmp.unlink()
         if exc.errno == errno.ENOSPC:
             msg = f"the disk is full while writing {path.name}"
-            hint = "Partial downloads are kept. Free some space and run the same command again."
-            raise DiskFullError(msg, hint=hint) from exc
+            raise DiskFullError(msg, hint=_FULL_HINT) from exc
         if exc.filename == str(tmp):  # name the file the caller asked for, not our temporary
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
@@ -107,6 +117,27 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, sync: bool
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644, sync: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode, sync=sync)
+
+
+@contextlib.contextmanager
+def atomic_text_file(path: Path, *, sync: bool = True) -> Iterator[TextIO]:
+    """A text file written a line at a time, seen at ``path`` whole or not at all: for
+    lists too long to hold in memory (11 M images at full scale)."""
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            msg = f"the disk is full while writing {path.name}"
+            raise DiskFullError(msg, hint=_FULL_HINT) from exc
+        raise
 
 
 class Store:
