@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -98,3 +99,25 @@ def test_an_atomic_write_names_the_file_asked_for_and_writes_every_byte(tmp_path
     monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:3])))  # 3 at a time
     atomic_write_text(tmp_path / "index.csv", "0123456789")
     assert (tmp_path / "index.csv").read_text() == "0123456789"
+
+
+def test_a_streamed_file_lands_whole_or_not_at_all(tmp_path, monkeypatch):
+    from sa1b_cli.core.errors import DiskFullError
+    from sa1b_cli.core.store import atomic_text_file
+
+    target = tmp_path / "index.csv"
+    with atomic_text_file(target, sync=False) as handle:
+        handle.write("a\n")
+        assert not target.exists()  # nothing at the name until the end
+    assert target.read_text() == "a\n"
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    full_disk = pytest.raises(DiskFullError, match=r"the disk is full while writing index\.csv")
+    with full_disk, atomic_text_file(target) as handle:
+        handle.write("b\n")
+    assert target.read_text() == "a\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "index.csv"
+    ]
