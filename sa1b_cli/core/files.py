@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sa1b_cli.core.text import format_size
 
-__all__ = ["read_at_most"]
+__all__ = ["read_at_most", "write_all"]
 
 _STEP = 1 << 20  # bytes read at a time from a device or a pipe (their size says nothing)
 
@@ -35,3 +35,11 @@ def read_at_most(path: Path, limit: int) -> bytes:
     if got > limit:
         raise OSError(errno.EFBIG, f"larger than {format_size(limit)}, so not this kind of file")
     return b"".join(chunks)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Every byte of ``data``: a write may take fewer than it is given (a disk filling up),
+    and a file cut that way must never be renamed into place."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -25,7 +25,7 @@ from typing import Any, Literal, TextIO
 
 from sa1b_cli.core.checksums import RECORD_ALGORITHM, format_gnu_line
 from sa1b_cli.core.errors import DiskFullError, RootError
-from sa1b_cli.core.files import read_at_most
+from sa1b_cli.core.files import read_at_most, write_all
 
 __all__ = [
     "Record",
@@ -96,9 +96,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, sync: bool
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            view = memoryview(data)
-            while view:  # a write may take fewer bytes (a disk that is filling up)
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if sync:
                 os.fsync(fd)
         finally:

@@ -35,6 +35,7 @@ from sa1b_cli.core.archive import (
     member_id,
     open_shard,
 )
+from sa1b_cli.core.files import write_all
 from sa1b_cli.core.layouts import Layout, Only, shard_dirs
 from sa1b_cli.core.markers import marked_layout, marker_path, read_marker, stem
 from sa1b_cli.core.store import Store, atomic_text_file
@@ -110,9 +111,7 @@ def needed_bytes(tar: Path) -> int:
 def _write(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sa1b_cli.core.archive import Member, member_id
+from sa1b_cli.core.files import write_all
 from sa1b_cli.core.markers import read_marker, stem
 from sa1b_cli.core.store import atomic_write_text
 from sa1b_cli.extract.marks import Rows, write_marker, write_shard_index
@@ -46,13 +47,6 @@ def _header(name: str, size: int) -> bytes:
     info.size, info.mode, info.mtime = size, 0o644, MTIME
     info.uname = info.gname = ""
     return info.tobuf(format=tarfile.USTAR_FORMAT)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Every byte: a write may take fewer (a disk filling up), and a cut tar must not land."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _copy(src: int, dst: int, offset: int, size: int) -> None:
@@ -99,9 +93,7 @@ class TarRepacker:
         image_id, kind = parsed
         self.rows.add(image_id, kind, member.data)
         if kind in self.kinds:
-            view = memoryview(member.data)
-            while view:
-                view = view[os.write(self.spill, view) :]
+            write_all(self.spill, member.data)
             self.entries.append((f"sa_{image_id}.{kind}", self.spilled, len(member.data)))
             self.spilled += len(member.data)
         return True
@@ -120,11 +112,11 @@ class TarRepacker:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for name, offset, size in self.entries:
-                _write_all(fd, _header(name, size))
+                write_all(fd, _header(name, size))
                 _copy(self.spill, fd, offset, size)
                 if size % BLOCK:
-                    _write_all(fd, bytes(BLOCK - size % BLOCK))
-            _write_all(fd, bytes(2 * BLOCK))  # the end-of-archive marker
+                    write_all(fd, bytes(BLOCK - size % BLOCK))
+            write_all(fd, bytes(2 * BLOCK))  # the end-of-archive marker
             if self.durable:
                 os.fsync(fd)
         finally:
