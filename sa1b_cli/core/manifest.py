@@ -26,6 +26,7 @@ __all__ = [
     "object_path",
     "parse_manifest",
     "read_manifest",
+    "read_manifest_text",
     "redact_text",
     "shard_index",
     "shard_name",
@@ -249,6 +250,11 @@ def _not_text(data: bytes) -> str | None:
 
 
 def read_manifest(path: Path) -> Manifest:
+    return parse_manifest(read_manifest_text(path), path=path)
+
+
+def read_manifest_text(path: Path) -> str:
+    """The manifest's text, within MAX_MANIFEST bytes and refused when it is no text."""
     try:
         data = read_at_most(path, MAX_MANIFEST)
     except FileNotFoundError as exc:
@@ -265,4 +271,4 @@ def read_manifest(path: Path) -> Manifest:
     if kind is not None:
         msg = f"this is {kind}, not a link manifest"
         raise ManifestError(msg, path=path)
-    return parse_manifest(text, path=path)
+    return text

@@ -17,9 +17,14 @@ import httpx
 from sa1b_cli.core.checksums import ChecksumList, load_checksum_lists
 from sa1b_cli.core.claims import Claim, try_claim
 from sa1b_cli.core.events import NullSink, ProgressSink
-from sa1b_cli.core.files import read_at_most
 from sa1b_cli.core.known import load_known
-from sa1b_cli.core.manifest import MAX_MANIFEST, ManifestRow, host_of, read_manifest
+from sa1b_cli.core.manifest import (
+    ManifestRow,
+    host_of,
+    parse_manifest,
+    read_manifest,
+    read_manifest_text,
+)
 from sa1b_cli.core.results import ShardResult
 from sa1b_cli.core.store import Record, Store
 from sa1b_cli.core.text import natural
@@ -175,9 +180,10 @@ async def run_downloads(
     for each shard that is complete (``download --extract`` uses it).
     """
     sink = sink or NullSink()
-    manifest = read_manifest(config.links)
+    text = read_manifest_text(config.links)  # read once: parsed, and kept under the root
+    manifest = parse_manifest(text, path=config.links)
     store = Store(config.root).ensure()
-    store.remember_manifest(read_at_most(config.links, MAX_MANIFEST).decode("utf-8"))
+    store.remember_manifest(text)
     planned = plan(manifest, config, store)
     for done in planned.settled:
         if done.status == "present":
