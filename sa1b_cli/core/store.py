@@ -78,7 +78,10 @@ class Record:
         return self.tar_deleted or (final_size is not None and final_size == self.size)
 
 
-_FULL_HINT = "Partial downloads are kept. Free some space and run the same command again."
+def _disk_full(path: Path) -> DiskFullError:
+    msg = f"the disk is full while writing {path.name}"
+    hint = "Partial downloads are kept. Free some space and run the same command again."
+    return DiskFullError(msg, hint=hint)
 
 
 def _tmp_name(path: Path) -> Path:
@@ -106,8 +109,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, sync: bool
         with contextlib.suppress(OSError):
             tmp.unlink()
         if exc.errno == errno.ENOSPC:
-            msg = f"the disk is full while writing {path.name}"
-            raise DiskFullError(msg, hint=_FULL_HINT) from exc
+            raise _disk_full(path) from exc
         if exc.filename == str(tmp):  # name the file the caller asked for, not our temporary
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
@@ -133,8 +135,7 @@ def atomic_text_file(path: Path, *, sync: bool = True) -> Iterator[TextIO]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            msg = f"the disk is full while writing {path.name}"
-            raise DiskFullError(msg, hint=_FULL_HINT) from exc
+            raise _disk_full(path) from exc
         raise
 
 

@@ -23,6 +23,7 @@ _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 # A host as it goes on the wire (IDNA as xn--, IPv6 bare): httpx percent-encodes anything
 # else ("http://[bad" became host "%5bbad", tried as a name and retried as unresolvable).
 _HOST_RE = re.compile(rb"[A-Za-z0-9._:-]+")
+_UNUSABLE = "a redirect to an unusable address"
 
 
 class RedirectRefused(Exception):
@@ -40,12 +41,10 @@ def _target(request: httpx.Request, location: str | None) -> httpx.URL:
     try:
         target = request.url.join(location)
     except (httpx.InvalidURL, ValueError) as exc:
-        msg = "a redirect to an unusable address"
-        raise RedirectRefused(msg) from exc
+        raise RedirectRefused(_UNUSABLE) from exc
     raw = target.raw_host
     if raw and not (_HOST_RE.fullmatch(raw) and usable_host(raw.decode("ascii"))):
-        msg = "a redirect to an unusable address"
-        raise RedirectRefused(msg)
+        raise RedirectRefused(_UNUSABLE)
     if target.scheme not in ("http", "https") or not target.host:
         shown = target.scheme[:16].encode("ascii", "replace").decode() or "no scheme"
         msg = f"a redirect to a {shown!r} address (only http and https are followed)"
@@ -69,8 +68,7 @@ async def send_following(
         try:
             response = await client.send(request, stream=True, follow_redirects=False)
         except UnicodeError as exc:  # httpx reads any Location's host, even when not following
-            msg = "a redirect to an unusable address"
-            raise RedirectRefused(msg) from exc
+            raise RedirectRefused(_UNUSABLE) from exc
         if response.status_code not in _REDIRECT_STATUS:
             return response
         await response.aclose()

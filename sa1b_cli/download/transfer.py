@@ -107,11 +107,12 @@ class _Shard:
             return self.ends.expired(EXPIRED_WHY)
         if not kept and (why := self.ctx.hosts.down(self.host)) is not None:
             return self.ends.unreachable(why, self.host)
+        held = kept or SpanSet()
         try:
-            self.file.check_room(self.file.expected_size, (kept or SpanSet()).total())
+            self.file.check_room(self.file.expected_size, held.total())
         except NoRoom as exc:
             return self.ends.result("failed", str(exc))
-        async with await self.file.open(kept or SpanSet()):
+        async with await self.file.open(held):
             self._start_budget()
             try:
                 return await self._loop()
