@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +39,7 @@ __all__ = [
     "Block",
     "ClaimLost",
     "NoRoom",
+    "NotAFile",
     "PartFile",
     "ShardFile",
     "SizeChanged",
@@ -138,7 +140,7 @@ class PartFile:
 
     async def open(self, *, keep: SpanSet) -> PartFile:
         """Open, trusting only ``keep`` (the last durable checkpoint) and hashing its prefix."""
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = _open_regular(self.path)
         current = os.fstat(self._fd).st_size
         self.written = keep.clipped(current)
         # Bytes past the last fsync'ed checkpoint may be garbage after a power cut.
@@ -314,6 +316,55 @@ class NoRoom(Exception):
         super().__init__(f"{said}: free space, or check the link")
 
 
+class NotAFile(Exception):
+    """A shard's own path holds a link, a folder or a device: fail that shard, touch nothing.
+
+    On a shared root, a link planted at a ``.part`` path would have had the shard's bytes
+    written through it, outside the root, and the file it names cut to the shard's size.
+    """
+
+    hint = "Move it out of the way, then run the same command."
+
+    def __init__(self, path: Path, what: str) -> None:
+        said = f"{path.name} is {what}, which sa1b never makes"
+        super().__init__(f"{said}: nothing was written to it")
+
+
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _other_than_file(path: Path) -> str | None:
+    """What is at ``path`` if it is there and not a regular file, never following a link."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _KINDS if test(mode)), "a device")
+
+
+def _open_regular(path: Path) -> int:
+    """A descriptor on the regular file at ``path`` (made if absent), never through a link."""
+    if (what := _other_than_file(path)) is not None:
+        raise NotAFile(path, what)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # swapped in since the lstat
+            raise NotAFile(path, "something other than a file") from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotAFile(path, "something other than a file")
+    return fd
+
+
 class ShardFile:
     """One shard's part file and its record: what is on disk, and what of it is durable.
 
@@ -460,7 +511,11 @@ class ShardFile:
         return None
 
     def _move_into_place(self) -> None:
-        os.replace(self.part.path, self.store.final_path(self.row.file_name))
+        final = self.store.final_path(self.row.file_name)
+        try:  # a link or pipe at the final name is replaced itself, never written through
+            os.replace(self.part.path, final)
+        except IsADirectoryError as exc:
+            raise NotAFile(final, "a directory") from exc
         _fsync_dir(self.store.tars)
 
 

@@ -24,7 +24,14 @@ from sa1b_cli.core.results import EXPIRED_HINT, DownloadStatus, ShardResult
 from sa1b_cli.core.store import Store
 from sa1b_cli.core.text import format_size, shown
 from sa1b_cli.download.config import TransferContext, TransferSettings
-from sa1b_cli.download.durable import ClaimLost, NoRoom, ShardFile, SizeChanged, is_disk_full
+from sa1b_cli.download.durable import (
+    ClaimLost,
+    NoRoom,
+    NotAFile,
+    ShardFile,
+    SizeChanged,
+    is_disk_full,
+)
 from sa1b_cli.download.fetch import Fetcher
 from sa1b_cli.download.plan import SpanSet, kept_spans
 from sa1b_cli.download.receive import Endless, Overrun
@@ -110,14 +117,19 @@ class _Shard:
         held = kept or SpanSet()
         try:
             self.file.check_room(self.file.expected_size, held.total())
+            opened = await self.file.open(held)
         except NoRoom as exc:
             return self.ends.result("failed", str(exc))
-        async with await self.file.open(held):
+        except NotAFile as exc:
+            return self.ends.result("failed", str(exc), hint=exc.hint)
+        async with opened:
             self._start_budget()
             try:
                 return await self._loop()
             except (SizeChanged, Overrun, NoRoom) as exc:
                 return await self._stopped(self.ends.failed(str(exc)))
+            except NotAFile as exc:  # at the final name: the checked part file stays
+                return await self._stopped(self.ends.failed(str(exc), exc.hint))
             except Endless as exc:  # not the file: nothing of it is worth keeping
                 await self.file.start_over()
                 return await self._stopped(self.ends.failed(str(exc)))
@@ -255,8 +267,9 @@ class _Ends:
         when = self.task.row.expires_at
         return self.result("expired", detail, expired_at=when, hint=EXPIRED_HINT)
 
-    def failed(self, detail: str) -> ShardResult:
-        return self.result("failed", f"{detail}; {format_size(self.file.written.total())} kept")
+    def failed(self, detail: str, hint: str | None = None) -> ShardResult:
+        kept = format_size(self.file.written.total())
+        return self.result("failed", f"{detail}; {kept} kept", hint=hint)
 
     def unreachable(self, why: str, host: str) -> ShardResult:
         """Never tried: another shard of its host could not connect, and nothing answered."""

@@ -350,3 +350,32 @@ def test_links_warns_of_expired_links_in_text_and_json(site: Site):
     (warning,) = report["warnings"]
     assert code == 0 and "expired on" in warning and "--links" in warning
     assert not site.run_json("links", str(site.manifest()))[1]["warnings"]
+
+
+def test_a_link_or_folder_planted_at_a_shards_path_fails_that_shard_only(site: Site):
+    """On a shared root anyone may leave a link at a .part path: never write through it."""
+    tars = site.root / "tars"
+    tars.mkdir(parents=True)
+    outside = site.tmp / "precious.txt"
+    outside.write_bytes(b"precious")
+    (tars / "sa_000000.tar.part").symlink_to(outside)
+    (tars / "sa_000001.tar").mkdir()  # the final name: the checked part file must stay
+    links = str(site.manifest())
+    first = site.run("download", "--links", links, "--root", str(site.root))
+    assert first.returncode == 1, first.stderr
+    assert outside.read_bytes() == b"precious"
+    assert "sa_000000.tar.part is a symbolic link" in first.stderr
+    assert "sa_000001.tar is a directory" in first.stderr
+    assert "Traceback" not in first.stderr and "unexpected" not in first.stderr
+    assert (tars / "sa_000002.tar").read_bytes() == site.source("sa_000002.tar")
+    (tars / "sa_000000.tar.part").unlink()
+    (tars / "sa_000001.tar").rmdir()
+    before = len(site.mirror.requests)
+    again = site.run("download", "--links", links, "--root", str(site.root))
+    assert again.returncode == 0, again.stderr
+    for name in site.names[:3]:
+        assert (tars / name).read_bytes() == site.source(name)
+    # sa_000001.tar's bytes were whole and checked: the second run asks only past its end
+    size = len(site.source("sa_000001.tar"))
+    asked = [r["range"] for r in site.mirror.requests[before:] if r["name"] == "sa_000001.tar"]
+    assert asked in ([], [f"bytes={size}-"])
