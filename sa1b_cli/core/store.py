@@ -108,10 +108,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, sync: bool
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if exc.errno == errno.ENOSPC:
-            raise _disk_full(path) from exc
-        if exc.filename == str(tmp):  # name the file the caller asked for, not our temporary
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        if (named := _named(exc, tmp, path)) is not exc:
+            raise named from exc
         raise
 
 
@@ -134,9 +132,18 @@ def atomic_text_file(path: Path, *, sync: bool = True) -> Iterator[TextIO]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise _disk_full(path) from exc
+        if isinstance(exc, OSError) and (named := _named(exc, tmp, path)) is not exc:
+            raise named from exc
         raise
+
+
+def _named(exc: OSError, tmp: Path, path: Path) -> Exception:
+    """The error as the caller should see it: about ``path``, never our temporary name."""
+    if exc.errno == errno.ENOSPC:
+        return _disk_full(path)
+    if exc.filename == str(tmp):
+        return OSError(exc.errno, exc.strerror, str(path))
+    return exc
 
 
 class Store:

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,13 @@ from sa1b_cli.core.annotation import BadAnnotation, image_fields, load_annotatio
 from sa1b_cli.core.archive import ArchiveError
 from sa1b_cli.core.markers import marker_path, stem
 from sa1b_cli.core.store import atomic_write_text
+from sa1b_cli.core.text import shown
 
 __all__ = [
     "INDEX_FIELDS",
+    "InTheWay",
     "Rows",
+    "clear_way",
     "index_row",
     "write_marker",
     "write_shard_index",
@@ -82,6 +86,30 @@ def write_shard_index(
     folder = out / "index"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / f"{stem(name)}.csv", buffer.getvalue(), sync=sync)
+
+
+class InTheWay(Exception):
+    """Where a shard's output goes, something sa1b never makes is in the way: that shard fails."""
+
+
+def clear_way(target: Path, *, folder: bool) -> None:
+    """Raise ``InTheWay`` for a link where a folder goes, or the wrong kind of entry.
+
+    A link or a file at a folder's name would end the whole run (``rmtree`` refuses a link,
+    ``rename`` a non-folder); a link at a file's name is replaced, never written through.
+    """
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if folder and stat.S_ISLNK(mode):
+        what = "a symbolic link"
+    elif folder == stat.S_ISDIR(mode) or (not folder and stat.S_ISLNK(mode)):
+        return
+    else:
+        what = "a file" if folder else "a directory"
+    msg = f"{shown(target.name)} in {shown(str(target.parent))} is {what}, which sa1b never makes"
+    raise InTheWay(msg)
 
 
 def write_marker(out: Path, name: str, *, sync: bool = True, **fields: Any) -> None:

@@ -41,7 +41,14 @@ from sa1b_cli.core.markers import marked_layout, marker_path, read_marker, stem
 from sa1b_cli.core.store import Store, atomic_text_file
 from sa1b_cli.core.text import counted, shown
 from sa1b_cli.extract.config import ExtractConfig
-from sa1b_cli.extract.marks import INDEX_FIELDS, Rows, write_marker, write_shard_index
+from sa1b_cli.extract.marks import (
+    INDEX_FIELDS,
+    InTheWay,
+    Rows,
+    clear_way,
+    write_marker,
+    write_shard_index,
+)
 from sa1b_cli.extract.salvage import Break, Proof, scan_damaged
 from sa1b_cli.extract.wds import TarRepacker, write_wids_index
 
@@ -61,6 +68,7 @@ ExtractStatus = Literal[
     "corrupt_archive",
     "unsafe_members",  # its safe members were written; links, devices or escapes were not
     "no_space",
+    "in_the_way",  # a link or file sa1b never makes holds where its output goes
     "busy",  # another process is extracting it
     "interrupted",
     "salvaged",  # --salvage: the members proven whole out of a damaged shard (exit 1)
@@ -68,6 +76,7 @@ ExtractStatus = Literal[
 SALVAGEABLE = frozenset({"failed_verification", "corrupt_archive", "partial"})
 GOOD_EXTRACT = frozenset({"extracted", "present"})
 Progress = Callable[[str, int], None]
+MOVE_IT = "move it out of the way, then run the same command"
 WRITE_THREADS = 4
 MAX_PENDING_WRITES = 64
 
@@ -177,6 +186,8 @@ class _ShardWriter:
 
     def _move_folders(self) -> None:
         moves = {self.final_dirs[kind]: self.tmp_dirs[kind] for kind in self.final_dirs}
+        for final in moves:  # every one before any moves: the shard appears whole or not at all
+            clear_way(final, folder=True)
         for final, tmp in moves.items():  # keyed by destination: "shard" has one folder
             if final.exists():
                 shutil.rmtree(final)  # a half shard from an interrupted run
@@ -305,6 +316,8 @@ def extract_one(
                 result.images = writer.commit()
     except Aborted:
         return ExtractResult(name, "interrupted", "stopped; run the same command to redo it")
+    except InTheWay as exc:
+        return ExtractResult(name, "in_the_way", f"{exc}; {MOVE_IT}")
     except ArchiveError as exc:
         if config.salvage:
             return _salvage(config, name, store, abort)
@@ -354,6 +367,8 @@ def _salvage(
             result.images = writer.commit(salvaged=salvaged)
     except Aborted:
         return ExtractResult(name, "interrupted", "stopped; run the same command to redo it")
+    except InTheWay as exc:
+        return ExtractResult(name, "in_the_way", f"{exc}; {MOVE_IT}")
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return ExtractResult(name, "no_space", "the disk filled up; nothing of it was kept")

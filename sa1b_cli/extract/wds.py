@@ -33,7 +33,7 @@ from sa1b_cli.core.archive import Member, member_id
 from sa1b_cli.core.files import write_all
 from sa1b_cli.core.markers import read_marker, stem
 from sa1b_cli.core.store import atomic_write_text
-from sa1b_cli.extract.marks import Rows, write_marker, write_shard_index
+from sa1b_cli.extract.marks import Rows, clear_way, write_marker, write_shard_index
 
 __all__ = ["INDEX_NAME", "TarRepacker", "write_wids_index"]
 
@@ -122,6 +122,7 @@ class TarRepacker:
         finally:
             os.close(fd)
         final = self.out / self.name
+        clear_way(final, folder=False)
         os.replace(target, final)
         # Freeing a spill of gigabytes takes a while: overlap it with the index and marker.
         dropping = threading.Thread(target=self._drop_spill)

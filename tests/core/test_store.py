@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
@@ -121,3 +122,20 @@ def test_a_streamed_file_lands_whole_or_not_at_all(tmp_path, monkeypatch):
     assert target.read_text() == "a\n" and sorted(p.name for p in tmp_path.iterdir()) == [
         "index.csv"
     ]
+
+
+def _streamed(target: Path, text: str) -> None:
+    from sa1b_cli.core.store import atomic_text_file
+
+    with atomic_text_file(target) as handle:
+        handle.write(text)
+
+
+@pytest.mark.parametrize("write", [atomic_write_text, _streamed], ids=["whole", "streamed"])
+def test_a_folder_at_the_target_is_named_never_our_temporary(tmp_path: Path, write: Any):
+    target = tmp_path / "file_list.txt"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as failed:
+        write(target, "a\n")
+    assert failed.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file_list.txt"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,3 +141,45 @@ def test_download_extract_into_a_folder_of_another_layout_fetches_nothing(site: 
     done = site.run("download", "--links", links, "--root", root, "--extract", "--out", str(out))
     assert done.returncode == 2 and "holds the split layout" in done.stderr
     assert len(site.mirror.requests) == before
+
+
+def _link_out(target: Path, elsewhere: Path) -> None:
+    target.symlink_to(elsewhere, target_is_directory=True)
+
+
+PLANTED = [  # (layout, where in <out>, what is planted, the kind said)
+    ("shard", "sa_000000", _link_out, "a symbolic link"),
+    ("shard", "sa_000000", lambda t, e: t.write_text("x"), "a file"),
+    ("split", "annotations/sa_000000", _link_out, "a symbolic link"),
+    ("webdataset", "sa_000000.tar", lambda t, e: t.mkdir(), "a directory"),
+]
+
+
+@pytest.mark.parametrize(
+    ("layout", "where", "plant", "what"), PLANTED, ids=[f"{p[0]}:{p[3]}" for p in PLANTED]
+)
+def test_something_planted_where_a_shard_goes_fails_that_shard_only(
+    site: Site, tmp_path: Path, layout: str, where: str, plant: Any, what: str
+):
+    root, out = str(site.root), tmp_path / "data"
+    links = str(site.manifest())
+    assert site.run("download", "--links", links, "--root", root, "--subset", "2").returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / where).parent.mkdir(parents=True)
+    plant(out / where, elsewhere)
+    args = ("extract", "--root", root, "--subset", "2", "--layout", layout, "--out", str(out))
+    code, report = site.run_json(*args)
+    assert code == 1
+    shards = {s["name"]: s for s in report["shards"]}
+    assert shards["sa_000001.tar"]["status"] == "extracted"
+    assert shards["sa_000000.tar"]["status"] == "in_the_way"
+    assert f"is {what}, which sa1b never makes" in shards["sa_000000.tar"]["detail"]
+    assert list(elsewhere.iterdir()) == []  # nothing written through a link, nothing removed
+    planted = out / where
+    if planted.is_dir() and not planted.is_symlink():
+        planted.rmdir()
+    else:
+        planted.unlink()
+    code, report = site.run_json(*args)
+    assert code == 0 and shards.keys() == {s["name"] for s in report["shards"]}
