@@ -66,7 +66,7 @@ def read_claim(path: Path) -> ClaimHolder | None:
     """The claim's holder; None when it cannot be read or is not one sa1b writes (a claim
     on a shared root is anybody's file: a pid of 10**30 made ``os.kill`` overflow)."""
     try:
-        data = json.loads(read_at_most(path, MAX_CLAIM))
+        data = json.loads(read_at_most(path, MAX_CLAIM, own=True))
         mtime = path.stat().st_mtime
     except (OSError, ValueError):
         return None

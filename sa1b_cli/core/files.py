@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from sa1b_cli.core.text import format_size
 
@@ -14,14 +16,16 @@ __all__ = ["read_at_most", "write_all"]
 _STEP = 1 << 20  # bytes read at a time from a device or a pipe (their size says nothing)
 
 
-def read_at_most(path: Path, limit: int) -> bytes:
+def read_at_most(path: Path, limit: int, *, own: bool = False) -> bytes:
     """The file's bytes; an ``OSError`` (``EFBIG``, its strerror in words) past ``limit``.
 
     A regular file is read in one call of its own size (asking ``limit`` bytes at once would
-    allocate them all: 16 MiB for every small record), anything else a step at a time."""
+    allocate them all: 16 MiB for every small record), anything else a step at a time.
+    ``own``: a file sa1b writes itself (a record, a claim, a marker), so only a regular file
+    at that very path; a named pipe left there would block the run forever."""
     chunks: list[bytes] = []
     got = 0
-    with path.open("rb", buffering=0) as handle:
+    with _opened(path, own=own) as handle:
         size = os.fstat(handle.fileno()).st_size  # 0 for a device or a pipe
         want = size + 1 if size else _STEP
         while got <= limit:
@@ -35,6 +39,16 @@ def read_at_most(path: Path, limit: int) -> bytes:
     if got > limit:
         raise OSError(errno.EFBIG, f"larger than {format_size(limit)}, so not this kind of file")
     return b"".join(chunks)
+
+
+def _opened(path: Path, *, own: bool) -> BinaryIO:
+    if not own:
+        return path.open("rb", buffering=0)  # a user's pipe (`<(zcat links.gz)`) may block
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file, so not one sa1b wrote", str(path))
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

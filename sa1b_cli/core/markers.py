@@ -36,7 +36,7 @@ def marked_layout(marker: dict[str, Any]) -> Layout | None:
 
 def read_marker(out: Path, name: str) -> dict[str, Any] | None:
     try:
-        data = json.loads(read_at_most(marker_path(out, name), MAX_MARKER))
+        data = json.loads(read_at_most(marker_path(out, name), MAX_MARKER, own=True))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

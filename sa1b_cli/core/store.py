@@ -175,7 +175,7 @@ class Store:
 
     def read(self, name: str) -> Record | None:
         try:
-            data = json.loads(read_at_most(self.record_path(name), MAX_RECORD))
+            data = json.loads(read_at_most(self.record_path(name), MAX_RECORD, own=True))
             return Record(**data)
         except FileNotFoundError:
             return None

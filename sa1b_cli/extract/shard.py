@@ -487,6 +487,8 @@ def _marked_indexes(out: Path) -> list[tuple[Path, Layout | None]]:
     folder = out / "index"
     found = []
     for path in sorted(folder.glob("sa_*.csv")) if folder.is_dir() else []:
+        if not path.is_file():  # a named pipe there would block the run: not one sa1b wrote
+            continue
         if (marker := read_marker(out, f"{path.stem}.tar")) is not None:
             found.append((path, marked_layout(marker)))
     return found

@@ -6,6 +6,7 @@ import errno
 import os
 import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,42 @@ def test_a_small_file_does_not_allocate_the_limit(tmp_path: Path):
     finally:
         tracemalloc.stop()
     assert peak < 64 << 10, peak
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+OTHERS = [
+    ("a named pipe nobody writes", _fifo),
+    ("a link to a record", lambda p: p.symlink_to(p.with_name("real.json"))),
+    ("a link to /dev/zero", lambda p: p.symlink_to("/dev/zero")),
+    ("a directory", lambda p: p.mkdir()),
+]
+
+
+@pytest.mark.parametrize("plant", [o[1] for o in OTHERS], ids=[o[0] for o in OTHERS])
+def test_sa1b_s_own_file_is_read_only_as_a_regular_file_and_never_blocks(
+    tmp_path: Path, plant: Callable[[Path], None]
+) -> None:
+    """A record, claim or marker is always a regular file sa1b wrote: a pipe there blocked."""
+    (tmp_path / "real.json").write_text("{}")
+    path = tmp_path / "sa_000000.tar.json"
+    plant(path)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_at_most(path, 1 << 20, own=True)
+        except OSError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # release it, then fail
+        with path.open("wb"):
+            pass
+        pytest.fail("reading blocked")
+    assert len(outcome) == 1
+    assert read_at_most(tmp_path / "real.json", 1 << 20, own=True) == b"{}"

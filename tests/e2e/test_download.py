@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -379,3 +380,26 @@ def test_a_link_or_folder_planted_at_a_shards_path_fails_that_shard_only(site: S
     size = len(site.source("sa_000001.tar"))
     asked = [r["range"] for r in site.mirror.requests[before:] if r["name"] == "sa_000001.tar"]
     assert asked in ([], [f"bytes={size}-"])
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "state/sa_000000.tar.json",
+        "claims/sa_000000.tar.claim",
+        "extracted/.done/sa_000000.json",
+        "extracted/index/sa_000001.csv",  # beside sa_000001's marker: read for the lists
+    ],
+)
+def test_a_named_pipe_among_sa1b_s_own_files_blocks_no_command(site: Site, where: str):
+    """A record, claim, marker or index is a file sa1b wrote: a pipe there waited forever."""
+    links, root = str(site.manifest()), str(site.root)
+    first = site.run("download", "--links", links, "--root", root, "--shards", "1", "--extract")
+    assert first.returncode == 0
+    (site.root / where).parent.mkdir(parents=True, exist_ok=True)
+    (site.root / where).unlink(missing_ok=True)
+    os.mkfifo(site.root / where)
+    for args in (("status",), ("verify",), ("download", "--links", links, "--extract")):
+        done = site.run(*args, "--root", root, timeout=60)  # a pipe opened blocks: it times out
+        assert "Traceback" not in done.stderr and "unexpected" not in done.stderr, done.stderr
+    assert (site.root / "tars" / "sa_000000.tar").read_bytes() == site.source("sa_000000.tar")
