@@ -1,5 +1,6 @@
-"""Files a user names (a manifest, a checksum list), read whole but never past a bound:
-``--links /dev/zero`` or a wrong multi-GiB file must fail with its name, not fill memory."""
+"""Files a user names (a manifest, a checksum list) or sa1b wrote (records, claims, markers),
+read whole but never past a bound: ``--links /dev/zero`` or a wrong multi-GiB file must fail
+with its name, not fill memory, and a pipe left among sa1b's own files must not block."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import BinaryIO
 
 from sa1b_cli.core.text import format_size
 
-__all__ = ["read_at_most", "write_all"]
+__all__ = ["open_own", "read_at_most", "write_all"]
 
 _STEP = 1 << 20  # bytes read at a time from a device or a pipe (their size says nothing)
 
@@ -42,9 +43,20 @@ def read_at_most(path: Path, limit: int, *, own: bool = False) -> bytes:
 
 
 def _opened(path: Path, *, own: bool) -> BinaryIO:
-    if not own:
-        return path.open("rb", buffering=0)  # a user's pipe (`<(zcat links.gz)`) may block
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    if own:
+        return open_own(path)
+    return path.open("rb", buffering=0)  # a user's pipe (`<(zcat links.gz)`) may block
+
+
+def open_own(path: Path) -> BinaryIO:
+    """A file sa1b wrote, unbuffered: only a regular file at ``path`` itself, opened without
+    blocking (a named pipe left there would block forever) and never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's word for "a link", which reads as a loop
+            raise OSError(exc.errno, "a symbolic link, so not one sa1b wrote", str(path)) from exc
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file, so not one sa1b wrote", str(path))

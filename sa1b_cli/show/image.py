@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from sa1b_cli.core.annotation import BadAnnotation, check_masks, image_fields, load_annotation
-from sa1b_cli.core.archive import ArchiveError, Refusal, iter_members, member_id, open_shard
+from sa1b_cli.core.archive import (
+    MAX_MEMBER,
+    ArchiveError,
+    Refusal,
+    iter_members,
+    member_id,
+    open_shard,
+)
 from sa1b_cli.core.errors import ImageNotFoundError, UsageError
+from sa1b_cli.core.files import open_own, read_at_most
 from sa1b_cli.core.layouts import Layout, shard_dirs
 from sa1b_cli.core.markers import marked_layout, read_marker, stem
 from sa1b_cli.core.store import Store
@@ -82,14 +90,39 @@ def _from_layout(out: Path, shard: str, image_id: int) -> tuple[bytes, bytes, st
     if layout is None:
         return None  # a marker this version cannot read: not a layout it knows
     if layout is Layout.WEBDATASET:
-        with tarfile.open(out / shard) as tar:
-            jpg, doc = (tar.extractfile(f"sa_{image_id}.{kind}") for kind in ("jpg", "json"))
-            if jpg is None or doc is None:
-                return None
-            return jpg.read(), doc.read(), str(out / shard)
+        return _from_webdataset(out / shard, shard, image_id)
     dirs = shard_dirs(out, shard, layout, None)  # where extraction put them
-    jpg_path, json_path = (dirs[kind] / f"sa_{image_id}.{kind}" for kind in ("jpg", "json"))
-    return jpg_path.read_bytes(), json_path.read_bytes(), str(jpg_path.parent)
+    pair = []
+    for kind in ("jpg", "json"):
+        path = dirs[kind] / f"sa_{image_id}.{kind}"
+        try:  # a file sa1b wrote: a pipe, a link to /dev/zero or a folder there is not one
+            pair.append(read_at_most(path, MAX_MEMBER, own=True))
+        except OSError as exc:
+            raise _unreadable(image_id, shard, path, exc.strerror or str(exc)) from exc
+    return pair[0], pair[1], str(dirs["jpg"])
+
+
+def _from_webdataset(path: Path, shard: str, image_id: int) -> tuple[bytes, bytes, str] | None:
+    pair = []
+    try:
+        with open_own(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            for kind in ("jpg", "json"):
+                info = tar.getmember(f"sa_{image_id}.{kind}")
+                if not info.isfile() or info.size > MAX_MEMBER:
+                    msg = f"its sa_{image_id}.{kind} is not a file sa1b wrote"
+                    raise tarfile.TarError(msg)
+                pair.append(tar.extractfile(info).read())  # type: ignore[union-attr]
+    except KeyError:
+        return None  # indexed, but not in the tar: said as not found
+    except (OSError, tarfile.TarError) as exc:
+        raise _unreadable(image_id, shard, path, str(exc)) from exc
+    return pair[0], pair[1], str(path)
+
+
+def _unreadable(image_id: int, shard: str, path: Path, why: str) -> ImageNotFoundError:
+    msg = f"sa_{image_id} is indexed in {shard}, but {shown(str(path))} cannot be read: {why}"
+    hint = f"Read it from the tar with --shard {stem(shard)}, or extract it into a new --out."
+    return ImageNotFoundError(msg, hint=hint)
 
 
 def _from_tar(tar: Path, image_id: int) -> tuple[bytes, bytes, str] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -111,3 +112,46 @@ def test_unknown_commands_and_options_get_hints_that_fit(site: Site):
     assert "XuyangShen/SA-1B-Fast-Downloader" in done.stdout and "Meta's CDN" not in done.stdout
     done = site.run("--help")
     assert "sharded layout" not in done.stdout and "one of five layouts" in done.stdout
+
+
+def _replace(path: Path, how: str) -> None:
+    path.unlink()
+    if how == "a named pipe":
+        os.mkfifo(path)
+    elif how == "a link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif how == "a directory":
+        path.mkdir()
+    elif how == "cut short":
+        path.write_bytes(b"\0" * 100)
+
+
+BROKEN = [  # (layout, the file, how it is broken, what the error says)
+    ("shard", "sa_000000/sa_2.jpg", "gone", "No such file or directory"),
+    ("shard", "sa_000000/sa_2.jpg", "a named pipe", "not a regular file"),
+    ("shard", "sa_000000/sa_2.json", "a link to /dev/zero", "a symbolic link"),
+    ("images-masks", "masks/sa_2.json", "a directory", "not a regular file"),
+    ("webdataset", "sa_000000.tar", "a named pipe", "not a regular file"),
+    ("webdataset", "sa_000000.tar", "cut short", "cannot be read"),
+]
+
+
+@pytest.mark.parametrize(
+    ("layout", "where", "how", "says"), BROKEN, ids=[f"{b[0]}:{b[2]}" for b in BROKEN]
+)
+def test_show_says_an_extracted_file_it_cannot_read_and_the_way_around(
+    site: Site, layout: str, where: str, how: str, says: str
+):
+    """A pipe there blocked forever, a link to /dev/zero read until memory ran out."""
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root, "--shards", "0").returncode == 0
+    out = site.root / "extracted"
+    done = site.run("extract", "--root", root, "--layout", layout, "--out", str(out / layout))
+    assert done.returncode == 0
+    _replace(out / layout / where, how)
+    args = ("show", str(IMAGE_ID), "--root", root, "--out", str(out / layout), "--json")
+    shown = site.run(*args, timeout=60)
+    assert shown.returncode == 1
+    assert f"sa_{IMAGE_ID} is indexed in sa_000000.tar, but" in shown.stderr
+    assert says in shown.stderr and "--shard sa_000000" in shown.stderr
+    assert "Traceback" not in shown.stderr and "unexpected" not in shown.stderr
