@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sa1b_cli.core.files import read_at_most
+from sa1b_cli.core.text import escaped
 
 __all__ = ["MAX_CLAIM", "Claim", "ClaimHolder", "is_stale", "read_claim", "try_claim"]
 
@@ -74,6 +75,8 @@ def read_claim(path: Path) -> ClaimHolder | None:
         return None
     host, pid, token, started = (data.get(k) for k in ("host", "pid", "token", "started"))
     if not (isinstance(host, str) and isinstance(token, str) and type(pid) is int):
+        return None
+    if escaped(host) != host:  # shown by status: a host name has no control characters
         return None
     if not (0 < pid <= MAX_PID and isinstance(started, int | float)) or type(started) is bool:
         return None

@@ -18,14 +18,15 @@ import errno
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, get_args
 
 from sa1b_cli.core.checksums import RECORD_ALGORITHM, format_gnu_line
 from sa1b_cli.core.errors import DiskFullError, RootError
 from sa1b_cli.core.files import read_at_most, write_all
+from sa1b_cli.core.text import escaped
 
 __all__ = [
     "Record",
@@ -76,6 +77,56 @@ class Record:
         if self.status != "complete":
             return False
         return self.tar_deleted or (final_size is not None and final_size == self.size)
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value < 1 << 63
+
+
+def _span(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(map(_count, value))
+        and (value[0] < value[1])
+    )
+
+
+def _number(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+def _texts(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _escaped(text: str | None) -> str | None:
+    return None if text is None else escaped(text)
+
+
+def _maybe(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+_text = _maybe(lambda value: isinstance(value, str))
+# What each field of a record may hold: on a shared root a record is anybody's file, and a
+# size of "12" or a span of [1, 2, 3] ended whole runs in "unexpected error".
+_FIELDS: dict[str, Callable[[object], bool]] = {
+    "file_name": _text,
+    "status": lambda value: isinstance(value, str) and value in get_args(RecordStatus),
+    "expected_size": _maybe(_count),
+    "size": _maybe(_count),
+    "digests": lambda value: isinstance(value, dict) and _texts([*value, *value.values()]),
+    "object_path": _text,
+    "durable_bytes": _count,
+    "spans": _maybe(lambda value: isinstance(value, list) and all(map(_span, value))),
+    "detail": _text,
+    "updated": _number,
+    "host": _text,
+    "tar_deleted": lambda value: type(value) is bool,
+    "checked": _texts,
+    "checked_at": _number,
+}
 
 
 def _disk_full(path: Path) -> DiskFullError:
@@ -174,13 +225,18 @@ class Store:
         return self.state / f"{name}.json"
 
     def read(self, name: str) -> Record | None:
+        """The shard's record; None when there is none, or it is not one sa1b writes (a
+        damaged record means "unknown": the shard is checked again)."""
         try:
             data = json.loads(read_at_most(self.record_path(name), MAX_RECORD, own=True))
-            return Record(**data)
-        except FileNotFoundError:
+        except (OSError, ValueError):
             return None
-        except (OSError, ValueError, TypeError):
-            return None  # a damaged record means "unknown": the shard is checked again
+        if not isinstance(data, dict) or data.get("file_name") != name:
+            return None
+        if not all(key in _FIELDS and _FIELDS[key](value) for key, value in data.items()):
+            return None
+        record = Record(**data)  # its words are shown: escaped, as sa1b's own already are
+        return record.with_(detail=_escaped(record.detail), host=_escaped(record.host))
 
     def write(self, record: Record) -> None:
         record = record.with_(host=socket.gethostname())

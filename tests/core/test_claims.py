@@ -104,6 +104,8 @@ def test_claim_of_a_zombie_process_is_stale(tmp_path: Path):
         {"pid": "12"},
         {"pid": 1.5},
         {"host": ["vm"]},
+        {"host": "\x1b]0;pwned\x07vm"},  # status shows the holder's host
+        {"host": "vm\nerror: forged"},
         {"token": None},
         {"started": "yesterday"},
         "a list, not an object",

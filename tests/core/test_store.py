@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -139,3 +140,51 @@ def test_a_folder_at_the_target_is_named_never_our_temporary(tmp_path: Path, wri
         write(target, "a\n")
     assert failed.value.filename == str(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file_list.txt"]
+
+
+HOSTILE_FIELDS = [  # each ended a run in "unexpected error" through some command
+    {"status": "zzz"},
+    {"status": [1]},
+    {"size": "12"},
+    {"size": -1},
+    {"size": True},
+    {"digests": [1, 2]},
+    {"digests": {"xxh128": 5}},
+    {"spans": "abc"},
+    {"spans": [[500, 100]]},
+    {"spans": [[1, 2, 3]]},
+    {"spans": [[-100, 50]]},
+    {"spans": [[0, 10**30]]},
+    {"spans": [[0.5, 100.5]]},
+    {"expected_size": "x"},
+    {"durable_bytes": "x"},
+    {"updated": "x"},
+    {"checked": {"a": 1}},
+    {"tar_deleted": "yes"},
+    {"file_name": 5},
+    {"file_name": "sa_000002.tar"},  # another shard's record under this one's name
+    {"object_path": 5},
+]
+
+
+@pytest.mark.parametrize("fields", HOSTILE_FIELDS, ids=str)
+def test_a_record_sa1b_would_not_write_reads_as_unknown(tmp_path: Path, fields: dict[str, Any]):
+    store = Store(tmp_path).ensure()
+    good = Record("sa_000001.tar", "partial", expected_size=1000, spans=[[0, 400]])
+    store.write(good)
+    assert store.read("sa_000001.tar") is not None
+    body = json.loads(store.record_path("sa_000001.tar").read_text())
+    store.record_path("sa_000001.tar").write_text(json.dumps(body | fields))
+    assert store.read("sa_000001.tar") is None
+    assert store.records() == {}
+
+
+def test_the_words_of_a_record_are_escaped_when_read(tmp_path: Path):
+    """`status` shows a record's detail and host: never a terminal's escape, raw."""
+    store = Store(tmp_path).ensure()
+    store.write(Record("sa_000001.tar", "failed", detail="\x1b[2Jgone\nerror: forged"))
+    body = json.loads(store.record_path("sa_000001.tar").read_text())
+    store.record_path("sa_000001.tar").write_text(json.dumps(body | {"host": "\x1b]0;x\x07"}))
+    back = store.read("sa_000001.tar")
+    assert back is not None
+    assert back.detail == "\\x1b[2Jgone\\nerror: forged" and back.host == "\\x1b]0;x\\x07"

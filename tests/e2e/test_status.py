@@ -10,7 +10,7 @@ import pytest
 
 from sa1b_cli.core.store import Store
 from tests.shards import good_pair, install, tar_bytes
-from tests.site import SA1B, env
+from tests.site import SA1B, Site, env
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +49,27 @@ def test_tars_with_damaged_records_are_on_disk_not_missing(tmp_path: Path):
         [SA1B, "status", "--root", str(store.root)], capture_output=True, text=True, env=env()
     )
     assert "missing" not in text.stdout + text.stderr
+
+
+RECORDS = [  # a record on a shared root is anybody's file; each of these ended a run
+    {"size": "12"},
+    {"digests": [1, 2]},
+    {"status": "partial", "size": None, "spans": [[1, 2, 3]]},
+    {"status": "partial", "size": None, "expected_size": "x"},
+    {"file_name": 5},
+    {"status": "failed", "detail": "\x1b[2Jgone", "host": "\x1b]0;pwned\x07"},
+]
+
+
+@pytest.mark.parametrize("fields", RECORDS, ids=str)
+def test_a_record_sa1b_would_not_write_ends_no_command(site: Site, fields: dict[str, object]):
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root).returncode == 0
+    path = Store(site.root).record_path("sa_000000.tar")
+    body = json.loads(path.read_text())
+    for args in (("status",), ("status", "--json"), ("verify",), ("extract",), ("download",)):
+        path.write_text(json.dumps(body | fields))
+        done = site.run(*args, "--root", root, *(("--links", links) if "download" in args else ()))
+        assert done.returncode in (0, 1), done.stderr
+        assert "unexpected" not in done.stderr and "\x1b" not in done.stdout + done.stderr
+    assert (site.root / "tars" / "sa_000000.tar").read_bytes() == site.source("sa_000000.tar")
