@@ -19,7 +19,7 @@ from sa1b_cli.core.claims import Claim, try_claim
 from sa1b_cli.core.errors import DiskFullError, UsageError
 from sa1b_cli.core.events import NullSink, ProgressSink
 from sa1b_cli.core.layouts import Layout
-from sa1b_cli.core.markers import read_marker, stem
+from sa1b_cli.core.markers import marked_layout, read_marker, stem
 from sa1b_cli.core.procs import die_with_parent
 from sa1b_cli.core.results import exit_code
 from sa1b_cli.core.store import Store
@@ -183,15 +183,20 @@ def extract_shards(
 
 def _layout_check(out: Path, layout: str) -> None:
     """One folder holds one layout: its lists (file_list.txt, wids) describe one shape."""
-    held = {
-        shown(str(m.get("layout")), 20) for p in out.glob(".done/sa_*.json") if (m := _marker(p))
-    }
+    held = {_held(m) for p in out.glob(".done/sa_*.json") if (m := _marker(p)) is not None}
     held.discard(layout)
     if held:
         other = " and ".join(sorted(held))
         msg = f"{out} holds the {other} layout; this run asked for --layout {layout}"
-        hint = f"Extract with --layout {sorted(held)[0]} there, or pass --out another folder."
-        raise UsageError(msg, hint=hint)
+        known = sorted(h for h in held if h in list(Layout))
+        hint = f"Extract with --layout {known[0]} there, or pass" if known else "Pass"
+        raise UsageError(msg, hint=f"{hint} --out another folder.")
+
+
+def _held(marker: dict[str, Any]) -> str:
+    """The layout a marker records, as said; markers from before layouts existed: shard."""
+    known = marked_layout(marker)
+    return str(known) if known else f"unknown ({shown(str(marker.get('layout')), 20)})"
 
 
 def _marker(path: Path) -> dict[str, Any] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from sa1b_cli.core.errors import UsageError
 from sa1b_cli.core.layouts import Layout, Only
 from sa1b_cli.core.selection import Selection
 from sa1b_cli.extract.config import ExtractConfig
-from sa1b_cli.extract.pool import _flat_check
+from sa1b_cli.extract.pool import _flat_check, _layout_check
 
 
 def names(count: int) -> list[str]:
@@ -44,3 +46,31 @@ def test_shards_already_extracted_count_too(tmp_path: Path):
         (done / f"{name.removesuffix('.tar')}.json").write_text("{}")
     with pytest.raises(UsageError):
         _flat_check(config(tmp_path), names(100))  # 700 shards in one folder in all
+
+
+@pytest.mark.parametrize(
+    ("marker", "says", "hint"),
+    [
+        ({"layout": "split"}, "holds the split layout", "Extract with --layout split there"),
+        ({"layout": 5}, "holds the unknown (5) layout", "Pass --out another folder."),
+        ({"layout": "\x1b[2J"}, "unknown (\\x1b[2J)", "Pass --out another folder."),
+    ],
+)
+def test_a_folder_of_another_layout_is_named_and_an_unknown_one_not_advised(
+    tmp_path: Path, marker: dict[str, object], says: str, hint: str
+):
+    done = tmp_path / ".done"
+    done.mkdir()
+    (done / "sa_000000.json").write_text(json.dumps({"shard": "sa_000000.tar"} | marker))
+    with pytest.raises(UsageError, match=re.escape(says)) as refused:
+        _layout_check(tmp_path, "shard")
+    assert refused.value.hint is not None and refused.value.hint.startswith(hint)
+
+
+def test_a_marker_from_before_layouts_is_the_shard_layout(tmp_path: Path):
+    done = tmp_path / ".done"
+    done.mkdir()
+    (done / "sa_000000.json").write_text(json.dumps({"shard": "sa_000000.tar", "images": 6}))
+    _layout_check(tmp_path, "shard")  # it said "holds the None layout"
+    with pytest.raises(UsageError, match="holds the shard layout"):
+        _layout_check(tmp_path, "split")
