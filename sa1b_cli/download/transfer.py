@@ -126,7 +126,9 @@ class _Shard:
             self._start_budget()
             try:
                 return await self._loop()
-            except (SizeChanged, Overrun, NoRoom) as exc:
+            except SizeChanged as exc:
+                return await self._stopped(self.ends.size_changed(exc))
+            except (Overrun, NoRoom) as exc:
                 return await self._stopped(self.ends.failed(str(exc)))
             except NotAFile as exc:  # at the final name: the checked part file stays
                 return await self._stopped(self.ends.failed(str(exc), exc.hint))
@@ -270,6 +272,19 @@ class _Ends:
     def failed(self, detail: str, hint: str | None = None) -> ShardResult:
         kept = format_size(self.file.written.total())
         return self.result("failed", f"{detail}; {kept} kept", hint=hint)
+
+    def size_changed(self, exc: SizeChanged) -> ShardResult:
+        """Kept as it is: the server may be wrong only now, and the known size stays. Should
+        the file itself have changed, every later run would fail the same way: say the way out."""
+        store = self.file.store
+        record, part = (
+            shown(str(p), 200) for p in (store.record_path(self.name), store.part_path(self.name))
+        )
+        hint = (
+            "If the file itself changed on the server, delete "
+            f"{record} and {part} to start it over, then run the same command."
+        )
+        return self.failed(str(exc), hint)
 
     def unreachable(self, why: str, host: str) -> ShardResult:
         """Never tried: another shard of its host could not connect, and nothing answered."""

@@ -141,6 +141,13 @@ async def test_a_total_that_changes_fails_the_shard_and_keeps_its_bytes(store, p
     assert "the server now says" in (result.detail or "") and "it said" in (result.detail or "")
     assert not store.final_path(NAME).exists()
     assert result.bytes_done == 100_000  # what came before is kept for a later run
+    # Every later run fails the same way if the file did change: the hint says the way out.
+    record, part = store.record_path(NAME), store.part_path(NAME)
+    assert result.hint is not None and f"delete {record} and {part}" in result.hint
+    record.unlink()
+    part.unlink()
+    again = await fetch(FakeCDN({NAME: payload}), store)
+    assert again.status == "downloaded" and final_bytes(store) == payload
 
 
 async def test_416_with_matching_size_finishes_without_refetching(store, payload):
