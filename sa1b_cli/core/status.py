@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sa1b_cli.core.claims import is_stale, read_claim
+from sa1b_cli.core.errors import ManifestError
 from sa1b_cli.core.manifest import read_manifest
 from sa1b_cli.core.markers import read_marker
 from sa1b_cli.core.selection import Selection
@@ -84,8 +86,10 @@ def selected_status(store: Store, selection: Selection) -> list[ShardState]:
     """The state of the selected shards among those recorded or in the remembered manifest."""
     known = set(store.records()) | _final_names(store)  # a tar whose record is lost counts
     remembered = store.remembered_manifest()
-    if remembered is not None:
-        known |= set(read_manifest(remembered).rows)
+    # Only names the root has not begun: a damaged copy must not hide what the records say
+    # (`download` names it when it reads the copy for links).
+    with contextlib.suppress(ManifestError):
+        known |= set(read_manifest(remembered).rows) if remembered is not None else set()
     return root_status(store, selection.apply(known))
 
 

@@ -73,3 +73,13 @@ def test_a_record_sa1b_would_not_write_ends_no_command(site: Site, fields: dict[
         assert done.returncode in (0, 1), done.stderr
         assert "unexpected" not in done.stderr and "\x1b" not in done.stdout + done.stderr
     assert (site.root / "tars" / "sa_000000.tar").read_bytes() == site.source("sa_000000.tar")
+
+
+def test_a_damaged_copy_of_the_manifest_hides_nothing_from_status(site: Site):
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root, "--shards", "0").returncode == 0
+    (site.root / "manifest.tsv").write_bytes(b"\x00\xff not a manifest\n")
+    code, report = site.run_json("status", "--root", root)
+    assert code == 0  # it ended in "error: ... this is a binary file, not a link manifest"
+    statuses = {s["name"]: s["status"] for s in report["shards"]}
+    assert statuses == {"sa_000000.tar": "complete"}
