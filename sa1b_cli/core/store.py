@@ -207,12 +207,14 @@ class Store:
         self.claims = root / "claims"
 
     def ensure(self) -> Store:
-        try:
-            for folder in (self.tars, self.state, self.claims):
+        for folder in (self.tars, self.state, self.claims):
+            try:
                 folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            msg = f"cannot create the root {self.root}: {exc.strerror}"
-            raise RootError(msg, hint="Pick another --root or fix its permissions.") from exc
+            except OSError as exc:
+                where = f"the root {self.root}" if exc.filename == str(self.root) else folder
+                said = "it is there, not a folder" if exc.errno == errno.EEXIST else exc.strerror
+                msg = f"cannot create {where}: {said}"
+                raise RootError(msg, hint="Pick another --root or fix its permissions.") from exc
         return self
 
     def final_path(self, name: str) -> Path:

@@ -183,6 +183,9 @@ def extract_shards(
 
 def _layout_check(out: Path, layout: str) -> None:
     """One folder holds one layout: its lists (file_list.txt, wids) describe one shape."""
+    if out.exists() and not out.is_dir():  # every shard would fail alike: "File exists"
+        msg = f"the output {shown(str(out))} is there, not a folder"
+        raise UsageError(msg, hint="Pass --out a folder (it is created when missing).")
     held = {_held(m) for p in out.glob(".done/sa_*.json") if (m := _marker(p)) is not None}
     held.discard(layout)
     if held:

@@ -188,3 +188,14 @@ def test_the_words_of_a_record_are_escaped_when_read(tmp_path: Path):
     back = store.read("sa_000001.tar")
     assert back is not None
     assert back.detail == "\\x1b[2Jgone\\nerror: forged" and back.host == "\\x1b]0;x\\x07"
+
+
+@pytest.mark.parametrize("planted", ["tars", "state", "claims"])
+def test_a_file_where_the_root_keeps_a_folder_is_named(tmp_path: Path, planted: str):
+    from sa1b_cli.core.errors import RootError
+
+    (tmp_path / planted).write_text("x")
+    with pytest.raises(RootError) as refused:
+        Store(tmp_path).ensure()
+    said = f"cannot create {tmp_path / planted}: it is there, not a folder"
+    assert refused.value.message == said

@@ -74,3 +74,9 @@ def test_a_marker_from_before_layouts_is_the_shard_layout(tmp_path: Path):
     _layout_check(tmp_path, "shard")  # it said "holds the None layout"
     with pytest.raises(UsageError, match="holds the shard layout"):
         _layout_check(tmp_path, "split")
+
+
+def test_an_output_that_is_a_file_is_refused_before_any_shard(tmp_path: Path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(UsageError, match=r"the output .*/out is there, not a folder"):
+        _layout_check(tmp_path / "out", "shard")
