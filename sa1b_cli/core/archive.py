@@ -24,6 +24,7 @@ from sa1b_cli.core.text import format_size, shown
 
 __all__ = [
     "MAX_MEMBER",
+    "MAX_MEMBERS",
     "ArchiveError",
     "HashingReader",
     "Member",
@@ -42,6 +43,9 @@ TAR_BUFSIZE = 256 << 10
 # is known to come near this (images are a few MiB at most, annotations less): a member
 # past it (a gzip bomb, a forged header) fails its shard instead of filling memory.
 MAX_MEMBER = 64 << 20
+# An SA-1B shard has about 22,400 members (11,186 pairs). Each costs memory however small
+# (its name is kept to find a second copy): 500,000 one-byte members fit in a 5 MB gzip.
+MAX_MEMBERS = 100_000
 _SA_RE = re.compile(r"sa_([1-9]\d*)\.(jpg|json)", re.ASCII)
 
 
@@ -142,8 +146,12 @@ def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
     try:
         with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFSIZE) as tar:
             for info in tar:
+                tar.members = []  # type: ignore[attr-defined]  # stream mode keeps each header read
                 if _is_root_dir(info):
                     continue
+                if len(seen) >= MAX_MEMBERS:
+                    msg = f"it has more than {MAX_MEMBERS:,} members, and a shard about 22,400"
+                    raise ArchiveError(msg)
                 name = _normalise(info.name)
                 if name in seen:
                     msg = f"{shown(name)} appears twice in the archive"

@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sa1b_cli.core.archive import GZIP_MAGIC, MAX_MEMBER, member_id
+from sa1b_cli.core.archive import GZIP_MAGIC, MAX_MEMBER, MAX_MEMBERS, member_id
 
 __all__ = ["UNLOCATED", "Break", "Found", "Proof", "scan_damaged"]
 
@@ -325,27 +325,38 @@ def _next_block(source: _Source, start: int, past: int) -> tuple[int, int] | Non
 
 
 def scan_damaged(path: Path) -> Iterator[Found | Break]:
-    """Every whole member of a (gzip'ed) shard in order, and a Break where the stream broke."""
+    """Every whole member of a (gzip'ed) shard in order, and a Break where the stream broke;
+    at most ``MAX_MEMBERS`` members (each costs memory, however small)."""
     with path.open("rb") as handle:
         src = _Source(handle.fileno())
-        if src[:2] == GZIP_MAGIC:
-            yield from _Salvage(src).run()
-        else:
-            yield from _plain(src)
+        scanner = _Salvage(src) if src[:2] == GZIP_MAGIC else _Plain(src)
+        found = 0
+        for item in scanner.run():
+            found += isinstance(item, Found)
+            if found > MAX_MEMBERS:
+                yield Break(scanner.pos, None, f"more than {MAX_MEMBERS:,} members, not a shard")
+                return
+            yield item
 
 
-def _plain(source: _Source) -> Iterator[Found | Break]:
+class _Plain:
     """A plain tar: only its headers can be damaged, and the scan finds the next one."""
-    scan = _TarScan()
-    for pos in range(0, len(source), CHUNK):
-        for item in scan.feed(_Piece(source[pos : pos + CHUNK])):
-            if isinstance(item, Found):
-                yield item
-            else:
-                yield Break(item.at, item.at, "a damaged tar header")
-    yield from scan.finish()
-    if not scan.ended:
-        yield Break(len(source), None, "the file ends before the archive does")
+
+    def __init__(self, source: _Source) -> None:
+        self.source, self.pos = source, 0
+
+    def run(self) -> Iterator[Found | Break]:
+        scan = _TarScan()
+        for pos in range(0, len(self.source), CHUNK):
+            self.pos = pos
+            for item in scan.feed(_Piece(self.source[pos : pos + CHUNK])):
+                if isinstance(item, Found):
+                    yield item
+                else:
+                    yield Break(item.at, item.at, "a damaged tar header")
+        yield from scan.finish()
+        if not scan.ended:
+            yield Break(len(self.source), None, "the file ends before the archive does")
 
 
 class _Salvage:
@@ -359,6 +370,11 @@ class _Salvage:
         self.out = 0
         self.resumed = -1
         self.handed: set[str] = set()
+
+    @property
+    def pos(self) -> int:
+        """The compressed offset reached."""
+        return self.inflater.pos
 
     def run(self) -> Iterator[Found | Break]:
         while True:
