@@ -22,7 +22,14 @@ from sa1b_cli.core.annotation import (
 )
 from sa1b_cli.core.text import shown
 
-__all__ = ["ImageCheck", "PairInput", "check_batch", "check_pair", "jpeg_size"]
+__all__ = [
+    "AnnotationInput",
+    "ImageCheck",
+    "check_annotation",
+    "check_batch",
+    "jpeg_problem",
+    "jpeg_size",
+]
 
 _SOF_MARKERS = frozenset(
     {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -30,9 +37,11 @@ _SOF_MARKERS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class PairInput:
+class AnnotationInput:
+    """One sa_<id>.json to check, as soon as it is read: its JPEG may come much later, and
+    holding annotations for their JPEGs took a real-sized shard's check to 550 MB."""
+
     image_id: int
-    jpeg_size: tuple[int, int] | None  # (width, height) read from the JPEG header
     annotation: bytes
 
 
@@ -42,6 +51,7 @@ class ImageCheck:
     errors: list[str] = field(default_factory=list)
     warnings: Counter[str] = field(default_factory=Counter)
     masks: int = 0
+    size: tuple[int, int] | None = None  # (width, height) the annotation says, once read
 
 
 @cache
@@ -75,21 +85,23 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_image(
-    check: ImageCheck, doc: dict[str, Any], item: PairInput, size: tuple[int, int]
-) -> None:
-    """The image's fields against its pair (shape and limits were checked on loading)."""
-    image, (width, height) = doc["image"], size
-    if image.get("image_id") != item.image_id:
-        check.errors.append(f"image_id {image.get('image_id')!r} in sa_{item.image_id}.json")
-    if image.get("file_name") != f"sa_{item.image_id}.jpg":
-        check.errors.append(f"file_name {image.get('file_name')!r} in sa_{item.image_id}.json")
-    if item.jpeg_size is None:
-        check.errors.append("the JPEG header is unreadable")
-    elif item.jpeg_size != (width, height):
-        jw, jh = item.jpeg_size
-        check.errors.append(f"JPEG is {jw}x{jh}, annotation says {width}x{height}")
-    if min(width, height) != 1500:
+def jpeg_problem(jpeg: tuple[int, int] | None, said: tuple[int, int]) -> str | None:
+    """The JPEG's size (from its header) against the one its annotation says."""
+    if jpeg is None:
+        return "the JPEG header is unreadable"
+    if jpeg != said:
+        return f"JPEG is {jpeg[0]}x{jpeg[1]}, annotation says {said[0]}x{said[1]}"
+    return None
+
+
+def _check_image(check: ImageCheck, doc: dict[str, Any], size: tuple[int, int]) -> None:
+    """The image's own fields (shape and limits were checked on loading)."""
+    image, image_id = doc["image"], check.image_id
+    if image.get("image_id") != image_id:
+        check.errors.append(f"image_id {image.get('image_id')!r} in sa_{image_id}.json")
+    if image.get("file_name") != f"sa_{image_id}.jpg":
+        check.errors.append(f"file_name {image.get('file_name')!r} in sa_{image_id}.json")
+    if min(size) != 1500:
         check.warnings["shortest side is not 1500 px"] += 1
 
 
@@ -152,7 +164,8 @@ def _check_masks(
             )
 
 
-def check_pair(item: PairInput, *, decode: bool = False) -> ImageCheck:
+def check_annotation(item: AnnotationInput, *, decode: bool = False) -> ImageCheck:
+    """Everything but the JPEG's size, which ``jpeg_problem`` compares with ``check.size``."""
     check = ImageCheck(item.image_id)
     try:
         doc = load_annotation(item.annotation)
@@ -160,16 +173,16 @@ def check_pair(item: PairInput, *, decode: bool = False) -> ImageCheck:
     except BadAnnotation as exc:
         check.errors.append(f"sa_{item.image_id}.json {exc}")
         return check
-    size = (width, height)
-    _check_image(check, doc, item, size)
+    check.size = (width, height)
+    _check_image(check, doc, check.size)
     annotations = doc["annotations"]
     if not annotations:
         check.warnings["image without masks"] += 1
-    _check_masks(check, annotations, size, decode)
+    _check_masks(check, annotations, check.size, decode)
     check.masks = len(annotations)
     return check
 
 
-def check_batch(items: list[PairInput], decode: bool) -> list[ImageCheck]:
+def check_batch(items: list[AnnotationInput], decode: bool) -> list[ImageCheck]:
     """Worker-process entry point: a batch keeps pickling overhead small."""
-    return [check_pair(item, decode=decode) for item in items]
+    return [check_annotation(item, decode=decode) for item in items]

@@ -515,13 +515,8 @@ def _jpeg_whole(data: bytes) -> tuple[int, int] | None:
 
 
 def _annotation_whole(image_id: int, data: bytes) -> tuple[int, int] | None:
-    from sa1b_cli.core.annotation import BadAnnotation, image_fields, load_annotation
-    from sa1b_cli.core.content import PairInput, check_pair
+    from sa1b_cli.core.content import AnnotationInput, check_annotation
 
-    try:
-        _, width, height = image_fields(load_annotation(data))
-    except BadAnnotation:
-        return None
-    check = check_pair(PairInput(image_id, (width, height), data))  # fields, RLEs, areas
+    check = check_annotation(AnnotationInput(image_id, data))  # fields, RLEs, areas
     other_size = check.warnings["mask size differs from the image size"]  # must fit the image
-    return None if check.errors or other_size else (width, height)
+    return None if check.errors or other_size else check.size

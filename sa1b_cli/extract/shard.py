@@ -79,6 +79,9 @@ Progress = Callable[[str, int], None]
 MOVE_IT = "move it out of the way, then run the same command"
 WRITE_THREADS = 4
 MAX_PENDING_WRITES = 64
+# Members waiting for a write thread hold their bytes: 64 of up to 64 MiB each made a
+# small shard of big, compressible members take GBs.
+MAX_PENDING_BYTES = 64 << 20
 
 
 @dataclass(slots=True)
@@ -140,7 +143,8 @@ class _ShardWriter:
         self.tmp_dirs = shard_dirs(self.tmp, name, tmp_layout, config.only)
         self.rows = Rows()
         self.pool = ThreadPoolExecutor(max_workers=WRITE_THREADS)
-        self.writes: deque[Future[None]] = deque()
+        self.writes: deque[tuple[Future[None], int]] = deque()  # with the bytes each holds
+        self.pending = 0  # bytes handed to the write threads and not yet written
 
     def add(self, result: ExtractResult, member: Member) -> None:
         parsed = member_id(member.name)
@@ -151,16 +155,21 @@ class _ShardWriter:
         self.rows.add(image_id, kind, member.data)
         folder = self.tmp_dirs.get(kind)
         if folder is not None:
-            self.writes.append(
-                self.pool.submit(_write, folder / f"sa_{image_id}.{kind}", member.data)
-            )
+            write = self.pool.submit(_write, folder / f"sa_{image_id}.{kind}", member.data)
+            self.writes.append((write, len(member.data)))
+            self.pending += len(member.data)
             result.bytes_written += len(member.data)
-            while len(self.writes) > MAX_PENDING_WRITES:  # bounded memory
-                self.writes.popleft().result()
+            while len(self.writes) > MAX_PENDING_WRITES or self.pending > MAX_PENDING_BYTES:
+                self._wait_for_oldest()
+
+    def _wait_for_oldest(self) -> None:
+        write, size = self.writes.popleft()
+        self.pending -= size
+        write.result()  # re-raises ENOSPC and friends
 
     def _wait_for_writes(self) -> None:
         while self.writes:
-            self.writes.popleft().result()  # re-raises ENOSPC and friends
+            self._wait_for_oldest()
 
     def forget(self, ids: set[int]) -> None:
         """Take back what was written of these images (salvage: not proven whole)."""
@@ -208,8 +217,8 @@ class _ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for pending in self.writes:
-            pending.cancel()
+        for write, _ in self.writes:
+            write.cancel()
         self.pool.shutdown(wait=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 

@@ -101,6 +101,18 @@ def many_members() -> bytes:
     return tar_bytes([*PAIRS, *((f"./junk_{k}.txt", b"j") for k in range(400_000))])
 
 
+def waiting_annotations() -> bytes:
+    """Twelve 20 MiB annotations (mostly spaces: 250 KB of gzip) whose JPEGs never come.
+    verify --deep held each for its JPEG: 2.2 GB for forty of 50 MiB."""
+
+    def doc(image_id: int) -> bytes:
+        image = {"image_id": image_id, "width": 1500, "height": 1500}
+        head = json.dumps({"image": image | {"file_name": f"sa_{image_id}.jpg"}})
+        return head[:-1].encode() + b', "annotations": []' + b" " * (20 << 20) + b"}"
+
+    return tar_bytes([*PAIRS, *((f"./sa_{k}.json", doc(k)) for k in range(100, 112))])
+
+
 def unsafe(kind: str) -> Callable[[], bytes]:
     """Good pairs 1-3 and one member no SA-1B shard has: a link, a device or a path escape."""
 
@@ -174,6 +186,14 @@ ROWS = [
         many_members,
         "more than 100,000 members",
         show_ok=True,  # sa_2 comes before the limit
+        member=None,
+    ),
+    Row(
+        "annotations whose JPEGs never come",
+        waiting_annotations,
+        "sa_100.json has no sa_100.jpg",
+        extract_ok=True,
+        show_ok=True,
         member=None,
     ),
     Row(

@@ -15,7 +15,7 @@ from sa1b_cli.core.selection import Selection
 from sa1b_cli.core.store import Store
 from sa1b_cli.verify.config import VerifyConfig
 from sa1b_cli.verify.layers import VerifyResult, verify_shards
-from tests.shards import edit_json, good_pair, install, tar_bytes
+from tests.shards import W, edit_json, good_pair, install, tar_bytes
 
 NAME = "sa_000000.tar"
 
@@ -239,3 +239,27 @@ def test_a_worker_that_dies_fails_its_shard_and_the_next_shard_is_checked(store,
     first, second = verify_shards(config).results
     assert first.status == "corrupt_archive" and "worker" in (first.detail or "")
     assert second.status == "ok", second.detail
+
+
+def _wider_jpeg(image_id: int) -> tuple[str, bytes]:
+    return good_pair(image_id, w=W + 8)[0]
+
+
+PAIRINGS = [  # members in the order a shard holds them, and the problem said
+    ("annotation, then a JPEG of another size", [good_pair(1)[1], _wider_jpeg(1)], "JPEG is"),
+    ("a JPEG of another size, then its annotation", [_wider_jpeg(1), good_pair(1)[1]], "JPEG is"),
+    ("annotation, then no JPEG header", [good_pair(1)[1], ("./sa_1.jpg", b"x")], "unreadable"),
+    ("an annotation alone", [good_pair(1)[1]], "sa_1.json has no sa_1.jpg"),
+    ("a JPEG alone", [good_pair(1)[0]], "sa_1.jpg has no sa_1.json"),
+]
+
+
+@pytest.mark.parametrize(
+    ("members", "says"), [p[1:] for p in PAIRINGS], ids=[p[0] for p in PAIRINGS]
+)
+def test_deep_pairs_each_annotation_with_its_jpeg_in_either_order(store, members, says):
+    """An annotation is checked as soon as it is read; its JPEG's size is compared at the end."""
+    install(store, NAME, tar_bytes([*members, *good_pair(2)]))
+    result = run(store, deep=True)
+    assert result.status == "bad_annotation" and says in (result.detail or ""), result.detail
+    assert result.images == len(members) and "sa_2" not in (result.detail or "")  # pairs whole
