@@ -140,8 +140,14 @@ def _from_tar(tar: Path, image_id: int) -> tuple[bytes, bytes, str] | None:
 def find_image(config: ShowConfig) -> tuple[str, bytes, bytes, str]:
     """(shard, jpg, json, where) for the image; raises ImageNotFoundError with the next step."""
     shard = _indexed_shard(config.out, config.image_id, config.shard)
-    if shard is not None and (pair := _from_layout(config.out, shard, config.image_id)):
-        return (shard, *pair)
+    unreadable = None
+    try:
+        if shard is not None and (pair := _from_layout(config.out, shard, config.image_id)):
+            return (shard, *pair)
+    except ImageNotFoundError as exc:
+        if config.shard is None:
+            raise
+        unreadable = exc  # the tar named with --shard may still have it
     if config.shard is not None:
         tar = Store(config.root).final_path(config.shard)
         if tar.is_file():
@@ -152,7 +158,7 @@ def find_image(config: ShowConfig) -> tuple[str, bytes, bytes, str]:
                 raise ImageNotFoundError(msg, hint="Run sa1b verify --deep on it.") from exc
             if pair is not None:
                 return (config.shard, *pair)
-    raise _not_found(config, shard)
+    raise unreadable or _not_found(config, shard)
 
 
 def _not_found(config: ShowConfig, indexed: str | None) -> ImageNotFoundError:

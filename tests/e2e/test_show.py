@@ -155,3 +155,14 @@ def test_show_says_an_extracted_file_it_cannot_read_and_the_way_around(
     assert f"sa_{IMAGE_ID} is indexed in sa_000000.tar, but" in shown.stderr
     assert says in shown.stderr and "--shard sa_000000" in shown.stderr
     assert "Traceback" not in shown.stderr and "unexpected" not in shown.stderr
+
+
+def test_show_reads_the_named_tar_when_the_extracted_copy_is_broken(site: Site):
+    links, root = str(site.manifest()), str(site.root)
+    assert site.run("download", "--links", links, "--root", root, "--shards", "0").returncode == 0
+    assert site.run("extract", "--root", root).returncode == 0
+    (site.root / "extracted" / "sa_000000" / f"sa_{IMAGE_ID}.jpg").unlink()
+    code, stats = site.run_json("show", str(IMAGE_ID), "--root", root, "--shard", "0")
+    assert code == 0, stats  # the hint's own way round, taken
+    _, doc = pair_of(site, IMAGE_ID)
+    assert stats["count"] == len(doc["annotations"])
