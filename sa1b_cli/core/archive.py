@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from isal import igzip_threaded
 
@@ -32,6 +32,7 @@ __all__ = [
     "iter_members",
     "member_id",
     "open_shard",
+    "open_tar",
 ]
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -46,6 +47,16 @@ MAX_MEMBER = 64 << 20
 # An SA-1B shard has about 22,400 members (11,186 pairs). Each costs memory however small
 # (its name is kept to find a second copy): 500,000 one-byte members fit in a 5 MB gzip.
 MAX_MEMBERS = 100_000
+# tarfile reads the extended headers before a member (a GNU long name, a pax record) whole,
+# at whatever size they declare: 500 MiB from a 2 MB gzip. Real ones hold a name and a few
+# fields; each may lead to another, so their number in a row is bounded too.
+MAX_EXTENDED = 64 << 10
+MAX_EXTENDED_IN_A_ROW = 8
+_SPARSE = "a sparse member, which no SA-1B shard has"
+_EXTENDED = frozenset(
+    {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE}
+    | {tarfile.SOLARIS_XHDTYPE}
+)
 _SA_RE = re.compile(r"sa_([1-9]\d*)\.(jpg|json)", re.ASCII)
 
 
@@ -107,6 +118,48 @@ def open_shard(
             yield buffered, reader
 
 
+class _BoundedInfo(tarfile.TarInfo):
+    """tarfile's header reader, with bounds on what it reads whole (its documented hook).
+
+    A header refused here is a ReadError, as tarfile says of any damaged header.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.ReadError(_SPARSE)
+        if self.type not in _EXTENDED:
+            plain: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+            return plain
+        if self.size > MAX_EXTENDED:
+            msg = f"an extended header declares {format_size(self.size)}; real ones hold a name"
+            raise tarfile.ReadError(msg)
+        depth = getattr(tarfile_, "_sa1b_depth", 0)
+        if depth >= MAX_EXTENDED_IN_A_ROW:
+            msg = f"more than {MAX_EXTENDED_IN_A_ROW} extended headers in a row"
+            raise tarfile.ReadError(msg)
+        tarfile_._sa1b_depth = depth + 1  # type: ignore[attr-defined]
+        try:
+            info: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        finally:
+            tarfile_._sa1b_depth = depth  # type: ignore[attr-defined]
+        if sum(len(k) + len(v) for k, v in tarfile_.pax_headers.items()) > MAX_EXTENDED:
+            msg = "the global pax headers grow past 64 KiB"
+            raise tarfile.ReadError(msg)
+        return info
+
+    def _proc_gnusparse_10(self, *args: object) -> None:
+        # Its map is read to whatever length it declares; the other sparse forms are bounded
+        # by MAX_EXTENDED but are refused alike: no SA-1B shard has a sparse member.
+        raise tarfile.ReadError(_SPARSE)
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10
+
+
+def open_tar(fileobj: BinaryIO, mode: Literal["r|", "r:"]) -> tarfile.TarFile:
+    """tarfile.open with bounded headers: ``r|`` (a stream) or ``r:`` (random access)."""
+    return tarfile.open(fileobj=fileobj, mode=mode, bufsize=TAR_BUFSIZE, tarinfo=_BoundedInfo)
+
+
 def member_problem(info: tarfile.TarInfo) -> str | None:
     """Why a member must not be written, or None when it is a safe regular file."""
     name = info.name
@@ -144,7 +197,7 @@ def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
     """
     seen: set[str] = set()
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFSIZE) as tar:
+        with open_tar(stream, "r|") as tar:
             for info in tar:
                 tar.members = []  # type: ignore[attr-defined]  # stream mode keeps each header read
                 if _is_root_dir(info):

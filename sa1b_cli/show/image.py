@@ -20,11 +20,13 @@ from typing import Any
 from sa1b_cli.core.annotation import BadAnnotation, check_masks, image_fields, load_annotation
 from sa1b_cli.core.archive import (
     MAX_MEMBER,
+    MAX_MEMBERS,
     ArchiveError,
     Refusal,
     iter_members,
     member_id,
     open_shard,
+    open_tar,
 )
 from sa1b_cli.core.errors import ImageNotFoundError, UsageError
 from sa1b_cli.core.files import open_own, read_at_most
@@ -103,20 +105,27 @@ def _from_layout(out: Path, shard: str, image_id: int) -> tuple[bytes, bytes, st
 
 
 def _from_webdataset(path: Path, shard: str, image_id: int) -> tuple[bytes, bytes, str] | None:
-    pair = []
+    slots = {f"sa_{image_id}.jpg": 0, f"sa_{image_id}.json": 1}
+    pair: list[bytes | None] = [None, None]
     try:
-        with open_own(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-            for kind in ("jpg", "json"):
-                info = tar.getmember(f"sa_{image_id}.{kind}")
+        with open_own(path) as raw, open_tar(raw, "r:") as tar:
+            for _ in range(MAX_MEMBERS):
+                info = tar.next()
+                if info is None:
+                    return None  # indexed, but not in the tar: said as not found
+                tar.members = []  # type: ignore[attr-defined]  # keep no headers
+                slot = slots.get(info.name)
+                if slot is None:
+                    continue
                 if not info.isfile() or info.size > MAX_MEMBER:
-                    msg = f"its sa_{image_id}.{kind} is not a file sa1b wrote"
+                    msg = f"its {shown(info.name)} is not a file sa1b wrote"
                     raise tarfile.TarError(msg)
-                pair.append(tar.extractfile(info).read())  # type: ignore[union-attr]
-    except KeyError:
-        return None  # indexed, but not in the tar: said as not found
+                pair[slot] = tar.extractfile(info).read()  # type: ignore[union-attr]
+                if pair[0] is not None and pair[1] is not None:
+                    return pair[0], pair[1], str(path)
     except (OSError, tarfile.TarError) as exc:
         raise _unreadable(image_id, shard, path, str(exc)) from exc
-    return pair[0], pair[1], str(path)
+    raise _unreadable(image_id, shard, path, f"it has more than {MAX_MEMBERS:,} members")
 
 
 def _unreadable(image_id: int, shard: str, path: Path, why: str) -> ImageNotFoundError:

@@ -77,6 +77,22 @@ def test_a_name_twice_and_a_member_past_the_limit_fail_the_shard(tmp_path: Path)
         members_of(raw.getvalue(), tmp_path)
 
 
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_real_extended_headers_still_read_within_their_bounds(tmp_path: Path, fmt: int):
+    """A long name (GNU) and pax records (a long name, a non-ASCII one, a global header) are
+    what real tars carry: the bounds on extended headers leave them alone."""
+    long_name = "./" + "d" * 150 + "/sa_7.jpg"
+    raw = io.BytesIO()
+    pax = {"comment": "made by tar"} if fmt == tarfile.PAX_FORMAT else None
+    with tarfile.open(fileobj=raw, mode="w", format=fmt, pax_headers=pax) as tar:
+        for name, data in [*good_pair(1), (long_name, b"x"), ("./sa_é.json", b"{}")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    names = [m.name for m in members_of(raw.getvalue(), tmp_path)]
+    assert names == ["sa_1.jpg", "sa_1.json", long_name[2:], "sa_é.json"]
+
+
 def test_member_ids():
     assert member_id("sa_123.jpg") == (123, "jpg")
     assert member_id("sa_123.json") == (123, "json")

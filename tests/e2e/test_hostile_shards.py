@@ -81,12 +81,54 @@ def size_not_octal() -> bytes:
     return igzip.compress(bytes(raw))
 
 
-def no_end_blocks() -> bytes:
-    raw = tar_bytes(PAIRS, gzip=False)
+def unended(raw: bytes) -> bytes:
+    """A tar's bytes without its end-of-archive blocks."""
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         last = tar.getmembers()[-1]
-    end = last.offset_data + -(-last.size // 512) * 512
-    return igzip.compress(raw[:end])
+    return raw[: last.offset_data + -(-last.size // 512) * 512]
+
+
+def no_end_blocks() -> bytes:
+    return igzip.compress(unended(tar_bytes(PAIRS, gzip=False)))
+
+
+def blocks(kind: bytes, body: bytes, name: str = "././@LongLink") -> bytes:
+    """One raw member of any type: its header, then ``body`` padded to whole blocks."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, len(body)
+    return info.tobuf(format=tarfile.GNU_FORMAT) + body + bytes(-len(body) % 512)
+
+
+def pax(**fields: str) -> bytes:
+    """pax records ("<length> <key>=<value>\n", the length counting itself)."""
+    out = b""
+    for key, value in fields.items():
+        body = f" {key}={value}\n".encode()
+        length = len(body) + len(str(len(body)))
+        length += len(str(length)) - len(str(len(body)))
+        out += str(length).encode() + body
+    return out
+
+
+def after_pairs(*raw: bytes) -> Callable[[], bytes]:
+    """The good pairs, then raw tar blocks, then the end-of-archive blocks (built once)."""
+    return functools.cache(
+        lambda: igzip.compress(unended(tar_bytes(PAIRS, gzip=False)) + b"".join(raw) + bytes(1024))
+    )
+
+
+JUNK = blocks(tarfile.REGTYPE, b"j", "./sa_9.jpg")
+HUGE = 160 << 20  # tarfile read an extended header whole: 160 MiB of it took over 300 MB
+
+
+def global_headers() -> bytes:
+    """A 60 KB global pax header of new keys before each of 2,000 members, 280 KB of gzip:
+    tarfile kept them all and copied them for every member (46 s, 172 MB)."""
+    keys = ({f"k{k}_{j}": "v" * 1000 for j in range(60)} for k in range(2000))
+    return b"".join(
+        blocks(tarfile.XGLTYPE, pax(**each), "g") + blocks(tarfile.REGTYPE, b"j", f"./j{k}.txt")
+        for k, each in enumerate(keys)
+    )
 
 
 def truncated() -> bytes:
@@ -186,6 +228,51 @@ ROWS = [
         many_members,
         "more than 100,000 members",
         show_ok=True,  # sa_2 comes before the limit
+        member=None,
+    ),
+    Row(
+        "a GNU long name of 160 MiB",
+        after_pairs(blocks(tarfile.GNUTYPE_LONGNAME, bytes(HUGE)), JUNK),
+        "an extended header declares 160.0 MiB",
+        show_ok=True,
+        member=None,
+    ),
+    Row(
+        "a pax header of 160 MiB",
+        after_pairs(blocks(tarfile.XHDTYPE, pax(comment="x" * HUGE), "p"), JUNK),
+        "an extended header declares 160.0 MiB",
+        show_ok=True,
+        member=None,
+    ),
+    Row(
+        "3,000 long names in a row",  # each reads the next: Python ran out of stack
+        after_pairs(blocks(tarfile.GNUTYPE_LONGNAME, b"n" * 200) * 3000, JUNK),
+        "more than 8 extended headers in a row",
+        show_ok=True,
+        member=None,
+    ),
+    Row(
+        "global pax headers that grow",
+        after_pairs(global_headers()),
+        "the global pax headers grow past 64 KiB",
+        show_ok=True,
+        member=None,
+    ),
+    Row(
+        "a sparse member (pax 1.0)",  # its map is read to the length it declares
+        after_pairs(
+            blocks(tarfile.XHDTYPE, pax(**{"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}), "p"),
+            blocks(tarfile.REGTYPE, b"99999999999\n" + b"1\n" * 4096, "./sa_9.jpg"),
+        ),
+        "a sparse member",
+        show_ok=True,
+        member=None,
+    ),
+    Row(
+        "a sparse member (old GNU)",
+        after_pairs(blocks(tarfile.GNUTYPE_SPARSE, b"s" * 512, "./sa_9.jpg")),
+        "a sparse member",
+        show_ok=True,
         member=None,
     ),
     Row(

@@ -124,6 +124,13 @@ def _replace(path: Path, how: str) -> None:
         path.mkdir()
     elif how == "cut short":
         path.write_bytes(b"\0" * 100)
+    elif how == "a 160 MiB long name first":  # tarfile read it whole
+        info = tarfile.TarInfo("././@LongLink")
+        info.type, info.size = tarfile.GNUTYPE_LONGNAME, 160 << 20
+        with path.open("wb") as tar:
+            tar.write(info.tobuf(format=tarfile.GNU_FORMAT))
+            tar.seek(info.size, os.SEEK_CUR)  # a hole: no disk spent
+            tar.write(bytes(1024))
 
 
 BROKEN = [  # (layout, the file, how it is broken, what the error says)
@@ -133,6 +140,7 @@ BROKEN = [  # (layout, the file, how it is broken, what the error says)
     ("images-masks", "masks/sa_2.json", "a directory", "not a regular file"),
     ("webdataset", "sa_000000.tar", "a named pipe", "not a regular file"),
     ("webdataset", "sa_000000.tar", "cut short", "cannot be read"),
+    ("webdataset", "sa_000000.tar", "a 160 MiB long name first", "declares 160.0 MiB"),
 ]
 
 
