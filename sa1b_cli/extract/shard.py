@@ -37,7 +37,14 @@ from sa1b_cli.core.archive import (
 )
 from sa1b_cli.core.files import write_all
 from sa1b_cli.core.layouts import Layout, Only, shard_dirs
-from sa1b_cli.core.markers import marked_layout, marker_path, read_marker, stem
+from sa1b_cli.core.markers import (
+    INDEX_GLOB,
+    index_rows,
+    marked_layout,
+    marker_path,
+    read_marker,
+    stem,
+)
 from sa1b_cli.core.store import Store, atomic_text_file
 from sa1b_cli.core.text import counted, shown
 from sa1b_cli.extract.config import ExtractConfig
@@ -479,13 +486,11 @@ def write_overall_index(out: Path) -> Path | None:
         ):
             for path, layout in _marked_indexes(out):
                 marked.append(f"{path.stem}.tar")
-                with path.open(encoding="utf-8") as rows:
-                    next(rows, None)  # its header
-                    for row in filter(None, (line.rstrip("\n") for line in rows)):
-                        image_id = row.split(",", 1)[0]
-                        index.write(f"{path.stem},{row}\n")
-                        ids.write(f"{image_id}\n")
-                        names.write(f"{_sam2_name(layout, path.stem, image_id)}\n")
+                for row in index_rows(path):
+                    image_id = row.split(",", 1)[0]
+                    index.write(f"{path.stem},{row}\n")
+                    ids.write(f"{image_id}\n")
+                    names.write(f"{_sam2_name(layout, path.stem, image_id)}\n")
         write_wids_index(out, marked)
     return target
 
@@ -495,7 +500,7 @@ def _marked_indexes(out: Path) -> list[tuple[Path, Layout | None]]:
     each marker records."""
     folder = out / "index"
     found = []
-    for path in sorted(folder.glob("sa_*.csv")) if folder.is_dir() else []:
+    for path in sorted(folder.glob(INDEX_GLOB)) if folder.is_dir() else []:
         if not path.is_file():  # a named pipe there would block the run: not one sa1b wrote
             continue
         if (marker := read_marker(out, f"{path.stem}.tar")) is not None:

@@ -31,7 +31,7 @@ from sa1b_cli.core.archive import (
 from sa1b_cli.core.errors import ImageNotFoundError, UsageError
 from sa1b_cli.core.files import open_own, read_at_most
 from sa1b_cli.core.layouts import Layout, shard_dirs
-from sa1b_cli.core.markers import marked_layout, read_marker, stem
+from sa1b_cli.core.markers import INDEX_GLOB, index_rows, marked_layout, read_marker, stem
 from sa1b_cli.core.store import Store
 from sa1b_cli.core.text import shown
 
@@ -75,11 +75,10 @@ def parse_image_id(text: str) -> int:
 def _indexed_shard(out: Path, image_id: int, shard: str | None) -> str | None:
     """The extracted shard whose index lists the id (one small CSV per shard)."""
     folder = out / "index"
-    names = [f"{stem(shard)}.csv"] if shard else sorted(p.name for p in folder.glob("sa_*.csv"))
+    names = [f"{stem(shard)}.csv"] if shard else sorted(p.name for p in folder.glob(INDEX_GLOB))
     prefix = f"{image_id},"
     for csv_name in names:
-        path = folder / csv_name
-        if path.is_file() and any(line.startswith(prefix) for line in path.open()):
+        if any(row.startswith(prefix) for row in index_rows(folder / csv_name)):
             return f"{Path(csv_name).stem}.tar"
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,59 @@ def test_something_planted_where_a_shard_goes_fails_that_shard_only(
         planted.unlink()
     code, report = site.run_json(*args)
     assert code == 0 and shards.keys() == {s["name"] for s in report["shards"]}
+
+
+def _long_line(path: Path) -> None:
+    with path.open("ab") as index:  # 64 MiB without a newline: a read by lines holds it whole
+        index.write(b"9" * (64 << 20))
+
+
+def _replaced(how: str) -> Any:
+    def replace(path: Path) -> None:
+        path.unlink()
+        if how == "pipe":
+            os.mkfifo(path)
+        elif how == "link":
+            path.symlink_to("/dev/zero")
+        else:
+            path.mkdir()
+
+    return replace
+
+
+DAMAGED_INDEX = {  # shard 0's own index, as something other than sa1b left it
+    "bad UTF-8": lambda p: p.write_bytes(p.read_bytes() + b"\xff\xfe,1,2\n"),
+    "NUL bytes": lambda p: p.write_bytes(bytes(4096)),
+    "escapes in a row": lambda p: p.write_bytes(p.read_bytes() + b"7,\x1b[2J,1,1,1,1\n"),
+    "a line of 64 MiB": _long_line,
+    "a named pipe": _replaced("pipe"),
+    "a link to /dev/zero": _replaced("link"),
+    "a folder": _replaced("folder"),
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGED_INDEX))
+def test_a_damaged_shard_index_loses_only_its_bad_rows(site: Site, tmp_path: Path, how: str):
+    """UTF-8 errors there ended extract and show in "unexpected error"; a pipe or a long line
+    blocked them or was read whole. Rows that are six whole numbers are all that is kept."""
+    root, out = str(site.root), tmp_path / "data"
+    links = str(site.manifest())
+    assert site.run("download", "--links", links, "--root", root, "--subset", "2").returncode == 0
+    assert site.run("extract", "--root", root, "--subset", "2", "--out", str(out)).returncode == 0
+    index = out / "index" / "sa_000000.csv"
+    good = index.read_text().splitlines()[1:]
+    DAMAGED_INDEX[how](index)
+    done = site.run("extract", "--root", root, "--shards", "1", "--out", str(out), timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = (out / "index.csv").read_bytes().decode("ascii").splitlines()[1:]
+    ours = [r.split(",", 1)[1] for r in rows if r.startswith("sa_000000,")]
+    assert ours == (
+        [] if how in ("NUL bytes", "a named pipe", "a link to /dev/zero", "a folder") else good
+    )
+    assert any(r.startswith("sa_000001,") for r in rows)
+    assert all(r.count(",") == 6 for r in rows), rows[-3:]
+    image = rows[-1].split(",")[1]  # shard 1's: its own index is whole
+    shown = site.run("show", image, "--root", root, "--out", str(out), "--json", timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    for text in (done.stdout + done.stderr, shown.stderr):
+        assert "Traceback" not in text and "unexpected" not in text and "\x1b" not in text

@@ -1,0 +1,49 @@
+"""A shard's index rows, read from a file sa1b wrote but the user's folder holds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sa1b_cli.core.markers import MAX_ROW, index_rows
+
+HEADER = b"image_id,width,height,masks,jpg_bytes,json_bytes\n"
+ROW = b"1,1500,2250,98,412345,233001\n"
+
+CASES = [  # (what the file holds, the rows read)
+    (HEADER + ROW + b"2,1,1,1,1,1", ["1,1500,2250,98,412345,233001", "2,1,1,1,1,1"]),
+    (
+        HEADER + b"1,2,3\n" + b"1,2,3,4,5,6,7\n" + b"-1,2,3,4,5,6\n" + b"\n" + ROW,
+        [ROW[:-1].decode()],
+    ),
+    (HEADER + b"\xff\xfe,1\n" + b"1,\x1b[2J,1,1,1,1\n" + ROW, [ROW[:-1].decode()]),
+    (
+        HEADER + "\u0661,\u0662,\u0663,\u0664,\u0665,\u0666\n".encode() + ROW,
+        [ROW[:-1].decode()],
+    ),  # digits, not ASCII ones
+    # a line past the limit is passed over whole, even where its last piece looks like a row
+    (HEADER + b"x" * MAX_ROW + ROW + ROW, [ROW[:-1].decode()]),
+    (b"", []),
+]
+
+
+@pytest.mark.parametrize(("data", "rows"), CASES, ids=range(len(CASES)))
+def test_index_rows_are_six_whole_numbers_and_nothing_else(tmp_path: Path, data, rows):
+    path = tmp_path / "sa_000000.csv"
+    path.write_bytes(data)
+    assert list(index_rows(path)) == rows
+
+
+@pytest.mark.parametrize("kind", ["missing", "pipe", "link", "folder"])
+def test_index_rows_of_what_sa1b_never_writes_are_none(tmp_path: Path, kind: str):
+    path = tmp_path / "sa_000000.csv"
+    if kind == "pipe":
+        os.mkfifo(path)
+    elif kind == "link":
+        (tmp_path / "real.csv").write_bytes(HEADER + ROW)
+        path.symlink_to(tmp_path / "real.csv")
+    elif kind == "folder":
+        path.mkdir()
+    assert list(index_rows(path)) == []  # and a pipe does not block
