@@ -23,6 +23,7 @@ from sa1b_cli.core.checksums import Hasher
 from sa1b_cli.core.text import format_size, shown
 
 __all__ = [
+    "MAX_EXTENDED",
     "MAX_MEMBER",
     "MAX_MEMBERS",
     "ArchiveError",

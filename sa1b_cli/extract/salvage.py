@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sa1b_cli.core.archive import GZIP_MAGIC, MAX_MEMBER, MAX_MEMBERS, member_id
+from sa1b_cli.core.archive import GZIP_MAGIC, MAX_EXTENDED, MAX_MEMBER, MAX_MEMBERS, member_id
 
 __all__ = ["UNLOCATED", "Break", "Found", "Proof", "scan_damaged"]
 
@@ -32,6 +32,7 @@ _PRIMES = (bytes(WINDOW), b"\xa5" * WINDOW)  # two stand-ins for a lost window
 UNLOCATED = "the gzip checksum fails, and no damage put the stream out of step"
 _PROBE = 64  # bytes a candidate place must inflate without an error, cheaply, first
 _BLOCK = 512
+_EXTENDED = (b"L", b"K", b"x", b"g", b"X")  # type flags of headers for the member after
 _TRAILER = 8  # gzip's CRC-32 and length
 _READ_AHEAD = 256 << 10
 
@@ -233,8 +234,8 @@ class _TarScan:
             self._drop(_BLOCK)
             self.searching = True
             return desync
-        size = _size(header)
-        if size > MAX_MEMBER:  # a whole header, in step: its member is too big to hold
+        size, kind = _size(header), header[156:157]
+        if size > (MAX_EXTENDED if kind in _EXTENDED else MAX_MEMBER):  # too big to hold
             released, self.pending, self.last_good = self.pending, None, self.base
             self._drop(_BLOCK)
             self.skip = size + -size % _BLOCK  # passed over, never held
@@ -248,7 +249,6 @@ class _TarScan:
         name, self.long_name = self.long_name or _name(header), None
         self._drop(_BLOCK + size)
         self.skip = -size % _BLOCK
-        kind = header[156:157]
         if kind == b"L":  # GNU long name: the next member's name
             self.long_name = data.rstrip(b"\0").decode("utf-8", "replace")
         elif kind in (b"0", b"\0", b"7"):  # never directories, links, devices, pax records

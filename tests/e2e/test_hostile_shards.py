@@ -238,6 +238,13 @@ ROWS = [
         member=None,
     ),
     Row(
+        "a GNU long name of 60 MiB",  # under the member limit: salvage held it (242 MB)
+        after_pairs(blocks(tarfile.GNUTYPE_LONGNAME, b"a" * (60 << 20)), JUNK),
+        "an extended header declares 60.0 MiB",
+        show_ok=True,
+        member=None,
+    ),
+    Row(
         "a pax header of 160 MiB",
         after_pairs(blocks(tarfile.XHDTYPE, pax(comment="x" * HUGE), "p"), JUNK),
         "an extended header declares 160.0 MiB",
