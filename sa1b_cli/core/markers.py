@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sa1b_cli.core.files import open_own, read_at_most
-from sa1b_cli.core.layouts import Layout
+from sa1b_cli.core.layouts import Layout, Only
 
 __all__ = ["INDEX_GLOB", "index_rows", "marked_layout", "marker_path", "read_marker", "stem"]
 
@@ -46,7 +46,18 @@ def read_marker(out: Path, name: str) -> dict[str, Any] | None:
         data = json.loads(read_at_most(marker_path(out, name), MAX_MARKER, own=True))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    return data if isinstance(data, dict) and _well_formed(data) else None
+
+
+def _well_formed(marker: dict[str, Any]) -> bool:
+    """The fields sa1b reads hold what it writes; a marker that does not is not its own, and
+    its shard counts as not extracted (a KeyError here once ended the run)."""
+    if not isinstance(marker.get("layout", ""), str) or marker.get("only") not in (None, *Only):
+        return False
+    if marker.get("layout") != Layout.WEBDATASET:
+        return True
+    counts = (marker.get("nsamples"), marker.get("filesize"))
+    return all(type(n) is int and n >= 0 for n in counts)
 
 
 def index_rows(path: Path) -> Iterator[str]:

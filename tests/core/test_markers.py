@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from sa1b_cli.core.markers import MAX_ROW, index_rows
+from sa1b_cli.core.markers import MAX_ROW, index_rows, read_marker
 
 HEADER = b"image_id,width,height,masks,jpg_bytes,json_bytes\n"
 ROW = b"1,1500,2250,98,412345,233001\n"
@@ -47,3 +48,24 @@ def test_index_rows_of_what_sa1b_never_writes_are_none(tmp_path: Path, kind: str
     elif kind == "folder":
         path.mkdir()
     assert list(index_rows(path)) == []  # and a pipe does not block
+
+
+MARKERS = [  # (marker body, read as sa1b's own)
+    ({"shard": "sa_000000.tar", "layout": "shard", "only": None, "images": 3}, True),
+    ({"shard": "sa_000000.tar"}, True),  # from before layouts: the shard layout
+    ({"layout": "webdataset", "nsamples": 3, "filesize": 10240, "only": "images"}, True),
+    ({"layout": "a-future-layout"}, True),  # said as unknown, never overwritten
+    ({"layout": "webdataset", "nsamples": 3}, False),
+    ({"layout": "webdataset", "nsamples": True, "filesize": 1}, False),
+    ({"layout": "webdataset", "nsamples": 3.0, "filesize": 1}, False),
+    ({"layout": 7}, False),
+    ({"only": "everything"}, False),
+    ({"only": ["images"]}, False),
+]
+
+
+@pytest.mark.parametrize(("body", "kept"), MARKERS, ids=range(len(MARKERS)))
+def test_a_marker_is_read_only_when_its_fields_are_what_sa1b_writes(tmp_path, body, kept):
+    (tmp_path / ".done").mkdir()
+    (tmp_path / ".done" / "sa_000000.json").write_text(json.dumps(body))
+    assert (read_marker(tmp_path, "sa_000000.tar") == body) is kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -239,4 +240,39 @@ def test_a_damaged_shard_index_loses_only_its_bad_rows(site: Site, tmp_path: Pat
     shown = site.run("show", image, "--root", root, "--out", str(out), "--json", timeout=60)
     assert shown.returncode == 0, shown.stderr
     for text in (done.stdout + done.stderr, shown.stderr):
+        assert "Traceback" not in text and "unexpected" not in text and "\x1b" not in text
+
+
+BAD_MARKERS = {  # shard 0's marker with fields no sa1b wrote (each read once ended the run)
+    "no nsamples": {"layout": "webdataset", "filesize": 1},
+    "counts not numbers": {"layout": "webdataset", "nsamples": "\x1b[2J", "filesize": [1]},
+    "a count below zero": {"layout": "webdataset", "nsamples": -1, "filesize": 10},
+    "only as a list": {"layout": "shard", "only": ["images"]},
+    "only with escapes": {"only": "\x1b[2Jimages"},
+    "layout as a list": {"layout": ["shard"]},
+}
+
+
+@pytest.mark.parametrize("layout", ["webdataset", "shard"])
+@pytest.mark.parametrize("body", list(BAD_MARKERS))
+def test_a_marker_sa1b_never_wrote_counts_as_not_extracted(
+    site: Site, tmp_path: Path, body: str, layout: str
+):
+    root, out = str(site.root), tmp_path / "data"
+    links = str(site.manifest())
+    assert site.run("download", "--links", links, "--root", root, "--subset", "2").returncode == 0
+    args = ("extract", "--root", root, "--layout", layout, "--out", str(out))
+    assert site.run(*args, "--shards", "0").returncode == 0
+    (out / ".done" / "sa_000000.json").write_text(json.dumps(BAD_MARKERS[body]))
+    done = site.run(*args, "--shards", "1")  # the lists are rebuilt from every marker
+    assert done.returncode == 0, done.stderr
+    code, report = site.run_json(*args, "--shards", "0,1")
+    assert code == 0, report
+    assert [s["status"] for s in report["shards"]] == ["extracted", "present"]
+    if layout == "webdataset":
+        wids = json.loads((out / "wids-index.json").read_text())
+        assert [type(s["nsamples"]) for s in wids["shardlist"]] == [int, int]
+    shown = site.run("show", "2", "--root", root, "--out", str(out), "--json")
+    assert shown.returncode == 0, shown.stderr
+    for text in (done.stdout + done.stderr, shown.stdout + shown.stderr):
         assert "Traceback" not in text and "unexpected" not in text and "\x1b" not in text
