@@ -124,10 +124,19 @@ def _rle_of(check: ImageCheck, ann: Any, size: tuple[int, int]) -> dict[str, Any
     return {"size": declared, "counts": seg["counts"].encode("ascii", "replace")}
 
 
+# pycocotools' area() builds a uint8 array of the mask count on its way: numpy 2 refuses
+# one past 255 (OverflowError), and images with more masks went with theirs unchecked.
+_AREA_BATCH = 255
+
+
 def _measure(rles: list[dict[str, Any]], decode: bool) -> tuple[list[int], list[list[float]]]:
     """Pixel counts and boxes; one pycocotools call for all the image's masks."""
     mask_utils = _mask_utils()
-    areas = [int(a) for a in mask_utils.area(rles)]
+    areas = [
+        int(a)
+        for start in range(0, len(rles), _AREA_BATCH)
+        for a in mask_utils.area(rles[start : start + _AREA_BATCH])
+    ]
     boxes = [[float(v) for v in box] for box in mask_utils.toBbox(rles)]
     if decode:
         with warnings.catch_warnings():  # pycocotools' numpy-2 __array__ deprecation
