@@ -45,6 +45,16 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(token: str) -> Any:
+    """Python's json reads NaN and Infinity; they are not JSON, and nothing downstream
+    (sums, int(), a --json report) can take them."""
+    raise _NotJson(token)
+
+
 def load_annotation(data: bytes) -> dict[str, Any]:
     """The parsed document, with ``image`` an object and ``annotations`` a list."""
     # Every value but the last ends at a comma or opens a container (an over-count at most:
@@ -54,7 +64,10 @@ def load_annotation(data: bytes) -> dict[str, Any]:
         msg = f"holds more than {MAX_VALUES:,} JSON values"
         raise BadAnnotation(msg)
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, parse_constant=_not_json)
+    except _NotJson as exc:
+        msg = f"holds {exc}, which JSON does not allow"
+        raise BadAnnotation(msg) from exc
     except json.JSONDecodeError as exc:
         msg = f"is not valid JSON (line {exc.lineno})"
         raise BadAnnotation(msg) from exc
@@ -108,6 +121,10 @@ def check_masks(doc: dict[str, Any]) -> None:
             msg = f"has an annotation whose {problem}"
             raise BadAnnotation(msg)
         area = ann.get("area", 0)
-        if not isinstance(area, int | float) or isinstance(area, bool):
-            msg = f"has an annotation whose area is {area!r:.40}"
+        if (
+            not isinstance(area, int | float)
+            or isinstance(area, bool)
+            or not 0 <= area <= MAX_PIXELS
+        ):
+            msg = f"has an annotation whose area is {area!r:.40}"  # 1e999 parses as inf
             raise BadAnnotation(msg)

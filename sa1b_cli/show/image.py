@@ -9,6 +9,7 @@ at alpha 0.4, with optional outlines.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import tarfile
@@ -195,7 +196,24 @@ def _not_found(config: ShowConfig, indexed: str | None) -> ImageNotFoundError:
 
 def _mask_stats(annotations: list[Any]) -> list[dict[str, Any]]:
     keys = ("id", "area", "predicted_iou", "stability_score", "bbox")
-    return [{k: ann.get(k) for k in keys} for ann in annotations]
+    return [{k: _stat(ann.get(k)) for k in keys} for ann in annotations]
+
+
+def _stat(value: Any) -> Any:
+    """A number, or a short list of them (a box), as --json can print it; else null.
+
+    1e999 in an annotation parses as inf, which is not JSON, and a list nested a thousand
+    deep would take the printer past Python's stack.
+    """
+    if isinstance(value, list) and len(value) <= 8 and all(map(_finite, value)):
+        return value
+    return value if _finite(value) else None
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)  # never inf, however long
 
 
 def _decoded(jpg: bytes, image_id: int, shard: str, size: tuple[int, int]) -> Any:

@@ -46,6 +46,13 @@ def rle_edit(key: str, value: object) -> bytes:
     return json.dumps(doc).encode()
 
 
+def annotation_edit(key: str, value: object) -> bytes:
+    """sa_2.json with its first annotation's ``key`` set (Python's json writes Infinity, NaN)."""
+    doc = json.loads(good_pair(2)[1][1])
+    doc["annotations"][0][key] = value
+    return json.dumps(doc).encode()
+
+
 def huge_rle() -> bytes:
     return rle_edit("size", [200000, 200000])
 
@@ -176,6 +183,7 @@ class Row:
     says: str
     extract_ok: bool = False  # extract copies it (content is verify --deep's to judge)
     show_ok: bool | None = False  # None: sa_2 may lie before the damage (exit 0 or 1)
+    draws: bool = True  # False: show fails to draw it where show --json passes
     member: str | None = "sa_2"  # the member (or its image) a line names; None: a byte offset
     ok_elsewhere: bool = False  # verify --deep passes it too (odd, not damaged)
 
@@ -206,6 +214,32 @@ ROWS = [
         lambda: with_annotation(rle_edit("size", [-64, 96]))(),
         "-64x96",
         extract_ok=True,
+    ),
+    Row(
+        "an area of Infinity",  # Python's json reads it; JSON has no such thing
+        with_annotation(annotation_edit("area", float("inf"))),
+        "holds Infinity, which JSON does not allow",
+        extract_ok=True,
+    ),
+    Row(
+        "a bbox of NaN",
+        with_annotation(annotation_edit("bbox", [float("nan"), 0, 1, 1])),
+        "holds NaN, which JSON does not allow",
+        extract_ok=True,
+    ),
+    Row(
+        "an area of 1e999",  # a literal past a double: it parses as inf
+        with_annotation(annotation_edit("area", 1234567).replace(b"1234567", b"1e999")),
+        "area",
+        extract_ok=True,
+    ),
+    Row(
+        "a score and a box of 1e999",  # shown as null; verify checks neither
+        with_annotation(annotation_edit("bbox", [1234567, 0, 1, 1]).replace(b"1234567", b"1e999")),
+        "",
+        extract_ok=True,
+        show_ok=True,
+        ok_elsewhere=True,
     ),
     Row(
         "a member declaring more than it has",
@@ -305,6 +339,7 @@ ROWS = [
         "JPEG",  # verify: its header is unreadable (show --json does not decode it)
         extract_ok=True,
         show_ok=True,
+        draws=False,
     ),
     Row(
         "a duplicated member",
@@ -361,6 +396,10 @@ ROWS = [
 ]
 
 
+def strict(token: str) -> None:
+    raise ValueError(token)
+
+
 def run_measured(args: list[str]) -> tuple[int, str, float]:
     """Run the installed sa1b in a fresh helper: exit code, output, its peak RSS in MB."""
     probe = (
@@ -393,7 +432,8 @@ def command_args(command: str, root: Path) -> list[str]:
         return ["extract", *where, "--shards", "0,1", "--layout", layout, "--out", out]
     if command.startswith("verify"):
         return ["verify", *where, "--shards", "0,1", *command.split()[1:]]
-    return ["show", "2", *where, "--shard", "0", "--json"]
+    show = ["show", "2", *where, "--shard", "0"]
+    return [*show, "--json"] if command == "show" else [*show, "-o", str(root.parent / "2.png")]
 
 
 COMMANDS = [
@@ -401,6 +441,7 @@ COMMANDS = [
     "verify --deep",
     "verify --deep --decode-masks",
     "show",
+    "show --draw",
 ]
 
 
@@ -417,12 +458,14 @@ def test_a_hostile_shard_fails_itself_within_bounded_memory(row, command, tmp_pa
     ok = (
         row.extract_ok
         if command.startswith("extract")
-        else row.show_ok
-        if command == "show"
+        else row.show_ok and (row.draws or command == "show")
+        if command.startswith("show")
         else row.ok_elsewhere
     )
     if ok is not False:  # that command may read what it needs from before the damage
         assert code in ((0, 1) if ok is None else (0,)), out
+        if command == "show" and code == 0:
+            json.loads(out, parse_constant=strict)  # JSON has no Infinity, as Python writes
         assert "Traceback" not in out and "unexpected error" not in out, out
         assert "\x1b" not in out and "\nerror: forged" not in out, out  # nothing foreign raw
         return
@@ -430,7 +473,7 @@ def test_a_hostile_shard_fails_itself_within_bounded_memory(row, command, tmp_pa
     assert "Traceback" not in out and "unexpected error" not in out, out
     assert "\x1b" not in out and "\nerror: forged" not in out, out  # nothing foreign raw
     named = [line for line in out.splitlines() if row.says in line]
-    assert any(BAD in line for line in named) or (command == "show" and named), out
+    assert any(BAD in line for line in named) or (command.startswith("show") and named), out
     assert row.member is None or row.member in out, out  # the member (or its image) is named
     if command.startswith("extract"):  # the good shard beside it was extracted all the same
         out_dir = root.parent / f"out-{command.rpartition(' ')[2]}"
@@ -443,7 +486,7 @@ def test_a_hostile_shard_fails_itself_within_bounded_memory(row, command, tmp_pa
 def nothing_outside(tmp_path: Path) -> None:
     """Only the root and the --out folders were written (a path escape lands nowhere else)."""
     made = {p.name for p in tmp_path.iterdir()}
-    assert made <= {"root", *(f"out-{layout}" for layout in LAYOUTS)}, made
+    assert made <= {"root", "2.png", *(f"out-{layout}" for layout in LAYOUTS)}, made
     assert not list(tmp_path.parent.glob("evil.jpg")) and not Path("/tmp/evil.jpg").exists()
 
 
