@@ -117,6 +117,9 @@ def check_masks(doc: dict[str, Any]) -> None:
         if not isinstance(seg, dict) or not isinstance(seg.get("counts"), str):
             msg = "has an annotation without an RLE string"
             raise BadAnnotation(msg)
+        if not seg["counts"].isascii():  # COCO's RLE letters are '0' to 'o'
+            msg = "has an annotation whose RLE string is not ASCII"
+            raise BadAnnotation(msg)
         if (problem := mask_size_problem(seg.get("size"))) is not None:
             msg = f"has an annotation whose {problem}"
             raise BadAnnotation(msg)

@@ -210,6 +210,12 @@ ROWS = [
         extract_ok=True,
     ),
     Row(
+        "RLE counts not ASCII",
+        lambda: with_annotation(rle_edit("counts", "PPé\u202e"))(),
+        "RLE",
+        extract_ok=True,
+    ),
+    Row(
         "RLE size negative",
         lambda: with_annotation(rle_edit("size", [-64, 96]))(),
         "-64x96",
