@@ -245,12 +245,12 @@ def _draw(rgb: Any, annotations: list[Any], config: ShowConfig, target: Path) ->
     rng = random.Random(config.seed)
     for ann in sorted(annotations, key=lambda a: -int(a.get("area", 0))):  # largest first
         seg = ann["segmentation"]
+        if seg["size"] != list(image.shape[:2]):
+            continue  # a mask of another size cannot be laid over this image: never decoded
         rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
         with warnings.catch_warnings():  # pycocotools' numpy-2 __array__ deprecation
             warnings.simplefilter("ignore", DeprecationWarning)
             mask = mask_utils.decode(rle).astype(bool)
-        if mask.shape != image.shape[:2]:
-            continue  # a mask of another size cannot be laid over this image
         colour = np.array([rng.randrange(256) for _ in range(3)], dtype=np.float32)
         image[mask] = image[mask] * (1 - ALPHA) + colour * ALPHA
         if config.outlines:
