@@ -223,8 +223,8 @@ def iter_members(stream: BinaryIO) -> Iterator[Member | Refusal]:
                     raise ArchiveError(msg)
                 yield Member(name, _read_whole(tar, info, name))
             _check_end(tar)
-    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
-        raise ArchiveError(_in_words(exc)) from exc
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, OverflowError) as exc:
+        raise ArchiveError(_in_words(exc)) from exc  # OverflowError: isal, a 32 MiB gzip header
 
 
 def _in_words(exc: BaseException) -> str:
@@ -233,7 +233,12 @@ def _in_words(exc: BaseException) -> str:
         return "the gzip stream is cut short (an incomplete download?)"
     if isinstance(exc, gzip.BadGzipFile):
         return f"bytes that are not gzip follow the gzip stream ({exc})"
-    if isinstance(exc, zlib.error | ValueError) or "CRC" in str(exc) or "inflate" in str(exc):
+    said = str(exc)
+    if (
+        isinstance(exc, zlib.error | ValueError | OverflowError)
+        or "CRC" in said
+        or "inflate" in said
+    ):
         return f"the gzip stream is corrupt ({exc})"
     if isinstance(exc, tarfile.TarError):
         return f"the tar stream is damaged ({exc})"

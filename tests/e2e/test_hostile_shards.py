@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import io
 import json
+import struct
 import subprocess
 import sys
 import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +138,16 @@ def global_headers() -> bytes:
         blocks(tarfile.XGLTYPE, pax(**each), "g") + blocks(tarfile.REGTYPE, b"j", f"./j{k}.txt")
         for k, each in enumerate(keys)
     )
+
+
+@functools.cache
+def gzip_header(mib: int) -> bytes:
+    """A gzip stream whose header carries a comment of ``mib`` MiB (isal holds 32 at most)."""
+    raw = tar_bytes(PAIRS, gzip=False)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    head = b"\x1f\x8b\x08\x10\0\0\0\0\0\xff" + b"c" * (mib << 20) + b"\0"
+    body = deflate.compress(raw) + deflate.flush()
+    return head + body + struct.pack("<II", zlib.crc32(raw), len(raw))
 
 
 def truncated() -> bytes:
@@ -383,6 +395,21 @@ ROWS = [
         no_end_blocks,
         "without its end-of-archive",
         show_ok=True,
+        member=None,
+    ),
+    Row(
+        "a gzip header of 33 MiB",  # isal raised OverflowError, which ended the run
+        lambda: gzip_header(33),
+        "the gzip stream is corrupt",
+        member=None,
+    ),
+    Row(
+        "a gzip header of 1 MiB",  # a long header within isal's bound reads as any other
+        lambda: gzip_header(1),
+        "",
+        extract_ok=True,
+        show_ok=True,
+        ok_elsewhere=True,
         member=None,
     ),
     Row(
