@@ -51,8 +51,9 @@ def read_marker(out: Path, name: str) -> dict[str, Any] | None:
 
 def _well_formed(marker: dict[str, Any]) -> bool:
     """The fields sa1b reads hold what it writes; a marker that does not is not its own, and
-    its shard counts as not extracted (a KeyError here once ended the run)."""
-    if not isinstance(marker.get("layout", ""), str) or marker.get("only") not in (None, *Only):
+    its shard counts as not extracted (a KeyError here once ended the run). A layout this
+    version does not know is left to ``marked_layout``: said, and never written over."""
+    if marker.get("only") not in (None, *Only):
         return False
     if marker.get("layout") != Layout.WEBDATASET:
         return True

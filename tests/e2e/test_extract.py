@@ -249,7 +249,6 @@ BAD_MARKERS = {  # shard 0's marker with fields no sa1b wrote (each read once en
     "a count below zero": {"layout": "webdataset", "nsamples": -1, "filesize": 10},
     "only as a list": {"layout": "shard", "only": ["images"]},
     "only with escapes": {"only": "\x1b[2Jimages"},
-    "layout as a list": {"layout": ["shard"]},
 }
 
 
