@@ -130,7 +130,7 @@ _AREA_BATCH = 255
 
 
 def _measure(rles: list[dict[str, Any]], decode: bool) -> tuple[list[int], list[list[float]]]:
-    """Pixel counts and boxes; one pycocotools call for all the image's masks."""
+    """Pixel counts and boxes, in as few pycocotools calls as ``area()`` allows."""
     mask_utils = _mask_utils()
     areas = [
         int(a)

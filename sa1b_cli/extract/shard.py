@@ -501,7 +501,7 @@ def _marked_indexes(out: Path) -> list[tuple[Path, Layout | None]]:
     folder = out / "index"
     found = []
     for path in sorted(folder.glob(INDEX_GLOB)) if folder.is_dir() else []:
-        if not path.is_file():  # a named pipe there would block the run: not one sa1b wrote
+        if not path.is_file():  # not one sa1b wrote (index_rows would read no rows of it)
             continue
         if (marker := read_marker(out, f"{path.stem}.tar")) is not None:
             found.append((path, marked_layout(marker)))
